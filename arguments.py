@@ -177,6 +177,10 @@ class MLMTrainingArguments(TrainingArguments):
     batch_eval_metrics: bool = field(
         default=True, metadata={"help": "Compute metrics batch by batch so evaluation memory stays flat."}
     )
+    include_for_metrics: list[str] = field(
+        default_factory=lambda: ["loss"],
+        metadata={"help": "Extra tensors passed to compute_metrics; 'loss' gives perplexity in every evaluation."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start from scratch even if --output_dir holds checkpoints (they are not deleted, "

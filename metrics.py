@@ -23,12 +23,20 @@ def preprocess_logits_for_metrics(logits, labels: torch.Tensor) -> torch.Tensor:
     return full
 
 
-class MaskedAccuracy:
-    """``compute_metrics`` for the Trainer with ``batch_eval_metrics``: accumulates counts, reports at the end."""
+class MLMMetrics:
+    """``compute_metrics`` for the Trainer with ``batch_eval_metrics``: masked-token accuracy and perplexity.
+
+    Counts accumulate batch by batch (memory stays flat however many sequences are evaluated) and are reported
+    and reset on the last batch. Perplexity is exp of the mean of the per-sample losses the Trainer passes with
+    ``include_for_metrics=["loss"]``, the same mean it reports as ``eval_loss``.
+    """
 
     def __init__(self):
-        self.correct = 0
-        self.total = 0
+        self._reset()
+
+    def _reset(self):
+        self.correct = self.total = 0
+        self.loss_sum, self.loss_count = 0.0, 0
 
     def __call__(self, eval_pred, compute_result: bool = True) -> dict[str, float]:
         predictions = torch.as_tensor(eval_pred.predictions)
@@ -36,10 +44,17 @@ class MaskedAccuracy:
         chosen = labels != -100
         self.correct += int((predictions[chosen] == labels[chosen]).sum())
         self.total += int(chosen.sum())
+        losses = getattr(eval_pred, "losses", None)
+        if losses is not None:
+            losses = torch.as_tensor(losses, dtype=torch.float64).reshape(-1)
+            self.loss_sum += float(losses.sum())
+            self.loss_count += losses.numel()
         if not compute_result:
             return {}
         result = {"accuracy": self.correct / max(self.total, 1), "masked_tokens": float(self.total)}
-        self.correct = self.total = 0
+        if self.loss_count:
+            result["perplexity"] = perplexity(self.loss_sum / self.loss_count)
+        self._reset()
         return result
 
 

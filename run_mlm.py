@@ -21,7 +21,7 @@ from arguments import InputError, parse_args
 from checkpoints import find_resume_checkpoint
 from collators import MLMCollator
 from data import load_raw_datasets, prepare_datasets
-from metrics import MaskedAccuracy, perplexity, preprocess_logits_for_metrics
+from metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_trainer import MLMTrainer
 from modeling import load_model, load_tokenizer, resolve_max_seq_length
 
@@ -33,17 +33,16 @@ def setup_logging(training_args) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)])
     level = training_args.get_process_log_level()
-    for lib_logger in (logger, logging.getLogger("data"), logging.getLogger("modeling"),
-                       logging.getLogger("checkpoints")):
-        lib_logger.setLevel(level)
+    ours = logging.INFO if training_args.should_log else logging.WARNING
+    for name in ("run_mlm", "arguments", "data", "modeling", "checkpoints", "collators", "metrics", "mlm_trainer"):
+        logging.getLogger(name).setLevel(ours)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
 
 
 def evaluate(trainer, prefix: str) -> dict[str, float]:
-    """Evaluate with fixed masks; add perplexity = exp(loss); log and save under ``prefix``."""
+    """Evaluate with fixed masks (loss, perplexity, masked-token accuracy); log and save under ``prefix``."""
     metrics = trainer.evaluate(metric_key_prefix=prefix)
-    metrics[f"{prefix}_perplexity"] = perplexity(metrics[f"{prefix}_loss"])
     trainer.log_metrics(prefix, metrics)
     trainer.save_metrics("eval", metrics, combined=True)
     return metrics
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        compute_metrics=MaskedAccuracy(),
+        compute_metrics=MLMMetrics(),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
     )
 

