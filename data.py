@@ -60,12 +60,11 @@ def resolve_data_files(patterns: list[str], flag: str) -> list[str]:
 def check_file(path: str, flag: str) -> None:
     """Fail with the byte offset of invalid UTF-8 and the line of malformed JSON, before any model loads."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    is_json = Path(path).suffix.lower() in (".json", ".jsonl")
-    offset, line_no, pending = 0, 1, ""
+    offset = 0
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             try:
-                text = decoder.decode(chunk)
+                decoder.decode(chunk)
             except UnicodeDecodeError as err:
                 bad = offset + err.start
                 with open(path, "rb") as again:
@@ -75,37 +74,30 @@ def check_file(path: str, flag: str) -> None:
                     f"`iconv -f latin1 -t utf-8 {path} > fixed.txt`."
                 ) from None
             offset += len(chunk)
-            if is_json:
-                pending += text
-                *lines, pending = pending.split("\n")
-                line_no = _check_json_lines(lines, line_no, path, flag)
-    if is_json:
-        _check_json_lines([pending], line_no, path, flag)
+    if Path(path).suffix.lower() in (".json", ".jsonl"):
+        _check_json(path, flag)
 
 
-def _check_json_lines(lines: list[str], line_no: int, path: str, flag: str) -> int:
-    for line in lines:
-        stripped = line.strip().lstrip("\ufeff")
-        if line_no == 1 and stripped.startswith("["):
-            return _check_json_array(path, flag)
-        if stripped:
-            try:
-                json.loads(stripped)
-            except ValueError as err:
-                raise InputError(
-                    f"{flag}: '{path}' line {line_no} is not valid JSON ({err.msg}). Each line must be one JSON "
-                    'object, e.g. {"text": "..."}.'
-                ) from None
-        line_no += 1
-    return line_no
-
-
-def _check_json_array(path: str, flag: str) -> int:
-    try:
-        json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except ValueError as err:
-        raise InputError(f"{flag}: '{path}' is not valid JSON (line {err.lineno}: {err.msg}).") from None
-    return -(10**18)  # an array is checked whole; no further lines to check
+def _check_json(path: str, flag: str) -> None:
+    """A JSON array checked whole, or JSON lines checked one by one (blank lines allowed)."""
+    with open(path, encoding="utf-8-sig") as handle:
+        first = handle.read(4096).lstrip()
+    if first.startswith("["):
+        try:
+            json.loads(Path(path).read_text(encoding="utf-8-sig"))
+        except ValueError as err:
+            raise InputError(f"{flag}: '{path}' is not valid JSON (line {err.lineno}: {err.msg}).") from None
+        return
+    with open(path, encoding="utf-8-sig") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except ValueError as err:
+                    raise InputError(
+                        f"{flag}: '{path}' line {line_no} is not valid JSON ({err.msg}). Each line must be one JSON "
+                        'object, e.g. {"text": "..."}.'
+                    ) from None
 
 
 def load_raw_datasets(args: DataArguments, cache_dir: str | None = None) -> DatasetDict:
