@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -109,6 +110,12 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N evaluation examples (blocks, when packing)."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the training text as a stream, tokenized and packed on the fly, never all in memory "
+                  "(for corpora larger than RAM or disk cache). Needs --max_steps; evaluation text comes from "
+                  "--validation_file only. On resume the stream is replayed up to the checkpoint."},
+    )
 
     def __post_init__(self):
         self.train_file = _as_list(self.train_file)
@@ -181,6 +188,11 @@ class MLMTrainingArguments(TrainingArguments):
         default_factory=lambda: ["loss"],
         metadata={"help": "Extra tensors passed to compute_metrics; 'loss' gives perplexity in every evaluation."},
     )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "DDP: look for parameters without gradient at every step. Off: masked-LM uses every "
+                  "parameter, and the search costs a pass over the graph; turn on for a model that does not."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start from scratch even if --output_dir holds checkpoints (they are not deleted, "
@@ -190,6 +202,8 @@ class MLMTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if not self.output_dir:
             raise InputError("--output_dir is required: the folder for checkpoints, logs and the final model.")
+        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise InputError(f"--output_dir '{self.output_dir}' is a file, not a folder; give a folder path.")
         super().__post_init__()
 
 
@@ -223,11 +237,25 @@ def parse_args(argv: list[str] | None = None, groups=ARGUMENT_GROUPS):
                 config[key] = [_relative_to(base, p) for p in _as_list(config[key])]
         parser.set_defaults(**config)
     try:
-        return parser.parse_args_into_dataclasses(args=argv)
+        parsed = parser.parse_args_into_dataclasses(args=argv)
     except InputError:
         raise
     except ValueError as err:  # transformers' own TrainingArguments validation
         raise InputError(str(err)) from None
+    except ImportError as err:  # e.g. --deepspeed without the deepspeed package
+        raise InputError(f"A flag needs a package that is not installed ({str(err).strip()}). Install it (e.g. "
+                         "pip install deepspeed for --deepspeed) or drop the flag.") from None
+    _check_across_groups(parsed)
+    return parsed
+
+
+def _check_across_groups(parsed) -> None:
+    """Rules that involve flags of two argument groups."""
+    data_args = next((a for a in parsed if isinstance(a, DataArguments)), None)
+    training_args = next((a for a in parsed if isinstance(a, TrainingArguments)), None)
+    if data_args is not None and training_args is not None and data_args.streaming and training_args.max_steps <= 0:
+        raise InputError("--streaming needs --max_steps (a stream has no length, so epochs cannot be counted); "
+                         "e.g. --max_steps 100000.")
 
 
 def _relative_to(base: Path, path: str) -> str:

@@ -71,9 +71,11 @@ def mask_tokens(
     return masked, labels
 
 
-def _content_seed(seed: int, ids: Sequence[int]) -> int:
-    """A seed that depends only on ``seed`` and the token ids, so a sequence gets the same mask in every batch."""
-    digest = hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=8, key=str(seed).encode())
+def _content_seed(seed: int, ids: Sequence[int], epoch: int | None = None) -> int:
+    """A seed that depends only on ``seed``, ``epoch`` and the token ids, so a sequence gets the same mask in every
+    batch, whatever else is in the batch and however the batch is split across processes."""
+    key = str(seed) if epoch is None else f"{seed}:{epoch}"
+    digest = hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=8, key=key.encode())
     return int.from_bytes(digest.digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
@@ -102,8 +104,11 @@ class MLMCollator:
     Features are mappings with ``input_ids`` and optionally ``attention_mask``, ``token_type_ids``,
     ``special_tokens_mask``, ``word_ids`` (used when ``whole_word_mask``) and ``next_sentence_label``.
     With ``seed=None`` masks are drawn afresh from torch's global generator at every call (dynamic masking,
-    checkpointed with the Trainer's RNG state). With an integer ``seed`` each sequence's mask is a function of
-    the seed and its token ids alone: the same in every batch, every evaluation and every process.
+    checkpointed with the Trainer's RNG state, but different when the same batch is split across processes). With
+    an integer ``seed`` each sequence's mask is a function of the seed, :attr:`epoch` and its token ids alone: the
+    same in every batch, every process and every resumed run. ``epoch=None`` (evaluation) gives fixed masks;
+    training sets ``epoch`` at each epoch start (see ``callbacks.MaskEpochCallback``) so masks change every epoch;
+    a feature's own ``mask_epoch`` (streaming: the pass over the stream) takes precedence.
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class MLMCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.seed = seed
         self.whole_word_mask = whole_word_mask
+        self.epoch: int | None = None
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         vocab = torch.arange(len(tokenizer))
         self.random_token_ids = vocab[~torch.isin(vocab, self.special_ids)]
@@ -162,7 +168,8 @@ class MLMCollator:
             batch["labels"] = torch.full_like(batch["input_ids"], -100)
             for row, feature in enumerate(features):
                 n = len(feature["input_ids"])
-                generator = torch.Generator().manual_seed(_content_seed(self.seed, feature["input_ids"]))
+                epoch = feature.get("mask_epoch", self.epoch)
+                generator = torch.Generator().manual_seed(_content_seed(self.seed, feature["input_ids"], epoch))
                 masked, labels = mask_tokens(
                     batch["input_ids"][row : row + 1, :n],
                     special[row : row + 1, :n],

@@ -37,17 +37,45 @@ def _load(loader, name: str, args: ModelArguments, what: str, **kwargs):
 
 
 def load_tokenizer(args: ModelArguments):
-    """The tokenizer named by --tokenizer_name, else the model's."""
+    """The tokenizer named by --tokenizer_name, else the model's; it must have a mask token."""
     name = resolve_model_path(args.tokenizer_name or args.model_name_or_path)
-    return _load(AutoTokenizer.from_pretrained, name, args, "tokenizer")
+    tokenizer = _load(AutoTokenizer.from_pretrained, name, args, "tokenizer")
+    if tokenizer.mask_token_id is None:
+        raise InputError(
+            f"The tokenizer of '{name}' ({type(tokenizer).__name__}) has no mask token, so it cannot be used for "
+            "masked-LM. Pick a masked-LM model (BERT, RoBERTa, DistilBERT, ModernBERT, ...) with "
+            "--model_name_or_path, or a tokenizer with a mask token with --tokenizer_name."
+        )
+    return tokenizer
+
+
+def check_safetensors_weights(name: str) -> None:
+    """Refuse a local model folder whose weights exist only as pickles (pytorch_model.bin, *.pt, *.ckpt).
+
+    Weights are loaded with ``use_safetensors=True``: unpickling can run arbitrary code, and even torch's
+    ``weights_only`` unpickler has had escapes, so pickled weights are never opened.
+    """
+    folder = Path(name)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
+        return
+    pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in folder.glob(pattern)
+                     if p.name != "training_args.bin")
+    if pickles:
+        raise InputError(
+            f"--model_name_or_path '{name}' has weights only as pickle files ({', '.join(pickles)}), which we do not "
+            "open: unpickling can run code. If you trust the files, convert them once to safetensors, e.g. "
+            f"python -c \"from transformers import AutoModelForMaskedLM as M; M.from_pretrained('{name}', "
+            f"use_safetensors=False).save_pretrained('{name}-safetensors')\", then use that folder."
+        )
 
 
 def load_model(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM):
     """The pretrained masked-LM model (its head is initialised if the checkpoint has none)."""
     name = resolve_model_path(args.model_name_or_path)
+    check_safetensors_weights(name)
     config = _load(AutoConfig.from_pretrained, resolve_model_path(args.config_name or name), args, "config")
     dtype = None if args.dtype in (None, "auto") else getattr(torch, args.dtype)
-    model = _load(model_class.from_pretrained, name, args, "model", config=config,
+    model = _load(model_class.from_pretrained, name, args, "model", config=config, use_safetensors=True,
                   dtype=dtype if dtype is not None else ("auto" if args.dtype == "auto" else torch.float32))
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise InputError(

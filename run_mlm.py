@@ -5,25 +5,30 @@
     python run_mlm.py examples/quickstart.yaml                 # every flag from one YAML/JSON file
     torchrun --nproc_per_node 8 run_mlm.py ...                 # several GPUs
 
-Rerunning the same command resumes from the last checkpoint in --output_dir.
+Rerunning the same command resumes from the last complete checkpoint in --output_dir. SIGTERM or Ctrl-C saves a
+checkpoint at the current step and exits with status 128 + the signal number (143 or 130); rerun to continue.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from dataclasses import replace
 
 import datasets
 import transformers
 from transformers import set_seed
 
 from arguments import InputError, parse_args
-from checkpoints import find_resume_checkpoint
+from callbacks import GracefulStopCallback, MaskEpochCallback
+from checkpoints import check_checkpoint_matches, find_resume_checkpoint
 from collators import MLMCollator
 from data import load_raw_datasets, prepare_datasets
 from metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_trainer import MLMTrainer
 from modeling import load_model, load_tokenizer, resolve_max_seq_length
+from streaming import open_text_stream, streaming_train_dataset
 
 logger = logging.getLogger("run_mlm")
 
@@ -34,7 +39,8 @@ def setup_logging(training_args) -> None:
                         handlers=[logging.StreamHandler(sys.stdout)])
     level = training_args.get_process_log_level()
     ours = logging.INFO if training_args.should_log else logging.WARNING
-    for name in ("run_mlm", "arguments", "data", "modeling", "checkpoints", "collators", "metrics", "mlm_trainer"):
+    for name in ("run_mlm", "arguments", "data", "modeling", "checkpoints", "collators", "metrics", "mlm_trainer",
+                 "callbacks", "streaming"):
         logging.getLogger(name).setLevel(ours)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
@@ -54,14 +60,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logger.info("Training arguments: %s", training_args)
     set_seed(training_args.seed)
     resume_from = find_resume_checkpoint(training_args)
+    if resume_from is not None:
+        check_checkpoint_matches(resume_from, model_args, explicit=bool(training_args.resume_from_checkpoint))
 
-    # The corpus is read and checked before the model loads, so a bad file fails fast.
-    raw = load_raw_datasets(data_args, model_args.cache_dir)
+    # The corpus is read and checked before the model loads, so a bad file fails fast; under torchrun the main
+    # process reads (and caches) first, the others then read the cache.
+    with training_args.main_process_first(desc="reading the corpus"):
+        if data_args.streaming:  # training text streamed; evaluation text (if any) loaded whole
+            stream, text_column = open_text_stream(data_args, model_args.cache_dir)
+            raw = load_raw_datasets(replace(data_args, train_file=None, dataset_name=None), model_args.cache_dir) \
+                if data_args.validation_file else datasets.DatasetDict()
+        else:
+            raw = load_raw_datasets(data_args, model_args.cache_dir)
     tokenizer = load_tokenizer(model_args)
     model = load_model(model_args, tokenizer)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
         processed = prepare_datasets(raw, tokenizer, data_args, max_seq_length)
+    if data_args.streaming:
+        processed["train"] = streaming_train_dataset(data_args, tokenizer, max_seq_length, stream, text_column)
     train_dataset = processed.get("train") if training_args.do_train else None
     eval_dataset = processed.get("validation") if training_args.do_eval else None
     if training_args.do_train and train_dataset is None:
@@ -70,15 +87,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logger.warning("No evaluation text (--validation_file, or --validation_split_percentage > 0): "
                        "skipping evaluation.")
 
-    # Training masks are drawn afresh every step; evaluation masks are fixed by the seed.
+    # Training masks change every epoch, evaluation masks are fixed; both are functions of (seed, [epoch,] tokens),
+    # so they are the same however batches are split across processes, and after a resume.
     pad_to_multiple_of = data_args.pad_to_multiple_of or (8 if data_args.line_by_line else None)
     masking = dict(mlm_probability=mask_args.mlm_probability, mask_replace_prob=mask_args.mask_replace_prob,
                    random_replace_prob=mask_args.random_replace_prob, pad_to_multiple_of=pad_to_multiple_of)
+    train_collator = MLMCollator(tokenizer, **masking, seed=training_args.seed)
+    graceful_stop = GracefulStopCallback()
     trainer = MLMTrainer(
         model=model,
         args=training_args,
-        data_collator=MLMCollator(tokenizer, **masking),
+        data_collator=train_collator,
         eval_data_collator=MLMCollator(tokenizer, **masking, seed=training_args.seed),
+        callbacks=[MaskEpochCallback(train_collator), graceful_stop],
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
@@ -91,8 +112,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         results.update(evaluate(trainer, "eval_before"))
     if train_dataset is not None:
         train_result = trainer.train(resume_from_checkpoint=resume_from)
+        if graceful_stop.received:  # the checkpoint at this step is the whole result; a rerun continues from it
+            logger.warning("Stopped by %s at step %d; checkpoint saved in %s. Rerun the same command to continue.",
+                           signal.Signals(graceful_stop.received).name, trainer.state.global_step,
+                           training_args.output_dir)
+            return dict(train_result.metrics, stopped_by_signal=graceful_stop.received)
         trainer.save_model()  # model and tokenizer, loadable with AutoModelForMaskedLM / pipeline("fill-mask")
-        metrics = dict(train_result.metrics, train_samples=len(train_dataset))
+        metrics = dict(train_result.metrics)
+        if not data_args.streaming:
+            metrics["train_samples"] = len(train_dataset)
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
@@ -105,7 +133,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 if __name__ == "__main__":
     try:
-        main()
+        results = main()
     except InputError as err:
         print(f"run_mlm.py: error: {err}", file=sys.stderr)
         sys.exit(2)
+    # Stopped by a signal, with the checkpoint saved: the shell's status for that signal, so pipelines stop too.
+    sys.exit(128 + results["stopped_by_signal"] if results.get("stopped_by_signal") else 0)

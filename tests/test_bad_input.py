@@ -1,0 +1,284 @@
+"""Every input a user can get wrong fails with one clear InputError naming the file or flag and saying what to do,
+before the model loads where possible, and without touching what is already in --output_dir."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import run_mlm
+from arguments import InputError, parse_args
+from checkpoints import checkpoint_problem
+
+
+@pytest.fixture
+def run(tiny_model_dir, tmp_path, monkeypatch):
+    """Run main() with the tiny model plus ``flags``; expect an InputError matching ``pattern``; return it.
+
+    With ``before_model`` (the default) loading the model fails the test: the error must come earlier.
+    """
+
+    def _run(flags: list[str], pattern: str, before_model: bool = True, model=None) -> InputError:
+        if before_model:
+            def no_model(*args, **kwargs):
+                raise AssertionError("the model was loaded before the bad input was reported")
+            monkeypatch.setattr(run_mlm, "load_model", no_model)
+        argv = ["--model_name_or_path", str(model or tiny_model_dir), "--output_dir", str(tmp_path / "out"),
+                "--report_to", "none", "--max_steps", "2", "--preprocessing_num_workers", "1", *flags]
+        with pytest.raises(InputError, match=pattern) as info:
+            run_mlm.main(argv)
+        return info.value
+
+    return _run
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return path
+
+
+def fake_checkpoint(folder: Path, config: dict) -> Path:
+    """A checkpoint folder whose files are all whole (small stand-ins), with the given config.json."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2, "log_history": []}))
+    save_file({"w": torch.zeros(4, 4)}, str(folder / "model.safetensors"))
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        torch.save({"x": torch.ones(2)}, folder / name)
+    assert checkpoint_problem(folder) is None
+    return folder
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- the corpus -------------------------------------------------------------------------------------------------
+
+def test_missing_train_file(run, tmp_path):
+    run(["--train_file", str(tmp_path / "nope.txt")], r"--train_file: no such file or folder '.*nope\.txt'\. Check")
+
+
+def test_empty_file(run, tmp_path):
+    run(["--train_file", str(write(tmp_path / "empty.txt", ""))], r"--train_file: '.*empty\.txt' is empty")
+
+
+def test_folder_without_text_files(run, tmp_path):
+    write(tmp_path / "docs" / "a.pdf", "x")
+    run(["--train_file", str(tmp_path / "docs")], r"the folder '.*docs' holds no .*\.txt")
+
+
+def test_glob_matching_nothing(run, tmp_path):
+    run(["--train_file", str(tmp_path / "*.jsonl")], r"the pattern '.*\*\.jsonl' matches no file")
+
+
+def test_unsupported_extension(run, tmp_path):
+    run(["--train_file", str(write(tmp_path / "a.docx", "text"))],
+        r"'.*a\.docx' has an unsupported extension; use one of .*rename it to \.txt")
+
+
+def test_mixed_file_types(run, tmp_path, corpus):
+    run(["--train_file", str(corpus), str(write(tmp_path / "b.jsonl", '{"text": "x"}\n'))], "mixes file types")
+
+
+def test_invalid_utf8_names_byte_and_line(run, tmp_path):
+    path = write(tmp_path / "latin1.txt", b"hello\ncaf\xe9 au lait\n")
+    run(["--train_file", str(path)], r"'.*latin1\.txt' is not valid UTF-8 at byte 9 \(line 2\)\. Convert it.*iconv")
+
+
+def test_malformed_json_line(run, tmp_path):
+    path = write(tmp_path / "c.jsonl", '{"text": "a"}\n{"text": "b",}\n')
+    run(["--train_file", str(path)], r"'.*c\.jsonl' line 2 is not valid JSON")
+
+
+def test_missing_text_column_lists_columns(run, tmp_path):
+    path = write(tmp_path / "d.jsonl", '{"title": "a", "body": "b"}\n' * 3)
+    run(["--train_file", str(path)], r"no 'text' column; choose one with --text_column_name\. Columns: title, body")
+
+
+def test_unknown_text_column_name(run, tmp_path):
+    path = write(tmp_path / "d.jsonl", '{"title": "a", "body": "b"}\n' * 3)
+    run(["--train_file", str(path), "--text_column_name", "content"],
+        r"--text_column_name 'content' is not a column .* Columns: title, body")
+
+
+def test_blank_corpus(run, tmp_path):
+    run(["--train_file", str(write(tmp_path / "blank.txt", "\n   \n\t\n"))], r"holds no text \(every row is blank\)")
+
+
+def test_single_text_cannot_be_split(run, tmp_path):
+    run(["--train_file", str(write(tmp_path / "one.txt", "just one line\n"))],
+        r"single text.*--validation_file or --validation_split_percentage 0")
+
+
+def test_corpus_shorter_than_one_block(run, tmp_path):
+    path = write(tmp_path / "short.txt", "the city\nthe park\nthe band\n")
+    run(["--train_file", str(path), "--max_seq_length", "64", "--validation_split_percentage", "0"],
+        r"fewer than one block of --max_seq_length 64; give more text, a smaller --max_seq_length, or --line_by_line",
+        before_model=False)
+
+
+def test_crlf_and_bom_are_simply_read(tmp_path):
+    """Not an error: a BOM and CRLF line ends give the same texts as a plain LF file."""
+    from arguments import DataArguments
+    from data import load_raw_datasets
+
+    lines = ["the city park", "he released new album"]
+    plain = write(tmp_path / "lf.txt", "\n".join(lines) + "\n")
+    windows = write(tmp_path / "crlf.txt", "\ufeff" + "\r\n".join(lines) + "\r\n")
+    texts = [load_raw_datasets(DataArguments(train_file=[str(p)], validation_split_percentage=0),
+                               str(tmp_path / "cache"))["train"]["text"] for p in (plain, windows)]
+    assert texts[0] == texts[1] == lines
+
+
+# --- flags and config files ----------------------------------------------------------------------------------
+
+def test_missing_output_dir():
+    with pytest.raises(InputError, match="--output_dir is required"):
+        parse_args(["--train_file", "x.txt"])
+
+
+def test_output_dir_is_a_file(tmp_path):
+    path = write(tmp_path / "out", "not a folder")
+    with pytest.raises(InputError, match=r"--output_dir '.*out' is a file, not a folder"):
+        parse_args(["--output_dir", str(path)])
+
+
+def test_dataset_name_and_train_file(tmp_path):
+    with pytest.raises(InputError, match="Give either --dataset_name or --train_file, not both"):
+        parse_args(["--output_dir", str(tmp_path), "--dataset_name", "wikitext", "--train_file", "a.txt"])
+
+
+def test_validation_split_out_of_range(tmp_path):
+    with pytest.raises(InputError, match=r"--validation_split_percentage must be in \[0, 100\), got 100"):
+        parse_args(["--output_dir", str(tmp_path), "--validation_split_percentage", "100"])
+
+
+@pytest.mark.parametrize("flags, pattern", [
+    (["--mlm_probability", "0"], r"--mlm_probability must be between 0 and 1 \(exclusive\), got 0"),
+    (["--mask_replace_prob", "0.9", "--random_replace_prob", "0.2"],
+     r"--mask_replace_prob \+ --random_replace_prob must be at most 1 .*got 0.9 \+ 0.2"),
+    (["--random_replace_prob", "-0.1"], r"--random_replace_prob must be between 0 and 1, got -0.1"),
+])
+def test_impossible_masking_probabilities(tmp_path, flags, pattern):
+    with pytest.raises(InputError, match=pattern):
+        parse_args(["--output_dir", str(tmp_path), *flags])
+
+
+def test_streaming_needs_max_steps(tmp_path):
+    with pytest.raises(InputError, match=r"--streaming needs --max_steps .* e\.g\. --max_steps 100000"):
+        parse_args(["--output_dir", str(tmp_path), "--train_file", "a.txt", "--streaming"])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(InputError, match=r"Config file .*nope\.yaml does not exist"):
+        parse_args([str(tmp_path / "nope.yaml")])
+
+
+def test_invalid_yaml(tmp_path):
+    path = write(tmp_path / "bad.yaml", "output_dir: out\ntrain_file: [a.txt\n")
+    with pytest.raises(InputError, match=r"Config file .*bad\.yaml is not valid YAML"):
+        parse_args([str(path)])
+
+
+def test_unknown_yaml_key(tmp_path):
+    path = write(tmp_path / "typo.yaml", "output_dir: out\nlearning_rat: 0.001\nmlm_prob: 0.2\n")
+    with pytest.raises(InputError, match=r"typo\.yaml: unknown argument\(s\) learning_rat, mlm_prob\. Run with --help"):
+        parse_args([str(path)])
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path):
+    path = write(tmp_path / "list.yaml", "- output_dir\n- out\n")
+    with pytest.raises(InputError, match=r"list\.yaml must hold a mapping of flag names to values"):
+        parse_args([str(path)])
+
+
+def test_deepspeed_without_the_package(tmp_path):
+    pytest.importorskip("transformers")
+    try:
+        import deepspeed  # noqa: F401
+        pytest.skip("deepspeed is installed: the flag parses (see test_distributed)")
+    except ImportError:
+        pass
+    with pytest.raises(InputError, match=r"needs a package that is not installed .*pip install deepspeed"):
+        parse_args(["--output_dir", str(tmp_path), "--deepspeed", "examples/ds_zero2.json"])
+
+
+# --- the model and tokenizer ---------------------------------------------------------------------------------
+
+def test_missing_model(run, corpus, tmp_path):
+    run(["--train_file", str(corpus)], r"Could not load the tokenizer from '.*no-such-model': Check the name or path",
+        model=tmp_path / "no-such-model")
+
+
+def test_max_seq_length_above_model_limit(run, corpus):
+    run(["--train_file", str(corpus), "--max_seq_length", "256"],
+        r"--max_seq_length 256 is above the model's limit of 128 tokens; use at most 128", before_model=False)
+
+
+def test_tokenizer_without_mask_token(run, corpus, tiny_model_dir, tmp_path):
+    from transformers import BertTokenizer
+
+    BertTokenizer(vocab=str(tiny_model_dir / "vocab.txt"), mask_token=None).save_pretrained(tmp_path / "nomask")
+    run(["--train_file", str(corpus), "--tokenizer_name", str(tmp_path / "nomask")],
+        r"The tokenizer of '.*nomask' .* has no mask token.*--model_name_or_path.*--tokenizer_name")
+
+
+def test_tokenizer_model_vocabulary_mismatch(run, corpus, tiny_model_dir, tmp_path):
+    from transformers import BertTokenizer
+
+    vocab = (tiny_model_dir / "vocab.txt").read_text().splitlines() + [f"extra{i}" for i in range(50)]
+    write(tmp_path / "bigger.txt", "\n".join(vocab) + "\n")
+    BertTokenizer(vocab=str(tmp_path / "bigger.txt")).save_pretrained(tmp_path / "bigger")
+    run(["--train_file", str(corpus), "--tokenizer_name", str(tmp_path / "bigger")],
+        r"The tokenizer has 167 tokens but the model's embeddings have 117 rows: --tokenizer_name does not belong",
+        before_model=False)
+
+
+def test_pickle_only_weights_are_refused(run, corpus, tiny_model_dir, tmp_path):
+    """A folder with only pytorch_model.bin is never unpickled: clear refusal with the conversion command."""
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    run(["--train_file", str(corpus)],
+        r"has weights only as pickle files \(pytorch_model\.bin\), which we do not open: unpickling can run code\. "
+        r"If you trust the files, convert them once to safetensors", before_model=False, model=folder)
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------------
+
+def test_missing_resume_checkpoint(run, corpus, tmp_path):
+    run(["--train_file", str(corpus), "--resume_from_checkpoint", str(tmp_path / "checkpoint-9")],
+        r"--resume_from_checkpoint '.*checkpoint-9' is not a folder\. Give a checkpoint folder")
+
+
+def test_incomplete_resume_checkpoint(run, corpus, tmp_path, tiny_model_dir):
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    folder = fake_checkpoint(tmp_path / "checkpoint-4", config)
+    (folder / "rng_state.pth").write_bytes((folder / "rng_state.pth").read_bytes()[:40])
+    run(["--train_file", str(corpus), "--resume_from_checkpoint", str(folder)],
+        r"'.*checkpoint-4' is not a complete checkpoint \(rng_state\.pth is cut short or corrupt\).*earlier checkpoint")
+
+
+def test_output_dir_of_a_different_model_is_left_untouched(run, corpus, tmp_path, tiny_model_dir):
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    out = tmp_path / "out"
+    fake_checkpoint(out / "checkpoint-2", dict(config, hidden_size=768, vocab_size=30522))
+    before = digest(out)
+    run(["--train_file", str(corpus)],
+        r"--output_dir '.*checkpoint-2' holds a checkpoint of a different model than --model_name_or_path .* "
+        r"\(vocab_size 30522 vs 117; hidden_size 768 vs 32, checkpoint vs model\)\. Pick another --output_dir, or "
+        r"pass --overwrite_output_dir")
+    assert digest(out) == before  # nothing the user saved was changed

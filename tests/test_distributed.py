@@ -1,0 +1,116 @@
+"""Data-parallel training: masks that do not depend on the split of a batch, a token-weighted loss, torchrun on CPU
+matching one process step for step, and the DeepSpeed / FSDP example configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import run_mlm
+from arguments import parse_args
+from collators import MLMCollator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def no_dropout_model(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model without dropout: with dropout, 1 and 2 processes draw different dropout masks."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    folder = tmp_path_factory.mktemp("no-dropout")
+    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+    config = AutoConfig.from_pretrained(folder)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    config.save_pretrained(folder)
+    return folder
+
+
+def flags(model, corpus, out, **extra) -> list[str]:
+    args = {"model_name_or_path": model, "train_file": corpus, "output_dir": out, "max_seq_length": 32,
+            "max_steps": 4, "save_strategy": "no", "logging_steps": 1, "do_eval": False, "report_to": "none",
+            "use_cpu": True, "preprocessing_num_workers": 1, "disable_tqdm": True, **extra}
+    return [item for key, value in args.items() for item in (f"--{key}", str(value))]
+
+
+def losses(out: Path) -> list[float]:
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def test_training_masks_do_not_depend_on_the_batch_split(tiny_tokenizer):
+    collator = MLMCollator(tiny_tokenizer, seed=7)
+    collator.epoch = 0
+    features = [{"input_ids": [2] + [10 + (i * 7 + j) % 90 for j in range(20)] + [3]} for i in range(6)]
+    whole = collator(features)
+    halves = [collator(features[:3]), collator(features[3:])]
+    assert torch.equal(whole["labels"], torch.cat([h["labels"] for h in halves]))
+    assert torch.equal(whole["input_ids"], torch.cat([h["input_ids"] for h in halves]))
+    collator.epoch = 1
+    assert not torch.equal(collator(features)["labels"], whole["labels"])  # a new epoch, new masks
+    collator.epoch = None
+    fixed = collator(features)["labels"]
+    assert torch.equal(MLMCollator(tiny_tokenizer, seed=7)(features)["labels"], fixed)  # evaluation: fixed masks
+
+
+def test_gradient_accumulation_equals_one_big_batch(no_dropout_model, corpus, tmp_path):
+    """2 micro-batches of 4 give the loss of one batch of 8: the loss is a mean over the step's masked tokens."""
+    run_mlm.main(flags(no_dropout_model, corpus, tmp_path / "big", per_device_train_batch_size=8))
+    run_mlm.main(flags(no_dropout_model, corpus, tmp_path / "accumulated", per_device_train_batch_size=4,
+                       gradient_accumulation_steps=2))
+    assert losses(tmp_path / "accumulated") == pytest.approx(losses(tmp_path / "big"), abs=1e-5)
+    big, accumulated = (load_file(tmp_path / d / "model.safetensors") for d in ("big", "accumulated"))
+    assert max((big[k] - accumulated[k]).abs().max().item() for k in big) <= 1e-6
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(no_dropout_model, corpus, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo, 2 x 4 sequences) logs the losses of 1 process x 8, within 1e-5, and ends
+    with weights within 1e-6: same samples per step, same masks, same token-weighted loss."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", HF_DATASETS_CACHE=str(tmp_path / "cache"))
+    single = subprocess.run([sys.executable, "run_mlm.py", *flags(no_dropout_model, corpus, tmp_path / "one",
+                                                                  per_device_train_batch_size=8)],
+                            cwd=REPO, env=env, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "run_mlm.py", *flags(no_dropout_model, corpus, tmp_path / "two",
+                                               per_device_train_batch_size=4)],
+                         cwd=REPO, env=env, capture_output=True, text=True)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert len(losses(tmp_path / "one")) == 4
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    one, two = (load_file(tmp_path / d / "model.safetensors") for d in ("one", "two"))
+    assert max((one[k] - two[k]).abs().max().item() for k in one) <= 1e-6
+
+
+def test_fsdp_example_parses_into_training_arguments(tmp_path):
+    training_args = parse_args([str(REPO / "examples" / "fsdp.yaml"), "--output_dir", str(tmp_path),
+                                "--bf16", "False"])[3]
+    assert training_args.fsdp_config["transformer_layer_cls_to_wrap"] == ["BertLayer"]
+    assert training_args.fsdp_config["state_dict_type"] == "SHARDED_STATE_DICT"
+    assert training_args.fsdp and training_args.max_steps == 10000
+
+
+def test_deepspeed_zero2_example_parses(tmp_path):
+    """deepspeed is not installed here, so TrainingArguments cannot take --deepspeed (it imports the package);
+    the config is checked with accelerate's DeepSpeed config reader, and parsed whole where deepspeed exists."""
+    from accelerate.utils.deepspeed import HfDeepSpeedConfig
+
+    path = REPO / "examples" / "ds_zero2.json"
+    config = HfDeepSpeedConfig(json.loads(path.read_text()))
+    assert config.is_zero2() and not config.is_offload()
+    assert config.get_value("train_micro_batch_size_per_gpu") == "auto"  # filled from TrainingArguments
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        pytest.skip("deepspeed not installed: --deepspeed parsing covered by test_bad_input")
+    assert parse_args(["--output_dir", str(tmp_path), "--deepspeed", str(path)])[3].deepspeed == str(path)

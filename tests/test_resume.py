@@ -1,0 +1,215 @@
+"""Resuming: exact continuation (losses and weights) after a kill, incomplete checkpoints skipped, fast batch skipping,
+and a graceful stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import run_mlm
+from callbacks import GracefulStopCallback
+from checkpoints import checkpoint_problem, last_complete_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_STEPS = 14  # 10 steps per epoch: runs cross an epoch boundary, so the per-epoch masks are exercised too
+
+
+def flags(model: Path, corpus: Path, out: Path, **extra) -> list[str]:
+    args = {"model_name_or_path": model, "train_file": corpus, "output_dir": out, "max_seq_length": 32,
+            "per_device_train_batch_size": 8, "max_steps": MAX_STEPS, "save_steps": 4, "logging_steps": 1,
+            "do_eval": False, "report_to": "none", "use_cpu": True, "preprocessing_num_workers": 1,
+            "disable_tqdm": True, **extra}
+    return [item for key, value in args.items() for item in (f"--{key}", str(value))]
+
+
+def losses(out: Path) -> list[float]:
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def max_weight_difference(a: Path, b: Path) -> float:
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory) -> Path:
+    lines = []
+    for i in range(60):
+        lines += [f" = season {i % 5} = ", "",
+                  "the city park was known for its music and the band played the first song of the year .",
+                  f"he released {i % 5} new album , which became known in the world during the war ."]
+    path = tmp_path_factory.mktemp("resume-data") / "train.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_model_dir, corpus_file, tmp_path_factory) -> Path:
+    """An uninterrupted run of MAX_STEPS steps, checkpoints every 4 steps."""
+    out = tmp_path_factory.mktemp("full") / "out"
+    run_mlm.main(flags(tiny_model_dir, corpus_file, out))
+    assert len(losses(out)) == MAX_STEPS
+    return out
+
+
+def test_resume_from_a_copied_checkpoint_is_exact(full_run, tiny_model_dir, corpus_file, tmp_path):
+    """Rerunning the same command on a folder holding only checkpoint-12 (mid epoch 1) ends like the full run."""
+    out = tmp_path / "out"
+    shutil.copytree(full_run / "checkpoint-12", out / "checkpoint-12")
+    run_mlm.main(flags(tiny_model_dir, corpus_file, out))
+    assert losses(out) == pytest.approx(losses(full_run), abs=1e-6)
+    assert max_weight_difference(out, full_run) <= 1e-6
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("truncate model.safetensors", "model.safetensors: tensor data cut short"),
+    ("truncate optimizer.pt", "optimizer.pt is cut short or corrupt"),
+    ("truncate trainer_state.json", "trainer_state.json is cut short or corrupt"),
+    ("delete trainer_state.json", "no trainer_state.json"),
+    ("delete rng_state.pth", "no RNG state"),
+    ("delete scheduler.pt", "no scheduler.pt"),
+])
+def test_incomplete_checkpoint_is_detected(full_run, tmp_path, damage, reason):
+    folder = tmp_path / "checkpoint-12"
+    shutil.copytree(full_run / "checkpoint-12", folder)
+    assert checkpoint_problem(folder) is None
+    action, name = damage.split()
+    path = folder / name
+    if action == "delete":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert reason in checkpoint_problem(folder)
+
+
+def test_half_written_checkpoint_is_skipped_and_run_ends_exact(full_run, tiny_model_dir, corpus_file, tmp_path,
+                                                                caplog):
+    """checkpoint-12 cut short as by a kill while saving: a warning names it, the run resumes from checkpoint-8."""
+    out = tmp_path / "out"
+    for step in (8, 12):
+        shutil.copytree(full_run / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    weights = out / "checkpoint-12" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING, logger="checkpoints"):
+        assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-8")
+    assert f"Skipping {out / 'checkpoint-12'}: incomplete checkpoint" in caplog.text
+    run_mlm.main(flags(tiny_model_dir, corpus_file, out))
+    assert losses(out) == pytest.approx(losses(full_run), abs=1e-6)
+    assert max_weight_difference(out, full_run) <= 1e-6
+    assert checkpoint_problem(out / "checkpoint-12") is None  # rewritten whole
+
+
+def test_skipping_seen_batches_does_not_touch_the_data(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """The Trainer's resume uses accelerate's skip_first_batches: on a map-style dataset it skips sampler indices,
+    so skipped batches are neither read nor collated."""
+    from accelerate import skip_first_batches
+    from datasets import Dataset
+    from transformers import AutoModelForMaskedLM
+
+    from arguments import MLMTrainingArguments
+    from collators import MLMCollator
+    from mlm_trainer import MLMTrainer
+
+    calls = []
+    collator = MLMCollator(tiny_tokenizer, seed=0)
+
+    def counting_collator(features):
+        calls.append(len(features))
+        return collator(features)
+
+    data = Dataset.from_dict({"input_ids": [[2, 10 + i % 50, 11, 3] for i in range(64)]})
+    args = MLMTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to="none",
+                                use_cpu=True, seed=1)
+    trainer = MLMTrainer(model=AutoModelForMaskedLM.from_pretrained(tiny_model_dir), args=args,
+                         train_dataset=data, data_collator=counting_collator)
+    loader = trainer.get_train_dataloader()
+    loader.set_epoch(0)  # as the Trainer does before each epoch: the sampler's order depends on the epoch alone
+    all_batches = [b["labels"].clone() for b in loader]
+    calls.clear()
+    skipping_loader = skip_first_batches(loader, 10)
+    skipping_loader.set_epoch(0)
+    skipped = iter(skipping_loader)
+    first = next(skipped)
+    assert calls == [4, 4]  # this batch and the one accelerate prefetches; not the 10 skipped ones
+    assert torch.equal(first["labels"], all_batches[10])
+
+
+def test_graceful_stop_callback_sets_save_and_stop(tmp_path):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    callback = GracefulStopCallback()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    state, control = TrainerState(), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    try:
+        callback.on_step_end(args, state, control)
+        assert not control.should_save and not control.should_training_stop
+        os.kill(os.getpid(), signal.SIGINT)  # handled: no KeyboardInterrupt
+        assert callback.received == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a second Ctrl-C interrupts at once
+        callback.on_step_end(args, state, control)
+        assert control.should_save and control.should_training_stop
+    finally:
+        callback.on_train_end(args, state, control)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def _cli(argv: list[str], out_log: Path) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(REPO / "run_mlm.py"), *argv], cwd=REPO, env=env,
+                            stdout=open(out_log, "w"), stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_kill9_after_a_checkpoint_then_rerun_is_exact(full_run, tiny_model_dir, corpus_file, tmp_path):
+    """SIGKILL once checkpoint-4 is written, rerun the same command: same loss curve and weights as uninterrupted."""
+    out = tmp_path / "out"
+    argv = flags(tiny_model_dir, corpus_file, out)
+    process = _cli(argv, tmp_path / "killed.log")
+    deadline = time.time() + 300
+    while process.poll() is None and not (out / "checkpoint-4" / "trainer_state.json").exists():
+        assert time.time() < deadline
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "model.safetensors").exists()
+    first_checkpoint = (out / "checkpoint-4" / "trainer_state.json").stat().st_mtime_ns
+    rerun = _cli(argv, tmp_path / "rerun.log")
+    assert rerun.wait() == 0, (tmp_path / "rerun.log").read_text()[-3000:]
+    assert (out / "checkpoint-4" / "trainer_state.json").stat().st_mtime_ns == first_checkpoint  # resumed
+    assert losses(out) == pytest.approx(losses(full_run), abs=1e-6)
+    assert max_weight_difference(out, full_run) <= 1e-6
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_model_dir, corpus_file, tmp_path):
+    out = tmp_path / "out"
+    process = _cli(flags(tiny_model_dir, corpus_file, out, max_steps=100_000, save_steps=100_000), tmp_path / "log")
+    deadline = time.time() + 300
+    while "{'loss'" not in (tmp_path / "log").read_text():  # a logged training step
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    log = (tmp_path / "log").read_text()
+    assert "Traceback" not in log
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and checkpoint_problem(checkpoints[0]) is None
+    step = int(checkpoints[0].name.split("-")[1])
+    assert json.loads((checkpoints[0] / "trainer_state.json").read_text())["global_step"] == step == len(losses(
+        checkpoints[0]))
+    assert f"Stopped by SIGTERM at step {step}; checkpoint saved in {out}" in log
