@@ -23,7 +23,7 @@ from collators import MLMCollator
 from data import load_raw_datasets, prepare_datasets
 from metrics import MaskedAccuracy, perplexity, preprocess_logits_for_metrics
 from mlm_trainer import MLMTrainer
-from modeling import load_model, load_tokenizer, resolve_max_seq_length
+from modeling import load_model, load_tokenizer, model_class_for, resolve_max_seq_length
 
 logger = logging.getLogger("run_mlm")
 
@@ -41,9 +41,10 @@ def setup_logging(training_args) -> None:
 
 
 def evaluate(trainer, prefix: str) -> dict[str, float]:
-    """Evaluate with fixed masks; add perplexity = exp(loss); log and save under ``prefix``."""
+    """Evaluate with fixed masks; add perplexity = exp(MLM loss); log and save under ``prefix``."""
     metrics = trainer.evaluate(metric_key_prefix=prefix)
-    metrics[f"{prefix}_perplexity"] = perplexity(metrics[f"{prefix}_loss"])
+    # With --nsp the model's loss is MLM + NSP; perplexity comes from the MLM part alone.
+    metrics[f"{prefix}_perplexity"] = perplexity(metrics.get(f"{prefix}_mlm_loss", metrics[f"{prefix}_loss"]))
     trainer.log_metrics(prefix, metrics)
     trainer.save_metrics("eval", metrics, combined=True)
     return metrics
@@ -59,10 +60,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # The corpus is read and checked before the model loads, so a bad file fails fast.
     raw = load_raw_datasets(data_args, model_args.cache_dir)
     tokenizer = load_tokenizer(model_args)
-    model = load_model(model_args, tokenizer)
+    model = load_model(model_args, tokenizer, model_class_for(model_args, nsp=data_args.nsp))
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
-        processed = prepare_datasets(raw, tokenizer, data_args, max_seq_length)
+        processed = prepare_datasets(raw, tokenizer, data_args, max_seq_length,
+                                     whole_word_mask=mask_args.whole_word_mask,
+                                     chinese_word_segmentation=mask_args.chinese_word_segmentation,
+                                     seed=training_args.seed)
     train_dataset = processed.get("train") if training_args.do_train else None
     eval_dataset = processed.get("validation") if training_args.do_eval else None
     if training_args.do_train and train_dataset is None:
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # Training masks are drawn afresh every step; evaluation masks are fixed by the seed.
     pad_to_multiple_of = data_args.pad_to_multiple_of or (8 if data_args.line_by_line else None)
     masking = dict(mlm_probability=mask_args.mlm_probability, mask_replace_prob=mask_args.mask_replace_prob,
-                   random_replace_prob=mask_args.random_replace_prob, pad_to_multiple_of=pad_to_multiple_of)
+                   random_replace_prob=mask_args.random_replace_prob, pad_to_multiple_of=pad_to_multiple_of,
+                   whole_word_mask=mask_args.whole_word_mask)
     trainer = MLMTrainer(
         model=model,
         args=training_args,
