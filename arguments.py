@@ -116,6 +116,14 @@ class DataArguments:
                   "(for corpora larger than RAM or disk cache). Needs --max_steps; evaluation text comes from "
                   "--validation_file only. On resume the stream is replayed up to the checkpoint."},
     )
+    nsp: bool = field(
+        default=False,
+        metadata={"help": "Also train next-sentence prediction, as the original BERT (BertForPreTraining): "
+                  "examples become pairs [CLS] A [SEP] B [SEP] of at most --max_seq_length tokens, B the true "
+                  "continuation of A half of the time, else text from another document. Documents are separated "
+                  "by blank lines in .txt files, one per row in .csv/.json files. Eval adds nsp_accuracy. Needs "
+                  "a model with an NSP head (BERT; not RoBERTa or DistilBERT)."},
+    )
 
     def __post_init__(self):
         self.train_file = _as_list(self.train_file)
@@ -132,6 +140,9 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"--{name} must be a positive integer, got {value}.")
+        if self.nsp and self.line_by_line:
+            raise InputError("--nsp builds its own sentence pairs from whole documents; it cannot be combined with "
+                             "--line_by_line. Drop one of the two.")
 
 
 @dataclass
@@ -149,6 +160,21 @@ class MaskingArguments:
         default=0.1,
         metadata={"help": "Of the chosen tokens, the share replaced by a random token; the rest stay unchanged."},
     )
+    whole_word_mask: bool = field(
+        default=False,
+        metadata={"help": "Choose whole words instead of word pieces: every piece of a chosen word is masked, "
+                  "with the 80/10/10 rule applied per word. Words come from the fast tokenizer (WordPiece ##, "
+                  "BPE Ġ, SentencePiece ▁ alike); Chinese words from a segmenter (see "
+                  "--chinese_word_segmentation). Works with packing, --line_by_line and --nsp."},
+    )
+    chinese_word_segmentation: str = field(
+        default="auto",
+        metadata={"help": "With --whole_word_mask: group Chinese characters into words with the rjieba segmenter "
+                  "(jieba as a fallback), computed once while tokenizing and cached. 'auto': when the tokenizer "
+                  "splits Chinese into single characters (bert-base-chinese, all BERT vocabularies); 'on': "
+                  "always (an error if the tokenizer does not); 'off': never.",
+                  "choices": ["auto", "on", "off"]},
+    )
 
     def __post_init__(self):
         if not 0 < self.mlm_probability < 1:
@@ -161,6 +187,12 @@ class MaskingArguments:
                 "--mask_replace_prob + --random_replace_prob must be at most 1 (the rest stay unchanged), got "
                 f"{self.mask_replace_prob} + {self.random_replace_prob}."
             )
+        if self.chinese_word_segmentation not in ("auto", "on", "off"):
+            raise InputError("--chinese_word_segmentation must be one of auto, on, off, got "
+                             f"{self.chinese_word_segmentation!r}.")
+        if self.chinese_word_segmentation == "on" and not self.whole_word_mask:
+            raise InputError("--chinese_word_segmentation on only matters with --whole_word_mask; add "
+                             "--whole_word_mask or drop the flag.")
 
 
 @dataclass
@@ -253,6 +285,11 @@ def _check_across_groups(parsed) -> None:
     """Rules that involve flags of two argument groups."""
     data_args = next((a for a in parsed if isinstance(a, DataArguments)), None)
     training_args = next((a for a in parsed if isinstance(a, TrainingArguments)), None)
+    mask_args = next((a for a in parsed if isinstance(a, MaskingArguments)), None)
+    if data_args is not None and mask_args is not None and data_args.streaming and (mask_args.whole_word_mask
+                                                                                   or data_args.nsp):
+        flag = "--whole_word_mask" if mask_args.whole_word_mask else "--nsp"
+        raise InputError(f"--streaming does not support {flag} yet; drop one of the two.")
     if data_args is not None and training_args is not None and data_args.streaming and training_args.max_steps <= 0:
         raise InputError("--streaming needs --max_steps (a stream has no length, so epochs cannot be counted); "
                          "e.g. --max_steps 100000.")

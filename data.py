@@ -15,6 +15,8 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_dataset
 
 from arguments import DataArguments, InputError
+from sentence_pairs import build_pairs, global_word_ids
+from whole_word import check_tokenizer, dense_word_ids, encode_with_word_ids, use_chinese_segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +122,9 @@ def load_raw_datasets(args: DataArguments, cache_dir: str | None = None) -> Data
         if builder == "csv" and any(f.lower().endswith(".tsv") for files in data_files.values() for f in files):
             options["sep"] = "\t"
         raw = load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **options)
-    raw = DatasetDict({split: _select_text(ds, args, split) for split, ds in raw.items()
+    # In .txt files blank lines separate documents (for --nsp); elsewhere each row is a document.
+    blank_lines_split_documents = not args.dataset_name and builder == "text"
+    raw = DatasetDict({split: _select_text(ds, args, split, blank_lines_split_documents) for split, ds in raw.items()
                        if split in ("train", "validation")})
     if "validation" not in raw and "train" in raw and args.validation_split_percentage > 0:
         n = len(raw["train"])
@@ -133,8 +137,11 @@ def load_raw_datasets(args: DataArguments, cache_dir: str | None = None) -> Data
     return raw
 
 
-def _select_text(ds: Dataset, args: DataArguments, split: str) -> Dataset:
-    """Keep the text column alone, named 'text', without blank texts; fail clearly if there is none."""
+def _select_text(ds: Dataset, args: DataArguments, split: str, blank_lines_split_documents: bool = False) -> Dataset:
+    """Keep the text column alone, named 'text', without blank texts; fail clearly if there is none.
+
+    With --nsp a 'document_id' column is added first, since the blank lines that separate documents are dropped.
+    """
     column = args.text_column_name
     if column is None:
         strings = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
@@ -151,11 +158,22 @@ def _select_text(ds: Dataset, args: DataArguments, split: str) -> Dataset:
     ds = ds.select_columns([column])
     if column != "text":
         ds = ds.rename_column(column, "text")
+    if args.nsp:
+        ds = ds.add_column("document_id", _document_ids(ds, blank_lines_split_documents))
     ds = ds.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True,
                    desc=f"Dropping blank {split} texts")
     if len(ds) == 0:
         raise InputError(f"The {split} data holds no text (every row is blank).")
     return ds
+
+
+def _document_ids(ds: Dataset, blank_lines_split_documents: bool) -> np.ndarray:
+    """Per row, its document: the number of blank rows before it, or the row's own index."""
+    if not blank_lines_split_documents:
+        return np.arange(len(ds))
+    texts = pc.fill_null(ds.flatten_indices().data.table.column("text"), "")
+    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0).to_numpy(zero_copy_only=False)
+    return np.cumsum(blank)
 
 
 def special_token_template(tokenizer) -> tuple[list[int], list[int]]:
@@ -168,27 +186,45 @@ def special_token_template(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int) -> DatasetDict:
-    """Tokenize every split (cached by ``datasets``): whole texts for packing, truncated texts line by line."""
+def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int, *, word_ids: bool = False,
+             segment_chinese: bool = False) -> DatasetDict:
+    """Tokenize every split (cached by ``datasets``): whole texts for packing, truncated texts line by line.
+
+    With ``word_ids`` a 'word_ids' column is added for whole-word masking (see whole_word.py); with
+    ``segment_chinese`` Chinese words come from a segmenter. Other columns (document_id) are kept.
+    """
     separator = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if args.nsp:
+        separator = None  # NSP pairs get their separators when they are built
 
     def tokenize_batch(batch):
         if args.line_by_line:
-            encoded = tokenizer(batch["text"], truncation=True, max_length=max_seq_length,
-                                return_attention_mask=False, return_token_type_ids=False)
-            return {"input_ids": encoded["input_ids"]}
-        encoded = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False,
-                            return_token_type_ids=False)
+            options = dict(truncation=True, max_length=max_seq_length)
+        else:
+            options = dict(add_special_tokens=False)
+        if word_ids:
+            encoded = encode_with_word_ids(tokenizer, batch["text"], segment_chinese=segment_chinese, **options)
+        else:
+            encoded = {"input_ids": tokenizer(batch["text"], return_attention_mask=False,
+                                              return_token_type_ids=False, **options)["input_ids"]}
+        if args.line_by_line or separator is None:
+            return encoded
         # A separator after each text marks text boundaries inside packed blocks.
-        ids = encoded["input_ids"] if separator is None else [ids + [separator] for ids in encoded["input_ids"]]
-        return {"input_ids": ids}
+        encoded["input_ids"] = [ids + [separator] for ids in encoded["input_ids"]]
+        if word_ids:
+            encoded["word_ids"] = [words + [-1] for words in encoded["word_ids"]]
+        return encoded
 
+    features = {name: feature for name, feature in next(iter(raw.values())).features.items() if name != "text"}
+    features["input_ids"] = Sequence(Value("int32"))
+    if word_ids:
+        features["word_ids"] = Sequence(Value("int32"))
     return raw.map(
         tokenize_batch,
         batched=True,
         num_proc=args.preprocessing_num_workers or os.cpu_count(),
         remove_columns=["text"],
-        features=Features({"input_ids": Sequence(Value("int32"))}),
+        features=Features(features),
         load_from_cache_file=not args.overwrite_cache,
         desc="Tokenizing",
     )
@@ -198,6 +234,7 @@ def pack(tokenized: Dataset, max_seq_length: int, prefix: list[int], suffix: lis
     """Concatenate all token ids and cut them into full blocks of ``max_seq_length`` (special tokens included).
 
     Only the final partial block of the whole split is dropped. Each block is ``prefix + body + suffix``.
+    A 'word_ids' column is packed alongside, renumbered per block; a word cut by a block boundary becomes two.
     """
     body = max_seq_length - len(prefix) - len(suffix)
     column = tokenized.flatten_indices().data.column("input_ids")
@@ -215,16 +252,35 @@ def pack(tokenized: Dataset, max_seq_length: int, prefix: list[int], suffix: lis
         np.broadcast_to(np.asarray(suffix, np.int32), (n_blocks, len(suffix))),
     ])
     array = pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel()), max_seq_length)
-    return Dataset(pa.table({"input_ids": array}))
+    columns = {"input_ids": array}
+    if "word_ids" in tokenized.column_names:
+        words = global_word_ids(tokenized.flatten_indices().data.table)[: n_blocks * body].reshape(n_blocks, body)
+        words = np.hstack([np.full((n_blocks, len(prefix)), -1), words, np.full((n_blocks, len(suffix)), -1)])
+        columns["word_ids"] = pa.FixedSizeListArray.from_arrays(pa.array(dense_word_ids(words).ravel()),
+                                                                max_seq_length)
+    return Dataset(pa.table(columns))
 
 
-def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int) -> DatasetDict:
-    """Tokenize, then pack (default) or keep lines; apply --max_train_samples / --max_eval_samples."""
-    tokenized = tokenize(raw, tokenizer, args, max_seq_length)
+def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int, *,
+                     whole_word_mask: bool = False, chinese_word_segmentation: str = "auto",
+                     seed: int = 42) -> DatasetDict:
+    """Tokenize, then pack (default), keep lines or build NSP pairs (--nsp, drawn with ``seed``); apply
+    --max_train_samples / --max_eval_samples. ``whole_word_mask`` adds the 'word_ids' column."""
+    if whole_word_mask:
+        check_tokenizer(tokenizer)
+    segment_chinese = whole_word_mask and use_chinese_segmentation(tokenizer, chinese_word_segmentation)
+    if whole_word_mask:
+        logger.info("Whole-word masking: words from the tokenizer%s.",
+                    ", Chinese words from the segmenter" if segment_chinese else "")
+    tokenized = tokenize(raw, tokenizer, args, max_seq_length, word_ids=whole_word_mask,
+                         segment_chinese=segment_chinese)
     prefix, suffix = special_token_template(tokenizer)
     out = {}
-    for split, ds in tokenized.items():
-        ds = ds if args.line_by_line else pack(ds, max_seq_length, prefix, suffix)
+    for index, (split, ds) in enumerate(tokenized.items()):
+        if args.nsp:
+            ds = build_pairs(ds, max_seq_length, prefix, suffix, seed=seed + index, split=split)
+        elif not args.line_by_line:
+            ds = pack(ds, max_seq_length, prefix, suffix)
         limit = args.max_train_samples if split == "train" else args.max_eval_samples
         if limit is not None:
             ds = ds.select(range(min(limit, len(ds))))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_PRETRAINING_MAPPING
 
 from arguments import EMBEDDED_MODEL, InputError, ModelArguments
 
@@ -67,6 +69,24 @@ def check_safetensors_weights(name: str) -> None:
             f"python -c \"from transformers import AutoModelForMaskedLM as M; M.from_pretrained('{name}', "
             f"use_safetensors=False).save_pretrained('{name}-safetensors')\", then use that folder."
         )
+
+
+def model_class_for(args: ModelArguments, nsp: bool = False):
+    """The class to load: AutoModelForMaskedLM, or with --nsp the model type's pretraining class (BertForPreTraining),
+    which must take a ``next_sentence_label``; a clear InputError for types without an NSP head."""
+    if not nsp:
+        return AutoModelForMaskedLM
+    name = resolve_model_path(args.config_name or args.model_name_or_path)
+    config = _load(AutoConfig.from_pretrained, name, args, "config")
+    model_class = MODEL_FOR_PRETRAINING_MAPPING.get(type(config), None)
+    if model_class is None or "next_sentence_label" not in inspect.signature(model_class.forward).parameters:
+        found = f" ({model_class.__name__})" if model_class is not None else ""
+        raise InputError(
+            f"--nsp needs a model with a next-sentence-prediction head, and {config.model_type}{found} has none "
+            "(RoBERTa, DistilBERT, ELECTRA and ModernBERT were pretrained without it). Use a BERT model "
+            "(BertForPreTraining), or drop --nsp."
+        )
+    return model_class
 
 
 def load_model(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM):

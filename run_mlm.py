@@ -27,7 +27,7 @@ from collators import MLMCollator
 from data import load_raw_datasets, prepare_datasets
 from metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_trainer import MLMTrainer
-from modeling import load_model, load_tokenizer, resolve_max_seq_length
+from modeling import load_model, load_tokenizer, model_class_for, resolve_max_seq_length
 from streaming import open_text_stream, streaming_train_dataset
 
 logger = logging.getLogger("run_mlm")
@@ -73,10 +73,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         else:
             raw = load_raw_datasets(data_args, model_args.cache_dir)
     tokenizer = load_tokenizer(model_args)
-    model = load_model(model_args, tokenizer)
+    model = load_model(model_args, tokenizer, model_class_for(model_args, nsp=data_args.nsp))
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
-        processed = prepare_datasets(raw, tokenizer, data_args, max_seq_length)
+        processed = prepare_datasets(raw, tokenizer, data_args, max_seq_length,
+                                     whole_word_mask=mask_args.whole_word_mask,
+                                     chinese_word_segmentation=mask_args.chinese_word_segmentation,
+                                     seed=training_args.seed)
     if data_args.streaming:
         processed["train"] = streaming_train_dataset(data_args, tokenizer, max_seq_length, stream, text_column)
     train_dataset = processed.get("train") if training_args.do_train else None
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # so they are the same however batches are split across processes, and after a resume.
     pad_to_multiple_of = data_args.pad_to_multiple_of or (8 if data_args.line_by_line else None)
     masking = dict(mlm_probability=mask_args.mlm_probability, mask_replace_prob=mask_args.mask_replace_prob,
-                   random_replace_prob=mask_args.random_replace_prob, pad_to_multiple_of=pad_to_multiple_of)
+                   random_replace_prob=mask_args.random_replace_prob, pad_to_multiple_of=pad_to_multiple_of,
+                   whole_word_mask=mask_args.whole_word_mask)
     train_collator = MLMCollator(tokenizer, **masking, seed=training_args.seed)
     graceful_stop = GracefulStopCallback()
     trainer = MLMTrainer(
