@@ -184,7 +184,8 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
         if args.line_by_line:
             encoded = tokenizer(batch["text"], truncation=True, max_length=max_seq_length,
                                 return_attention_mask=False, return_token_type_ids=False)
-            return {"input_ids": encoded["input_ids"]}
+            # Stored so the group_by_length sampler does not read every example to measure it.
+            return {"input_ids": encoded["input_ids"], "length": [len(ids) for ids in encoded["input_ids"]]}
         encoded = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False,
                             return_token_type_ids=False)
         # A separator after each text marks text boundaries inside packed blocks.
@@ -196,7 +197,8 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
         batched=True,
         num_proc=args.preprocessing_num_workers or os.cpu_count(),
         remove_columns=["text"],
-        features=Features({"input_ids": Sequence(Value("int32"))}),
+        features=Features({"input_ids": Sequence(Value("int32")), **({"length": Value("int32")}
+                                                                      if args.line_by_line else {})}),
         load_from_cache_file=not args.overwrite_cache,
         desc="Tokenizing",
     )

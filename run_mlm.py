@@ -24,6 +24,8 @@ from data import load_raw_datasets, prepare_datasets
 from metrics import MaskedAccuracy, perplexity, preprocess_logits_for_metrics
 from mlm_trainer import MLMTrainer
 from modeling import load_model, load_tokenizer, resolve_max_seq_length
+from precision import warn_about_precision
+from sparse_head import enable_sparse_prediction
 
 logger = logging.getLogger("run_mlm")
 
@@ -34,7 +36,8 @@ def setup_logging(training_args) -> None:
                         handlers=[logging.StreamHandler(sys.stdout)])
     level = training_args.get_process_log_level()
     for lib_logger in (logger, logging.getLogger("data"), logging.getLogger("modeling"),
-                       logging.getLogger("checkpoints")):
+                       logging.getLogger("checkpoints"), logging.getLogger("sparse_head"),
+                       logging.getLogger("precision")):
         lib_logger.setLevel(level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, mask_args, training_args = parse_args(argv)
     setup_logging(training_args)
     logger.info("Training arguments: %s", training_args)
+    warn_about_precision(training_args)
+    if training_args.train_sampling_strategy is None:  # lines vary in length; blocks do not
+        training_args.train_sampling_strategy = "group_by_length" if data_args.line_by_line else "random"
     set_seed(training_args.seed)
     resume_from = find_resume_checkpoint(training_args)
 
@@ -60,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     raw = load_raw_datasets(data_args, model_args.cache_dir)
     tokenizer = load_tokenizer(model_args)
     model = load_model(model_args, tokenizer)
+    if model_args.sparse_prediction:
+        enable_sparse_prediction(model)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
         processed = prepare_datasets(raw, tokenizer, data_args, max_seq_length)
