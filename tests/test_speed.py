@@ -211,3 +211,31 @@ def test_line_by_line_trains_with_length_grouped_batches(tiny_model_dir, corpus,
     assert isinstance(seen["sampler"], LengthGroupedSampler)
     assert list(seen["sampler"].lengths) == seen["lengths"]  # taken from the column, not recomputed
     assert results["train_loss"] > 0
+
+
+def test_evaluation_memory_is_flat_no_predictions_are_gathered(tiny_model_dir, tiny_tokenizer, tmp_path):
+    # Memory stays flat when every batch's logits (sparse or full) are reduced to ids on the device and scored
+    # batch by batch: the metric sees one batch of integer ids per call, never float logits or the whole set.
+    from datasets import Dataset
+
+    from metrics import MaskedAccuracy, preprocess_logits_for_metrics
+    from mlm_trainer import MLMTrainer
+
+    *_, args = parse_args(["--output_dir", str(tmp_path), "--per_device_eval_batch_size", "4", "--report_to", "none"])
+    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir)
+    enable_sparse_prediction(model)
+    ids = tiny_tokenizer(["the city park was known for its music and the band played"] * 40)["input_ids"]
+    seen = []
+    accuracy = MaskedAccuracy()
+
+    def spy(eval_pred, compute_result):
+        seen.append((tuple(eval_pred.predictions.shape), eval_pred.predictions.dtype))
+        return accuracy(eval_pred, compute_result)
+
+    trainer = MLMTrainer(model=model, args=args, data_collator=MLMCollator(tiny_tokenizer, seed=1),
+                         eval_dataset=Dataset.from_dict({"input_ids": ids}), compute_metrics=spy,
+                         preprocess_logits_for_metrics=preprocess_logits_for_metrics)
+    metrics = trainer.evaluate()
+    assert len(seen) == 10
+    assert all(shape == (4, len(ids[0])) and not dtype.is_floating_point for shape, dtype in seen)
+    assert metrics["eval_masked_tokens"] > 40 and 0 <= metrics["eval_accuracy"] <= 1
