@@ -63,7 +63,7 @@ class ModelArguments:
     sparse_prediction: bool = field(
         default=True,
         metadata={"help": "Score only the masked positions in training and evaluation (same loss, far fewer "
-                  "FLOPs: the vocabulary projection skips the ~85% of positions without a label). Works for BERT, "
+                  "FLOPs: the vocabulary projection skips the positions without a label, about 85 in 100). Works for BERT, "
                   "RoBERTa, XLM-R, CamemBERT, DistilBERT and ModernBERT; other models use their full head. The saved "
                   "model is unchanged. --sparse_prediction False for the full head."},
     )

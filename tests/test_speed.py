@@ -239,3 +239,13 @@ def test_evaluation_memory_is_flat_no_predictions_are_gathered(tiny_model_dir, t
     assert len(seen) == 10
     assert all(shape == (4, len(ids[0])) and not dtype.is_floating_point for shape, dtype in seen)
     assert metrics["eval_masked_tokens"] > 40 and 0 <= metrics["eval_accuracy"] <= 1
+
+
+def test_help_lists_the_speed_flags():
+    # argparse expands '%' in help texts, so a stray percent sign would break --help.
+    from transformers import HfArgumentParser
+
+    from arguments import ARGUMENT_GROUPS
+
+    text = HfArgumentParser(ARGUMENT_GROUPS).format_help()
+    assert "--sparse_prediction" in text and "group_by_length with --line_by_line" in text
