@@ -8,8 +8,8 @@ import logging
 import pytest
 import torch
 from transformers import (AutoModelForMaskedLM, BertConfig, BertForMaskedLM, DistilBertConfig,
-                          DistilBertForMaskedLM, ElectraConfig, ElectraForMaskedLM, RobertaConfig,
-                          RobertaForMaskedLM)
+                          DistilBertForMaskedLM, ElectraConfig, ElectraForMaskedLM, ModernBertConfig,
+                          ModernBertForMaskedLM, RobertaConfig, RobertaForMaskedLM)
 
 from arguments import InputError, parse_args
 from collators import MLMCollator
@@ -30,6 +30,11 @@ def tiny(kind: str):
     if kind == "distilbert":
         return DistilBertForMaskedLM(DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
                                                       max_position_embeddings=80, dropout=0.0, attention_dropout=0.0))
+    if kind == "modernbert":
+        return ModernBertForMaskedLM(ModernBertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                                      num_attention_heads=2, intermediate_size=64,
+                                                      max_position_embeddings=80, pad_token_id=0, bos_token_id=2,
+                                                      eos_token_id=3, cls_token_id=2, sep_token_id=3))
     raise ValueError(kind)
 
 
@@ -52,7 +57,7 @@ def loss_and_grads(model, inputs, **kwargs):
     return out, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert", "modernbert"])
 def test_sparse_head_gives_the_full_heads_loss_and_gradients(kind):
     model = tiny(kind)
     inputs = batch()
