@@ -57,6 +57,18 @@ class ModelArguments:
         metadata={"help": "Allow running modelling code from the model's hub repository. Off: only enable it "
                   "for repositories whose code you have read."},
     )
+    add_tokens: str | None = field(
+        default=None,
+        metadata={"help": "File of domain words to add to the vocabulary, one a line (scripts/suggest_vocab.py "
+                  "writes one). Each new embedding starts as the mean of the word's old pieces; the extended "
+                  "tokenizer is saved with the model."},
+    )
+
+    def __post_init__(self):
+        if self.add_tokens is not None:
+            from vocab import read_token_file  # checks the file now, before any model loads
+
+            read_token_file(self.add_tokens)
 
 
 @dataclass

@@ -42,10 +42,14 @@ def load_tokenizer(args: ModelArguments):
     return _load(AutoTokenizer.from_pretrained, name, args, "tokenizer")
 
 
-def load_model(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM):
-    """The pretrained masked-LM model (its head is initialised if the checkpoint has none)."""
+def load_model(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM, config_overrides=None):
+    """The pretrained masked-LM model (its head is initialised if the checkpoint has none).
+
+    ``model_class`` and ``config_overrides`` (e.g. ``num_labels``) serve other heads, such as classification.
+    """
     name = resolve_model_path(args.model_name_or_path)
-    config = _load(AutoConfig.from_pretrained, resolve_model_path(args.config_name or name), args, "config")
+    config = _load(AutoConfig.from_pretrained, resolve_model_path(args.config_name or name), args, "config",
+                   **(config_overrides or {}))
     dtype = None if args.dtype in (None, "auto") else getattr(torch, args.dtype)
     model = _load(model_class.from_pretrained, name, args, "model", config=config,
                   dtype=dtype if dtype is not None else ("auto" if args.dtype == "auto" else torch.float32))

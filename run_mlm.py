@@ -24,6 +24,8 @@ from data import load_raw_datasets, prepare_datasets
 from metrics import MaskedAccuracy, perplexity, preprocess_logits_for_metrics
 from mlm_trainer import MLMTrainer
 from modeling import load_model, load_tokenizer, resolve_max_seq_length
+from plotting import TrainingCurveCallback
+from vocab import add_domain_tokens, read_token_file
 
 logger = logging.getLogger("run_mlm")
 
@@ -34,7 +36,7 @@ def setup_logging(training_args) -> None:
                         handlers=[logging.StreamHandler(sys.stdout)])
     level = training_args.get_process_log_level()
     for lib_logger in (logger, logging.getLogger("data"), logging.getLogger("modeling"),
-                       logging.getLogger("checkpoints")):
+                       logging.getLogger("checkpoints"), logging.getLogger("vocab"), logging.getLogger("plotting")):
         lib_logger.setLevel(level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     raw = load_raw_datasets(data_args, model_args.cache_dir)
     tokenizer = load_tokenizer(model_args)
     model = load_model(model_args, tokenizer)
+    if model_args.add_tokens:  # before tokenizing, so the corpus is cut with the new words
+        add_domain_tokens(tokenizer, model, read_token_file(model_args.add_tokens))
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
         processed = prepare_datasets(raw, tokenizer, data_args, max_seq_length)
@@ -85,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer,
         compute_metrics=MaskedAccuracy(),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        callbacks=[TrainingCurveCallback()],  # output_dir/training_curves.png
     )
 
     results: dict[str, float] = {}
@@ -96,11 +101,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metrics = dict(train_result.metrics, train_samples=len(train_dataset))
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
-        trainer.save_state()
         results.update(metrics)
     if eval_dataset is not None:
         results.update(evaluate(trainer, "eval"))
         results["eval_samples"] = len(eval_dataset)
+    if train_dataset is not None:
+        trainer.save_state()  # after the last evaluation, so plot_curves.py finds it in trainer_state.json
     return results
 
 

@@ -32,7 +32,8 @@ def build_tokenizer(folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
     vocab = SPECIALS + sorted(set(WORDS), key=WORDS.index)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizer(vocab_file=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=128)
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True,
+                              model_max_length=128)
     tokenizer.save_pretrained(folder)
     return tokenizer
 
