@@ -68,6 +68,18 @@ class ModelArguments:
                   "RoBERTa, XLM-R, CamemBERT, DistilBERT and ModernBERT; other models use their full head. The saved "
                   "model is unchanged. --sparse_prediction False for the full head."},
     )
+    add_tokens: str | None = field(
+        default=None,
+        metadata={"help": "File of domain words to add to the vocabulary, one a line (scripts/suggest_vocab.py "
+                  "writes one). Each new embedding starts as the mean of the word's old pieces; the extended "
+                  "tokenizer is saved with the model."},
+    )
+
+    def __post_init__(self):
+        if self.add_tokens is not None:
+            from vocab import read_token_file  # checks the file now, before any model loads
+
+            read_token_file(self.add_tokens)
 
 
 @dataclass

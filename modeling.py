@@ -89,11 +89,15 @@ def model_class_for(args: ModelArguments, nsp: bool = False):
     return model_class
 
 
-def load_model(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM):
-    """The pretrained masked-LM model (its head is initialised if the checkpoint has none)."""
+def load_model(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM, config_overrides=None):
+    """The pretrained masked-LM model (its head is initialised if the checkpoint has none).
+
+    ``model_class`` and ``config_overrides`` (e.g. ``num_labels``) serve other heads, such as classification.
+    """
     name = resolve_model_path(args.model_name_or_path)
     check_safetensors_weights(name)
-    config = _load(AutoConfig.from_pretrained, resolve_model_path(args.config_name or name), args, "config")
+    config = _load(AutoConfig.from_pretrained, resolve_model_path(args.config_name or name), args, "config",
+                   **(config_overrides or {}))
     dtype = None if args.dtype in (None, "auto") else getattr(torch, args.dtype)
     model = _load(model_class.from_pretrained, name, args, "model", config=config, use_safetensors=True,
                   dtype=dtype if dtype is not None else ("auto" if args.dtype == "auto" else torch.float32))

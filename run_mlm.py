@@ -28,9 +28,11 @@ from data import load_raw_datasets, prepare_datasets
 from metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_trainer import MLMTrainer
 from modeling import load_model, load_tokenizer, model_class_for, resolve_max_seq_length
+from plotting import TrainingCurveCallback
 from precision import warn_about_precision
 from sparse_head import enable_sparse_prediction
 from streaming import open_text_stream, streaming_train_dataset
+from vocab import add_domain_tokens, read_token_file
 
 logger = logging.getLogger("run_mlm")
 
@@ -42,7 +44,8 @@ def setup_logging(training_args) -> None:
     level = training_args.get_process_log_level()
     ours = logging.INFO if training_args.should_log else logging.WARNING
     for name in ("run_mlm", "arguments", "data", "modeling", "checkpoints", "collators", "metrics", "mlm_trainer",
-                 "callbacks", "streaming", "sparse_head", "precision", "whole_word", "sentence_pairs"):
+                 "callbacks", "streaming", "sparse_head", "precision", "whole_word", "sentence_pairs",
+                 "vocab", "plotting"):
         logging.getLogger(name).setLevel(ours)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             raw = load_raw_datasets(data_args, model_args.cache_dir)
     tokenizer = load_tokenizer(model_args)
     model = load_model(model_args, tokenizer, model_class_for(model_args, nsp=data_args.nsp))
+    if model_args.add_tokens:  # before tokenizing, so the corpus is cut with the new words
+        add_domain_tokens(tokenizer, model, read_token_file(model_args.add_tokens))
     if model_args.sparse_prediction:
         enable_sparse_prediction(model)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=training_args,
         data_collator=train_collator,
         eval_data_collator=MLMCollator(tokenizer, **masking, seed=training_args.seed),
-        callbacks=[MaskEpochCallback(train_collator), graceful_stop],
+        callbacks=[MaskEpochCallback(train_collator), graceful_stop, TrainingCurveCallback()],
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
@@ -134,11 +139,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             metrics["train_samples"] = len(train_dataset)
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
-        trainer.save_state()
         results.update(metrics)
     if eval_dataset is not None:
         results.update(evaluate(trainer, "eval"))
         results["eval_samples"] = len(eval_dataset)
+    if train_dataset is not None:
+        trainer.save_state()  # after the last evaluation, so plot_curves.py finds it in trainer_state.json
     return results
 
 
