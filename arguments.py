@@ -75,7 +75,19 @@ class ModelArguments:
                   "tokenizer is saved with the model."},
     )
 
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Change config values of the pretrained model, as key=value pairs separated by commas, "
+                  "e.g. 'hidden_dropout_prob=0,attention_probs_dropout_prob=0' (no dropout: faster, as in "
+                  "cramming/ModernBERT pretraining)."},
+    )
+
     def __post_init__(self):
+        if self.config_overrides is not None:
+            pairs = [p for p in self.config_overrides.split(",") if p.strip()]
+            if not pairs or any(p.count("=") != 1 or not p.split("=")[0].strip() for p in pairs):
+                raise InputError(f"--config_overrides '{self.config_overrides}' must be key=value pairs separated "
+                                 "by commas, e.g. hidden_dropout_prob=0,attention_probs_dropout_prob=0.")
         if self.add_tokens is not None:
             from vocab import read_token_file  # checks the file now, before any model loads
 

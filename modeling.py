@@ -89,15 +89,22 @@ def model_class_for(args: ModelArguments, nsp: bool = False):
     return model_class
 
 
-def load_model(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM, config_overrides=None):
+def load_model(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM, config_kwargs=None):
     """The pretrained masked-LM model (its head is initialised if the checkpoint has none).
 
-    ``model_class`` and ``config_overrides`` (e.g. ``num_labels``) serve other heads, such as classification.
+    ``model_class`` and ``config_kwargs`` (e.g. ``num_labels``) serve other heads, such as classification;
+    ``--config_overrides`` is applied on top.
     """
     name = resolve_model_path(args.model_name_or_path)
     check_safetensors_weights(name)
     config = _load(AutoConfig.from_pretrained, resolve_model_path(args.config_name or name), args, "config",
-                   **(config_overrides or {}))
+                   **(config_kwargs or {}))
+    if args.config_overrides:
+        try:
+            config.update_from_string(args.config_overrides)
+        except ValueError as err:
+            raise InputError(f"--config_overrides '{args.config_overrides}': {err}. Keys must be fields of the "
+                             f"model's config.json.") from None
     dtype = None if args.dtype in (None, "auto") else getattr(torch, args.dtype)
     model = _load(model_class.from_pretrained, name, args, "model", config=config, use_safetensors=True,
                   dtype=dtype if dtype is not None else ("auto" if args.dtype == "auto" else torch.float32))

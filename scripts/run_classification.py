@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     tokenizer = load_tokenizer(model_args)
     model = load_model(model_args, tokenizer, AutoModelForSequenceClassification,
-                       config_overrides=dict(num_labels=len(labels), id2label=id2label, label2id=label2id))
+                       config_kwargs=dict(num_labels=len(labels), id2label=id2label, label2id=label2id))
     if model_args.add_tokens:
         add_domain_tokens(tokenizer, model, read_token_file(model_args.add_tokens))
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
