@@ -186,6 +186,11 @@ def special_token_template(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
+def text_separator(tokenizer) -> int | None:
+    """The id put after each text when texts are packed together: [SEP] (BERT), else </s> (EOS), else none."""
+    return tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+
+
 def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int, *, word_ids: bool = False,
              segment_chinese: bool = False) -> DatasetDict:
     """Tokenize every split (cached by ``datasets``): whole texts for packing, truncated texts line by line.
@@ -193,7 +198,7 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
     With ``word_ids`` a 'word_ids' column is added for whole-word masking (see whole_word.py); with
     ``segment_chinese`` Chinese words come from a segmenter. Other columns (document_id) are kept.
     """
-    separator = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    separator = text_separator(tokenizer)
     if args.nsp:
         separator = None  # NSP pairs get their separators when they are built
 

@@ -19,7 +19,7 @@ import torch
 from datasets import load_dataset
 
 from arguments import DataArguments, InputError
-from data import BUILDERS, resolve_data_files, special_token_template
+from data import BUILDERS, resolve_data_files, special_token_template, text_separator
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class PackedStream(torch.utils.data.IterableDataset):
         self.line_by_line = line_by_line
         self.max_samples = max_samples
         self.prefix, self.suffix = special_token_template(tokenizer)
-        sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        sep = text_separator(tokenizer)
         self.separator = [] if sep is None else [sep]
 
     def _text_batches(self) -> Iterator[list[str]]:
