@@ -68,6 +68,14 @@ class ModelArguments:
                   "RoBERTa, XLM-R, CamemBERT, DistilBERT and ModernBERT; other models use their full head. The saved "
                   "model is unchanged. --sparse_prediction False for the full head."},
     )
+    fast_dropout: bool = field(
+        default=True,
+        metadata={"help": "On the CPU, draw dropout masks (hidden states and attention probabilities) from NumPy's "
+                  "SFC64 generator instead of torch's bernoulli_: the same keep probability and scaling, seeded by "
+                  "torch (repeatable, resumes exactly), at about a third of the cost, which makes a training step "
+                  "about a quarter faster. No effect on a GPU or in evaluation. --fast_dropout False for torch's "
+                  "own dropout."},
+    )
     add_tokens: str | None = field(
         default=None,
         metadata={"help": "File of domain words to add to the vocabulary, one a line (scripts/suggest_vocab.py "

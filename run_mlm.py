@@ -25,6 +25,7 @@ from callbacks import GracefulStopCallback, MaskEpochCallback
 from checkpoints import check_checkpoint_matches, find_resume_checkpoint
 from collators import MLMCollator
 from data import load_raw_datasets, prepare_datasets
+from fast_dropout import enable_fast_dropout
 from metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_trainer import MLMTrainer
 from modeling import load_model, load_tokenizer, model_class_for, resolve_max_seq_length
@@ -44,8 +45,8 @@ def setup_logging(training_args) -> None:
     level = training_args.get_process_log_level()
     ours = logging.INFO if training_args.should_log else logging.WARNING
     for name in ("run_mlm", "arguments", "data", "modeling", "checkpoints", "collators", "metrics", "mlm_trainer",
-                 "callbacks", "streaming", "sparse_head", "precision", "whole_word", "sentence_pairs",
-                 "vocab", "plotting"):
+                 "callbacks", "streaming", "sparse_head", "fast_dropout", "precision", "whole_word",
+                 "sentence_pairs", "vocab", "plotting"):
         logging.getLogger(name).setLevel(ours)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         add_domain_tokens(tokenizer, model, read_token_file(model_args.add_tokens))
     if model_args.sparse_prediction:
         enable_sparse_prediction(model)
+    if model_args.fast_dropout:
+        enable_fast_dropout(model)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
         processed = prepare_datasets(raw, tokenizer, data_args, max_seq_length,
