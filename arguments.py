@@ -23,6 +23,15 @@ class InputError(ValueError):
     """A problem with the user's flags or files, reported as one clear message without a traceback."""
 
 
+def run_cli(main, script: str):
+    """Call a script's ``main()``; bad input (an :class:`InputError`) ends with its message and exit status 2."""
+    try:
+        return main()
+    except InputError as err:
+        print(f"{script}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _as_list(value):
     if value is None or isinstance(value, list):
         return value
@@ -64,9 +73,9 @@ class ModelArguments:
     sparse_prediction: bool = field(
         default=True,
         metadata={"help": "Score only the masked positions in training and evaluation (same loss, far fewer "
-                  "FLOPs: the vocabulary projection skips the positions without a label, about 85 in 100). Works for BERT, "
-                  "RoBERTa, XLM-R, CamemBERT, DistilBERT and ModernBERT; other models use their full head. The saved "
-                  "model is unchanged. --sparse_prediction False for the full head."},
+                  "FLOPs: the vocabulary projection skips the positions without a label, about 85 in 100). Works "
+                  "for BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT and ModernBERT; other models use their full "
+                  "head. The saved model is unchanged. --sparse_prediction False for the full head."},
     )
     fast_dropout: bool = field(
         default=True,

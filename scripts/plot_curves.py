@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modules, from any working directory
 
-from arguments import InputError, parse_args  # noqa: E402
+from arguments import InputError, parse_args, run_cli  # noqa: E402
 from plotting import plot_runs, read_log_history  # noqa: E402
 
 
@@ -54,8 +54,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as err:
-        print(f"plot_curves.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, "plot_curves.py")

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modul
 
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed  # noqa: E402
 
-from arguments import InputError, ModelArguments, parse_args  # noqa: E402
+from arguments import ModelArguments, parse_args, run_cli  # noqa: E402
 from classification import (  # noqa: E402
     ClassificationDataArguments,
     ClassificationTrainingArguments,
@@ -31,6 +31,7 @@ from classification import (  # noqa: E402
     load_labelled_datasets,
     take_subsets,
 )
+from fast_dropout import enable_fast_dropout  # noqa: E402
 from modeling import load_model, load_tokenizer, resolve_max_seq_length  # noqa: E402
 from run_mlm import setup_logging  # noqa: E402
 from vocab import add_domain_tokens, read_token_file  # noqa: E402
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                        config_kwargs=dict(num_labels=len(labels), id2label=id2label, label2id=label2id))
     if model_args.add_tokens:
         add_domain_tokens(tokenizer, model, read_token_file(model_args.add_tokens))
+    if model_args.fast_dropout:
+        enable_fast_dropout(model)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = encoded.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_seq_length),
@@ -93,8 +96,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as err:
-        print(f"run_classification.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, "run_classification.py")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modules, from any working directory
 
-from arguments import EMBEDDED_MODEL, DataArguments, InputError, ModelArguments, parse_args  # noqa: E402
+from arguments import EMBEDDED_MODEL, DataArguments, InputError, ModelArguments, parse_args, run_cli  # noqa: E402
 from data import load_raw_datasets  # noqa: E402
 from modeling import load_tokenizer  # noqa: E402
 from vocab import count_words, suggest_tokens  # noqa: E402
@@ -65,8 +65,4 @@ def main(argv: list[str] | None = None) -> list[tuple[str, int, list[str]]]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as err:
-        print(f"suggest_vocab.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, "suggest_vocab.py")

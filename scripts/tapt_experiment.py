@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modul
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from arguments import EMBEDDED_MODEL, InputError, parse_args  # noqa: E402
+from arguments import EMBEDDED_MODEL, InputError, parse_args, run_cli  # noqa: E402
 from data import BUILDERS  # noqa: E402
 from modeling import resolve_model_path  # noqa: E402
 from run_mlm import main as run_mlm  # noqa: E402
@@ -262,8 +262,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as err:
-        print(f"tapt_experiment.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, "tapt_experiment.py")

@@ -42,7 +42,7 @@ def test_benchmark_runs_stock_and_ours_and_reports_every_field(tiny_model_dir, t
     command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--model_name_or_path", str(tiny_model_dir),
                "--train_file", str(train), "--validation_file", str(held_out), "--max_seq_length", "32",
                "--batch_size", "4", "--max_steps", "3", "--warmup_steps", "1", "--max_eval_samples", "8",
-               "--preprocessing_num_workers", "1", "--output_dir", str(tmp_path)]
+               "--preprocessing_num_workers", "1", "--preprocess_mb", "0.05", "--output_dir", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={"OMP_NUM_THREADS": "1", "PATH": "", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -50,8 +50,8 @@ def test_benchmark_runs_stock_and_ours_and_reports_every_field(tiny_model_dir, t
     assert [r["variant"] for r in summary["results"]] == ["stock", "ours"]
     for result in summary["results"]:
         assert result["steps"] == 3 and result["timed_steps"] == 2
-        for key in ("train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb", "preprocess_mb_per_s",
-                    "train_flops_per_token", "matmul_peak_gflops", "compute_share"):
+        for key in ("train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb", "train_flops_per_token",
+                    "matmul_peak_gflops", "compute_share"):
             assert result[key] > 0, key
         assert 1 < result["eval_loss"] < 10
     ratio = summary["ratios"]["ours/stock"]
@@ -59,3 +59,12 @@ def test_benchmark_runs_stock_and_ours_and_reports_every_field(tiny_model_dir, t
     # Same start, same data, same masks, 3 small steps: the two pipelines end at nearly the same loss.
     assert abs(ratio["eval_loss_difference"]) < 0.05
     assert "| variant |" in done.stdout and "ours/stock: training" in done.stdout
+    stock, ours = summary["preprocessing"]
+    assert (stock["pipeline"], ours["pipeline"]) == ("stock", "ours")
+    for result in (stock, ours):
+        assert 0.05 <= result["megabytes"] < 0.07 and result["mb_per_s"] > 0 and result["workers"] == 1
+    # Both cut the same text into blocks of 32: stock keeps [CLS]/[SEP] per line, ours one [SEP] per line and
+    # [CLS]/[SEP] per block, so the counts are close but not equal.
+    assert abs(ours["blocks"] - stock["blocks"]) / stock["blocks"] < 0.1
+    assert stock["cached_seconds"] is None and 0 < ours["cached_seconds"]
+    assert summary["ratios"]["preprocessing ours/stock"]["mb_per_s"] > 0 and "| pipeline |" in done.stdout

@@ -254,3 +254,50 @@ def test_help_lists_the_speed_flags():
 
     text = HfArgumentParser(ARGUMENT_GROUPS).format_help()
     assert "--sparse_prediction" in text and "group_by_length with --line_by_line" in text
+
+
+PEAK_MEMORY_SCRIPT = """
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])
+import run_mlm
+if sys.argv[2] == "gather":  # the stock way: keep every batch's full logits, score them all at the end
+    run_mlm.preprocess_logits_for_metrics = lambda logits, labels: logits
+    run_mlm.MLMMetrics = lambda: lambda eval_pred, compute_result=True: {
+        "accuracy": float((eval_pred.predictions.argmax(-1) == eval_pred.label_ids).mean())}
+metrics = run_mlm.main(sys.argv[3:])
+print("PEAK_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, metrics["eval_samples"])
+"""
+
+
+def evaluation_peak_mb(mode: str, samples: int, flags: list[str]) -> float:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, repo, mode, *flags, "--max_eval_samples",
+                           str(samples)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("PEAK_MB"))
+    peak, evaluated = line.split()[1:]
+    assert int(float(evaluated)) == samples
+    return float(peak)
+
+
+def test_evaluating_10000_sequences_takes_no_more_memory_than_100(tiny_model_dir, tmp_path):
+    # Full-vocabulary logits of 10,000 × 32 positions would be 10,000 × 32 × |vocab| × 4 bytes ≈ 190 MB here; the
+    # "gather" run keeps them as the stock pipeline does, to show the measurement sees such growth.
+    import random
+
+    words = [w for w in (tiny_model_dir / "vocab.txt").read_text().split() if w.isalpha()]
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(9_000)]
+    (tmp_path / "valid.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    flags = ["--model_name_or_path", str(tiny_model_dir), "--validation_file", str(tmp_path / "valid.txt"),
+             "--do_train", "false", "--max_seq_length", "32", "--per_device_eval_batch_size", "64",
+             "--sparse_prediction", "false", "--report_to", "none", "--output_dir", str(tmp_path / "out")]
+    small = evaluation_peak_mb("ours", 100, flags)
+    large = evaluation_peak_mb("ours", 10_000, flags)
+    gathered = evaluation_peak_mb("gather", 10_000, flags + ["--batch_eval_metrics", "false"])
+    assert large - small < 20, (small, large)
+    assert gathered - small > 150, (small, gathered)
