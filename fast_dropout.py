@@ -51,7 +51,9 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return nn.functional.dropout(x, p, training=True)
-    return x * keep_mask(x.shape, p) * (1.0 / (1.0 - p))
+    # A float multiplier (0 or 1 / (1 − p)): one multiply forward and one backward, where a bool mask would be
+    # converted to float in both.
+    return x * keep_mask(x.shape, p).to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
 class FastDropout(nn.Dropout):
@@ -76,17 +78,18 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     batch, heads, q_len, head_dim = query.shape
     k_len = key.shape[2]
-    q = query.reshape(batch * heads, q_len, head_dim)
+    # Scaling the queries rather than the scores: head_dim / k_len of the work, forward and backward.
+    q = (query * scaling).reshape(batch * heads, q_len, head_dim)
     k = key.reshape(batch * heads, k_len, head_dim)
     v = value.reshape(batch * heads, k_len, value.shape[-1])
-    scores = torch.bmm(q, k.transpose(1, 2)).mul_(scaling).view(batch, heads, q_len, k_len)
+    scores = torch.bmm(q, k.transpose(1, 2)).view(batch, heads, q_len, k_len)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:  # True = attend; a finite minimum keeps fully masked rows NaN-free
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
             scores = scores + attention_mask
     probs = torch.softmax(scores, dim=-1)
-    probs = probs * keep_mask(probs.shape, dropout)
+    probs = probs * keep_mask(probs.shape, dropout).to(probs.dtype)
     output = torch.bmm(probs.view(batch * heads, q_len, k_len), v).mul_(1.0 / (1.0 - dropout))
     return output.view(batch, heads, q_len, -1).transpose(1, 2).contiguous(), None
 
