@@ -201,9 +201,12 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
     separator = text_separator(tokenizer)
     if args.nsp:
         separator = None  # NSP pairs get their separators when they are built
+    # The function's fingerprint names the cache entry, so it closes over what shapes the tokens and nothing else
+    # (not the whole of ``args``: a new --max_train_samples or --overwrite_cache must still find the cache).
+    line_by_line = args.line_by_line
 
     def tokenize_batch(batch):
-        if args.line_by_line:
+        if line_by_line:
             options = dict(truncation=True, max_length=max_seq_length)
         else:
             options = dict(add_special_tokens=False)
@@ -212,7 +215,7 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
         else:
             encoded = {"input_ids": tokenizer(batch["text"], return_attention_mask=False,
                                               return_token_type_ids=False, **options)["input_ids"]}
-        if args.line_by_line:
+        if line_by_line:
             # Stored so the group_by_length sampler does not read every example to measure it.
             encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
             return encoded

@@ -69,10 +69,14 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     """Scaled dot-product attention with dropout on the probabilities drawn by :func:`keep_mask`.
 
     Inputs and output as transformers' ``sdpa_attention_forward`` (queries ``[batch, heads, q, d]``, output
-    ``[batch, q, heads, d]``); without dropout, or off the CPU, it *is* that function. The dropout scale
+    ``[batch, q, heads, d]``); without dropout, off the CPU, or for causal, grouped-query or position-biased
+    attention, it *is* that function. The dropout scale
     ``1 / (1 − p)`` is applied to the (smaller) output instead of the probabilities: the same numbers.
     """
-    if dropout == 0.0 or query.device.type != "cpu" or query.shape[1] != key.shape[1] or dropout >= 1.0:
+    is_causal = kwargs.get("is_causal")
+    causal = attention_mask is None and (is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    plain = not causal and query.shape[1] == key.shape[1] and kwargs.get("position_bias") is None
+    if dropout == 0.0 or dropout >= 1.0 or query.device.type != "cpu" or not plain:  # SDPA's own cases
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling

@@ -125,3 +125,16 @@ def test_max_samples_limit_each_split(tiny_tokenizer, corpus):
                          preprocessing_num_workers=1)
     processed = prepare_datasets(load_raw_datasets(args), tiny_tokenizer, args, 16)
     assert (len(processed["train"]), len(processed["validation"])) == (3, 2)
+
+
+def test_tokenization_cache_is_found_again_when_only_unrelated_flags_change(tiny_tokenizer, corpus):
+    from dataclasses import replace
+
+    args = DataArguments(train_file=[str(corpus)], validation_split_percentage=0, preprocessing_num_workers=1,
+                         overwrite_cache=True)
+    raw = load_raw_datasets(args)
+    first = tokenize(raw, tiny_tokenizer, args, 16)["train"]
+    again = tokenize(raw, tiny_tokenizer, replace(args, overwrite_cache=False, max_train_samples=3), 16)["train"]
+    other = tokenize(raw, tiny_tokenizer, replace(args, overwrite_cache=False, line_by_line=True), 16)["train"]
+    assert first.cache_files and again.cache_files == first.cache_files
+    assert other.cache_files != first.cache_files  # line by line tokenizes differently: its own entry

@@ -109,6 +109,18 @@ def test_attention_with_every_key_masked_stays_finite():
     assert torch.isfinite(out).all()
 
 
+def test_attention_leaves_causal_attention_to_sdpa():
+    class Decoder(torch.nn.Module):
+        is_causal = True
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 6, 4, generator=generator) for _ in range(3))
+    out, _ = attention_forward(Decoder(), q, k, v, None, dropout=0.5)
+    # Dropout aside, position 0 of a causal attention sees only itself: its output is v[0] scaled or zero.
+    first = out[0, 0]
+    assert all(torch.allclose(row, v[0, h, 0] * 2) or not row.any() for h, row in enumerate(first))
+
+
 def tiny_bert():
     torch.manual_seed(0)
     return BertForMaskedLM(BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
