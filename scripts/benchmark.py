@@ -276,10 +276,10 @@ def build_ours(args, bf16: bool, output_dir: str):
     from arguments import DataArguments, MLMTrainingArguments, ModelArguments
     from collators import MLMCollator
     from data import load_raw_datasets, prepare_datasets
+    from fast_dropout import enable_fast_dropout
     from metrics import MLMMetrics, preprocess_logits_for_metrics
     from mlm_trainer import MLMTrainer
     from modeling import load_model, load_tokenizer
-    from fast_dropout import enable_fast_dropout
     from sparse_head import enable_sparse_prediction
 
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path,

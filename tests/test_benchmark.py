@@ -63,8 +63,8 @@ def test_benchmark_runs_stock_and_ours_and_reports_every_field(tiny_model_dir, t
     assert (stock["pipeline"], ours["pipeline"]) == ("stock", "ours")
     for result in (stock, ours):
         assert 0.05 <= result["megabytes"] < 0.07 and result["mb_per_s"] > 0 and result["workers"] == 1
-    # Both cut the same text into blocks of 32: stock keeps [CLS]/[SEP] per line, ours one [SEP] per line and
-    # [CLS]/[SEP] per block, so the counts are close but not equal.
+    # Both cut the same text into blocks of 32; ours holds 5 % out for evaluation and puts [CLS]/[SEP] per block
+    # rather than per line, so the counts are close but not equal.
     assert abs(ours["blocks"] - stock["blocks"]) / stock["blocks"] < 0.1
     assert stock["cached_seconds"] is None and 0 < ours["cached_seconds"]
     assert summary["ratios"]["preprocessing ours/stock"]["mb_per_s"] > 0 and "| pipeline |" in done.stdout
