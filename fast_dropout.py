@@ -38,10 +38,10 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Ge
     """
     numel = int(np.prod(shape))
     seed = int(torch.randint(0, _SEED_HIGH, (), generator=generator))
-    bits = np.random.SFC64(seed).random_raw((numel + 1) // 2).view(np.uint32)[:numel]
-    threshold = np.uint64(round((1.0 - p) * 2**32))
+    threshold = round((1.0 - p) * 2**32)
     if threshold >= 2**32:  # p so small that every element is kept
         return torch.ones(shape, dtype=torch.bool)
+    bits = np.random.SFC64(seed).random_raw((numel + 1) // 2).view(np.uint32)[:numel]
     return torch.from_numpy(bits < np.uint32(threshold)).view(shape)
 
 

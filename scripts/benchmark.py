@@ -185,13 +185,11 @@ def fixed_mask_eval_loss(model, tokenizer, args, device) -> float:
     so every variant is scored on exactly the same masked tokens."""
     import torch
 
-    from arguments import DataArguments
     from collators import MLMCollator
-    from data import load_raw_datasets, prepare_datasets
 
-    data_args = DataArguments(validation_file=[args.validation_file], max_eval_samples=args.max_eval_samples,
-                              preprocessing_num_workers=args.preprocessing_num_workers)
-    blocks = prepare_datasets(load_raw_datasets(data_args), tokenizer, data_args, args.max_seq_length)["validation"]
+    blocks = ours_preprocess(tokenizer, {"validation": args.validation_file}, args.max_seq_length,
+                             args.preprocessing_num_workers, overwrite_cache=False,
+                             max_eval_samples=args.max_eval_samples)["validation"]
     collate = MLMCollator(tokenizer, mlm_probability=MLM_PROBABILITY, seed=args.seed)
     model.eval()
     total, count = 0.0, 0
@@ -229,13 +227,17 @@ def stock_preprocess(tokenizer, data_files: dict[str, str], block: int, num_proc
     return tokenized.map(group_texts, batched=True, num_proc=num_proc, load_from_cache_file=False)
 
 
-def ours_preprocess(tokenizer, data_files: dict[str, str], block: int, num_proc: int | None, overwrite_cache: bool):
-    """Our preprocessing, as run_mlm.py calls it: read, tokenize in batches on every core (cached), pack."""
+def ours_preprocess(tokenizer, data_files: dict[str, str], block: int, num_proc: int | None, overwrite_cache: bool,
+                    max_eval_samples: int | None = None):
+    """Our preprocessing, as run_mlm.py calls it: read, tokenize in batches on every core (cached), pack.
+
+    ``data_files`` maps 'train' and/or 'validation' to a file."""
     from arguments import DataArguments
     from data import load_raw_datasets, prepare_datasets
 
-    data_args = DataArguments(train_file=[data_files["train"]], max_seq_length=block,
+    data_args = DataArguments(train_file=[data_files["train"]] if "train" in data_files else None,
                               validation_file=[data_files["validation"]] if "validation" in data_files else None,
+                              max_seq_length=block, max_eval_samples=max_eval_samples,
                               preprocessing_num_workers=num_proc, overwrite_cache=overwrite_cache)
     return prepare_datasets(load_raw_datasets(data_args), tokenizer, data_args, block)
 
@@ -273,9 +275,8 @@ def build_stock(args, bf16: bool, output_dir: str):
 
 def build_ours(args, bf16: bool, output_dir: str):
     """Our recipe, as run_mlm.py puts it together."""
-    from arguments import DataArguments, MLMTrainingArguments, ModelArguments
+    from arguments import MLMTrainingArguments, ModelArguments
     from collators import MLMCollator
-    from data import load_raw_datasets, prepare_datasets
     from fast_dropout import enable_fast_dropout
     from metrics import MLMMetrics, preprocess_logits_for_metrics
     from mlm_trainer import MLMTrainer
@@ -285,11 +286,10 @@ def build_ours(args, bf16: bool, output_dir: str):
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path,
                                 config_overrides=NO_DROPOUT if args.child == "ours_nodropout" else None,
                                 fast_dropout=args.child != "ours_torch_dropout")
-    data_args = DataArguments(train_file=[args.train_file], validation_file=[args.validation_file],
-                              max_seq_length=args.max_seq_length, max_eval_samples=args.max_eval_samples,
-                              preprocessing_num_workers=args.preprocessing_num_workers, overwrite_cache=True)
     tokenizer = load_tokenizer(model_args)
-    processed = prepare_datasets(load_raw_datasets(data_args), tokenizer, data_args, args.max_seq_length)
+    processed = ours_preprocess(tokenizer, {"train": args.train_file, "validation": args.validation_file},
+                                args.max_seq_length, args.preprocessing_num_workers, overwrite_cache=True,
+                                max_eval_samples=args.max_eval_samples)
     model = load_model(model_args, tokenizer)
     enable_sparse_prediction(model)
     if model_args.fast_dropout:
@@ -460,18 +460,21 @@ def main(argv: list[str] | None = None) -> dict:
             preprocessing.append(run_child(variant, child_argv + ["--preprocess_file", text],
                                            env={"HF_DATASETS_CACHE": cache}))
     by_name = {r["variant"]: r for r in results}
-    ratios = {}
+    training_ratios = {}
     pairs = (("ours", "stock"), ("ours_torch_dropout", "stock"), ("ours_nodropout", "stock"), ("ours_bf16", "stock"),
              ("ours_bf16", "stock_bf16"), ("stock_bf16", "stock"))
     for ours, stock in pairs:
         if ours in by_name and stock in by_name:
             a, b = by_name[ours], by_name[stock]
-            ratios[f"{ours}/{stock}"] = {
+            training_ratios[f"{ours}/{stock}"] = {
                 "train_tokens_per_s": a["train_tokens_per_s"] / b["train_tokens_per_s"],
                 "eval_tokens_per_s": a["eval_tokens_per_s"] / b["eval_tokens_per_s"],
                 "peak_memory": a["peak_memory_mb"] / b["peak_memory_mb"],
                 "eval_loss_difference": a["eval_loss"] - b["eval_loss"],
             }
+    ratios = dict(training_ratios)
+    if len(preprocessing) == 2:
+        ratios["preprocessing ours/stock"] = {"mb_per_s": preprocessing[1]["mb_per_s"] / preprocessing[0]["mb_per_s"]}
     summary = {
         "cpu": cpu_name(), "cpu_native_bf16": cpu_has_native_bf16(), "notes": notes,
         "settings": {k: getattr(args, k) for k in ("model_name_or_path", "train_file", "validation_file",
@@ -479,17 +482,13 @@ def main(argv: list[str] | None = None) -> dict:
                                                    "max_eval_samples", "seed")},
         "results": results, "ratios": ratios, "preprocessing": preprocessing,
     }
-    if len(preprocessing) == 2:
-        ratios["preprocessing ours/stock"] = {"mb_per_s": preprocessing[1]["mb_per_s"] / preprocessing[0]["mb_per_s"]}
     print(f"\nCPU: {summary['cpu']} (native bf16: {'yes' if summary['cpu_native_bf16'] else 'no'}); "
           f"device: {results[0]['device'] if results else '-'}; {args.max_steps} steps ({args.warmup_steps} warm-up), "
           f"batch {args.batch_size} × {args.max_seq_length} tokens")
     for note in notes:
         print("Note:", note)
     print(table(results))
-    for name, ratio in ratios.items():
-        if "mb_per_s" in ratio:
-            continue
+    for name, ratio in training_ratios.items():
         print(f"{name}: training {ratio['train_tokens_per_s']:.2f}×, evaluation {ratio['eval_tokens_per_s']:.2f}×, "
               f"peak memory {ratio['peak_memory']:.2f}×, eval loss {ratio['eval_loss_difference']:+.4f}")
     if results:
