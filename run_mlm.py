@@ -11,45 +11,36 @@ checkpoint at the current step and exits with status 128 + the signal number (14
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 from dataclasses import replace
 
 import datasets
-import transformers
 from transformers import set_seed
 
-from arguments import InputError, parse_args, run_cli
-from callbacks import GracefulStopCallback, MaskEpochCallback
-from checkpoints import check_checkpoint_matches, find_resume_checkpoint
+from arguments import InputError, parse_args
 from collators import MLMCollator
-from data import load_raw_datasets, prepare_datasets
-from fast_dropout import enable_fast_dropout
-from metrics import MLMMetrics, preprocess_logits_for_metrics
-from mlm_trainer import MLMTrainer
-from modeling import load_model, load_tokenizer, model_class_for, resolve_max_seq_length
-from plotting import TrainingCurveCallback
-from precision import warn_about_precision
-from sparse_head import enable_sparse_prediction
-from streaming import open_text_stream, streaming_train_dataset
-from vocab import add_domain_tokens, read_token_file
+from mlm_pretraining.callbacks import GracefulStopCallback, MaskEpochCallback
+from mlm_pretraining.checkpoints import check_checkpoint_matches, find_resume_checkpoint
+from mlm_pretraining.data import load_raw_datasets, prepare_datasets
+from mlm_pretraining.errors import run_cli
+from mlm_pretraining.fast_dropout import enable_fast_dropout
+from mlm_pretraining.logs import get_logger, setup_logging
+from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
+from mlm_pretraining.modeling import (
+    load_model,
+    load_tokenizer,
+    model_class_for,
+    resolve_max_seq_length,
+)
+from mlm_pretraining.plotting import TrainingCurveCallback
+from mlm_pretraining.precision import warn_about_precision
+from mlm_pretraining.sparse_head import enable_sparse_prediction
+from mlm_pretraining.streaming import open_text_stream, streaming_train_dataset
+from mlm_pretraining.trainer import MLMTrainer
+from mlm_pretraining.vocab import add_domain_tokens, read_token_file
 
-logger = logging.getLogger("run_mlm")
-
-
-def setup_logging(training_args) -> None:
-    """One log format for us, transformers and datasets; replicas log warnings only."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])
-    level = training_args.get_process_log_level()
-    ours = logging.INFO if training_args.should_log else logging.WARNING
-    for name in ("run_mlm", "arguments", "data", "modeling", "checkpoints", "collators", "metrics", "mlm_trainer",
-                 "callbacks", "streaming", "sparse_head", "fast_dropout", "precision", "whole_word",
-                 "sentence_pairs", "vocab", "plotting"):
-        logging.getLogger(name).setLevel(ours)
-    datasets.utils.logging.set_verbosity(level)
-    transformers.utils.logging.set_verbosity(level)
+logger = get_logger("run_mlm")
 
 
 def evaluate(trainer, prefix: str) -> dict[str, float]:

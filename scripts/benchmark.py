@@ -30,13 +30,12 @@ import time
 from itertools import chain
 from pathlib import Path
 
+from transformers import TrainerCallback
+
+from mlm_pretraining.precision import cpu_has_native_bf16
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from transformers import TrainerCallback  # noqa: E402
-
-from precision import cpu_has_native_bf16  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "wikitext-2"
 VARIANTS = ("stock", "ours", "stock_bf16", "ours_bf16", "ours_nodropout", "ours_torch_dropout")
@@ -233,7 +232,7 @@ def ours_preprocess(tokenizer, data_files: dict[str, str], block: int, num_proc:
 
     ``data_files`` maps 'train' and/or 'validation' to a file."""
     from arguments import DataArguments
-    from data import load_raw_datasets, prepare_datasets
+    from mlm_pretraining.data import load_raw_datasets, prepare_datasets
 
     data_args = DataArguments(train_file=[data_files["train"]] if "train" in data_files else None,
                               validation_file=[data_files["validation"]] if "validation" in data_files else None,
@@ -245,10 +244,15 @@ def ours_preprocess(tokenizer, data_files: dict[str, str], block: int, num_proc:
 def build_stock(args, bf16: bool, output_dir: str):
     """transformers' run_mlm.py, as its README runs it on text files (packed blocks), fp32 by default."""
     import numpy as np
-    from transformers import (AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForMaskedLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
 
-    from modeling import resolve_model_path
+    from mlm_pretraining.modeling import resolve_model_path
 
     path = resolve_model_path(args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -277,11 +281,11 @@ def build_ours(args, bf16: bool, output_dir: str):
     """Our recipe, as run_mlm.py puts it together."""
     from arguments import MLMTrainingArguments, ModelArguments
     from collators import MLMCollator
-    from fast_dropout import enable_fast_dropout
-    from metrics import MLMMetrics, preprocess_logits_for_metrics
-    from mlm_trainer import MLMTrainer
-    from modeling import load_model, load_tokenizer
-    from sparse_head import enable_sparse_prediction
+    from mlm_pretraining.fast_dropout import enable_fast_dropout
+    from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
+    from mlm_pretraining.modeling import load_model, load_tokenizer
+    from mlm_pretraining.sparse_head import enable_sparse_prediction
+    from mlm_pretraining.trainer import MLMTrainer
 
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path,
                                 config_overrides=NO_DROPOUT if args.child == "ours_nodropout" else None,
@@ -355,7 +359,7 @@ def run_preprocessing(args) -> dict:
     """Preprocess ``--preprocess_file`` as one pipeline does, uncached (a fresh datasets cache), then ours cached."""
     from transformers import AutoTokenizer
 
-    from modeling import resolve_model_path
+    from mlm_pretraining.modeling import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model_name_or_path))
     files = {"train": args.preprocess_file}

@@ -9,17 +9,13 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modules, from any working directory
+import torch
+from transformers import AutoModelForMaskedLM
 
-import torch  # noqa: E402
-from transformers import AutoModelForMaskedLM  # noqa: E402
-
-from arguments import EMBEDDED_MODEL, InputError, ModelArguments, parse_args, run_cli  # noqa: E402
-from modeling import load_model, load_tokenizer  # noqa: E402
+from arguments import EMBEDDED_MODEL, InputError, ModelArguments, parse_args, run_cli
+from mlm_pretraining.modeling import load_model, load_tokenizer
 
 MASK = "[MASK]"
 

@@ -8,14 +8,11 @@ Reads each folder's trainer_state.json (or its last checkpoint's, for a run stil
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modules, from any working directory
-
-from arguments import InputError, parse_args, run_cli  # noqa: E402
-from plotting import plot_runs, read_log_history  # noqa: E402
+from arguments import InputError, parse_args, run_cli
+from mlm_pretraining.plotting import plot_runs, read_log_history
 
 
 @dataclass

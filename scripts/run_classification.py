@@ -12,16 +12,15 @@ the best epoch by macro-F1; accuracy, macro-F1 and micro-F1 on dev and test go t
 
 from __future__ import annotations
 
-import logging
-import sys
-from pathlib import Path
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    set_seed,
+)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modules, from any working directory
-
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed  # noqa: E402
-
-from arguments import ModelArguments, parse_args, run_cli  # noqa: E402
-from classification import (  # noqa: E402
+from arguments import ModelArguments, parse_args, run_cli
+from mlm_pretraining.classification import (
     ClassificationDataArguments,
     ClassificationTrainingArguments,
     compute_metrics,
@@ -31,12 +30,12 @@ from classification import (  # noqa: E402
     load_labelled_datasets,
     take_subsets,
 )
-from fast_dropout import enable_fast_dropout  # noqa: E402
-from modeling import load_model, load_tokenizer, resolve_max_seq_length  # noqa: E402
-from run_mlm import setup_logging  # noqa: E402
-from vocab import add_domain_tokens, read_token_file  # noqa: E402
+from mlm_pretraining.fast_dropout import enable_fast_dropout
+from mlm_pretraining.logs import get_logger, setup_logging
+from mlm_pretraining.modeling import load_model, load_tokenizer, resolve_max_seq_length
+from mlm_pretraining.vocab import add_domain_tokens, read_token_file
 
-logger = logging.getLogger("run_classification")
+logger = get_logger("run_classification")
 ARGUMENT_GROUPS = (ModelArguments, ClassificationDataArguments, ClassificationTrainingArguments)
 
 
@@ -44,8 +43,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Fine-tune, select on dev, score dev and test; return (and save) the metrics."""
     model_args, data_args, training_args = parse_args(argv, groups=ARGUMENT_GROUPS)
     setup_logging(training_args)
-    for name in ("run_classification", "classification"):
-        logging.getLogger(name).setLevel(training_args.get_process_log_level())
     set_seed(training_args.seed)  # before the model loads: the new classifier head's initialisation follows --seed
 
     # Labelled files are read and checked before the model loads, so a bad file fails fast.

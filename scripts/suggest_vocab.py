@@ -8,16 +8,20 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modules, from any working directory
-
-from arguments import EMBEDDED_MODEL, DataArguments, InputError, ModelArguments, parse_args, run_cli  # noqa: E402
-from data import load_raw_datasets  # noqa: E402
-from modeling import load_tokenizer  # noqa: E402
-from vocab import count_words, suggest_tokens  # noqa: E402
+from arguments import (
+    EMBEDDED_MODEL,
+    DataArguments,
+    InputError,
+    ModelArguments,
+    parse_args,
+    run_cli,
+)
+from mlm_pretraining.data import load_raw_datasets
+from mlm_pretraining.modeling import load_tokenizer
+from mlm_pretraining.vocab import count_words, suggest_tokens
 
 
 @dataclass

@@ -18,22 +18,22 @@ import json
 import logging
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modules, from any working directory
+from safetensors.torch import load_file, save_file
 
-from safetensors.torch import load_file, save_file  # noqa: E402
+from arguments import InputError, parse_args
+from mlm_pretraining.data import BUILDERS
+from mlm_pretraining.errors import run_cli
+from mlm_pretraining.logs import get_logger
+from mlm_pretraining.modeling import EMBEDDED_MODEL, resolve_model_path
 
-from arguments import EMBEDDED_MODEL, InputError, parse_args, run_cli  # noqa: E402
-from data import BUILDERS  # noqa: E402
-from modeling import resolve_model_path  # noqa: E402
-from run_mlm import main as run_mlm  # noqa: E402
-from scripts.run_classification import main as run_classification  # noqa: E402
-
-logger = logging.getLogger("tapt_experiment")
+logger = get_logger("tapt_experiment")
+REPO = Path(__file__).resolve().parents[1]
 SPLIT_NAMES = {"train": ("train",), "validation": ("dev", "validation", "valid"), "test": ("test",)}
 METRICS = ("macro_f1", "micro_f1")
 
@@ -114,6 +114,14 @@ def finished(run_dir: Path) -> dict | None:
     return json.loads(results.read_text()) if results.is_file() else None
 
 
+def run_script(script: str, flags: list[str], run_dir: Path) -> dict:
+    """Run one of the repository's entry points in its own process (fresh memory, its own logging); its results."""
+    done = subprocess.run([sys.executable, str(REPO / script), *flags])
+    if done.returncode != 0:
+        raise RuntimeError(f"{script} failed (exit {done.returncode}) writing {run_dir}; its output is above.")
+    return json.loads((run_dir / "all_results.json").read_text())
+
+
 def pretrain(args: TaptArguments, files: dict[str, str], run_dir: Path) -> dict:
     """(b): masked-LM on the task's training text, scored on its dev text before and after."""
     flags = ["--model_name_or_path", args.model_name_or_path, "--train_file", files["train"],
@@ -125,7 +133,7 @@ def pretrain(args: TaptArguments, files: dict[str, str], run_dir: Path) -> dict:
              "--per_device_eval_batch_size", str(args.tapt_batch_size), "--warmup_steps", "0.06",
              "--max_eval_samples", str(args.tapt_max_eval_samples), "--seed", str(args.tapt_seed),
              "--save_strategy", "no", "--logging_steps", "10", "--report_to", "none", "--log_level", "warning"]
-    results = run_mlm(flags)
+    results = run_script("run_mlm.py", flags, run_dir)
     restore_unused_weights(resolve_model_path(args.model_name_or_path), run_dir)
     return results
 
@@ -173,7 +181,7 @@ def fine_tune(args: TaptArguments, files: dict[str, str], model: str, seed: int,
     if args.max_steps > 0:  # too few steps for an epoch: score and keep the end of training
         flags += ["--eval_strategy", "steps", "--save_strategy", "steps", "--eval_steps", str(args.max_steps),
                   "--save_steps", str(args.max_steps)]
-    results = run_classification(flags)
+    results = run_script("scripts/run_classification.py", flags, run_dir)
     if not args.keep_models:  # results are what the experiment needs; weights are 90 MB a run
         for path in list(run_dir.glob("checkpoint-*")) + list(run_dir.glob("*.safetensors")):
             shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -13,7 +13,7 @@ import torch
 
 import run_mlm
 from arguments import InputError, parse_args
-from checkpoints import checkpoint_problem
+from mlm_pretraining.checkpoints import checkpoint_problem
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_corpus_shorter_than_one_block(run, tmp_path):
 def test_crlf_and_bom_are_simply_read(tmp_path):
     """Not an error: a BOM and CRLF line ends give the same texts as a plain LF file."""
     from arguments import DataArguments
-    from data import load_raw_datasets
+    from mlm_pretraining.data import load_raw_datasets
 
     lines = ["the city park", "he released new album"]
     plain = write(tmp_path / "lf.txt", "\n".join(lines) + "\n")

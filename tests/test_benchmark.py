@@ -8,12 +8,10 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, SHARED_DATA
 from transformers import BertConfig, BertForMaskedLM
 
-from conftest import REPO, SHARED_DATA
-
-sys.path.insert(0, str(REPO / "scripts"))
-import benchmark  # noqa: E402
+from scripts import benchmark
 
 
 def test_flops_per_token_of_minilm_shape_is_about_80_million():

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from arguments import InputError
-from classification import classification_metrics
+from mlm_pretraining.classification import classification_metrics
 from scripts.run_classification import main
 
 POSITIVE = ["the band played the first song of the year", "he released a new album which became known"]

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from arguments import DataArguments, InputError
-from data import load_raw_datasets, pack, prepare_datasets, resolve_data_files, special_token_template, tokenize
+from mlm_pretraining.data import (
+    load_raw_datasets,
+    pack,
+    prepare_datasets,
+    resolve_data_files,
+    special_token_template,
+    tokenize,
+)
 
 
 def texts(path, **kwargs):

@@ -9,8 +9,15 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-import fast_dropout
-from fast_dropout import ATTENTION_NAME, FastDropout, attention_forward, dropout, enable_fast_dropout, keep_mask
+from mlm_pretraining import fast_dropout
+from mlm_pretraining.fast_dropout import (
+    ATTENTION_NAME,
+    FastDropout,
+    attention_forward,
+    dropout,
+    enable_fast_dropout,
+    keep_mask,
+)
 
 N = 2_000_000
 

@@ -8,7 +8,6 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from arguments import InputError
 from scripts.fill_mask import main, predict
-
 from tests.conftest import build_model
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from arguments import InputError, ModelArguments
-from modeling import load_model, load_tokenizer, resolve_model_path
+from mlm_pretraining.modeling import load_model, load_tokenizer, resolve_model_path
 
 
 def test_embedded_default_resolves_to_the_installed_package():

@@ -13,10 +13,10 @@ from transformers import EvalPrediction
 
 from arguments import DataArguments, InputError, ModelArguments
 from collators import MLMCollator
-from data import load_raw_datasets, prepare_datasets
-from metrics import MLMMetrics, preprocess_logits_for_metrics
-from modeling import model_class_for
-from sentence_pairs import build_pairs
+from mlm_pretraining.data import load_raw_datasets, prepare_datasets
+from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
+from mlm_pretraining.modeling import model_class_for
+from mlm_pretraining.sentence_pairs import build_pairs
 
 CLS, SEP = 2, 3
 OFFSET = 100  # synthetic token ids: OFFSET + position in the flat stream, so every token says where it came from
@@ -182,8 +182,9 @@ def test_nsp_metrics():
 
 @pytest.mark.slow
 def test_run_mlm_nsp_end_to_end(tiny_model_dir, corpus, tmp_path):
-    import run_mlm
     from transformers import AutoModelForMaskedLM, BertForPreTraining
+
+    import run_mlm
 
     output_dir = tmp_path / "out"
     results = run_mlm.main([

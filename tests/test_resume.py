@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 import run_mlm
-from callbacks import GracefulStopCallback
-from checkpoints import checkpoint_problem, last_complete_checkpoint
+from mlm_pretraining.callbacks import GracefulStopCallback
+from mlm_pretraining.checkpoints import checkpoint_problem, last_complete_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 14  # 10 steps per epoch: runs cross an epoch boundary, so the per-epoch masks are exercised too
@@ -121,7 +121,7 @@ def test_skipping_seen_batches_does_not_touch_the_data(tiny_model_dir, tiny_toke
 
     from arguments import MLMTrainingArguments
     from collators import MLMCollator
-    from mlm_trainer import MLMTrainer
+    from mlm_pretraining.trainer import MLMTrainer
 
     calls = []
     collator = MLMCollator(tiny_tokenizer, seed=0)

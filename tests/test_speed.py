@@ -8,14 +8,28 @@ import os
 
 import pytest
 import torch
-from transformers import (AutoModelForMaskedLM, BertConfig, BertForMaskedLM, DistilBertConfig,
-                          DistilBertForMaskedLM, ElectraConfig, ElectraForMaskedLM, ModernBertConfig,
-                          ModernBertForMaskedLM, RobertaConfig, RobertaForMaskedLM)
+from transformers import (
+    AutoModelForMaskedLM,
+    BertConfig,
+    BertForMaskedLM,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
+    ElectraConfig,
+    ElectraForMaskedLM,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
 
 from arguments import InputError, parse_args
 from collators import MLMCollator
-from precision import bf16_warning, cpu_has_native_bf16
-from sparse_head import disable_sparse_prediction, enable_sparse_prediction, supports_sparse_prediction
+from mlm_pretraining.precision import bf16_warning, cpu_has_native_bf16
+from mlm_pretraining.sparse_head import (
+    disable_sparse_prediction,
+    enable_sparse_prediction,
+    supports_sparse_prediction,
+)
 
 VOCAB = 97
 SMALL = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -183,7 +197,7 @@ def test_bf16_runs_on_a_cpu_only_machine_and_fp16_is_refused(tmp_path):
 
 
 def test_line_by_line_examples_carry_their_length(tiny_tokenizer, corpus, tmp_path):
-    from data import load_raw_datasets, prepare_datasets
+    from mlm_pretraining.data import load_raw_datasets, prepare_datasets
 
     _, data_args, _, _ = parse_args(["--output_dir", str(tmp_path), "--train_file", str(corpus), "--line_by_line",
                                      "--preprocessing_num_workers", "1"])
@@ -224,8 +238,8 @@ def test_evaluation_memory_is_flat_no_predictions_are_gathered(tiny_model_dir, t
     # batch by batch: the metric sees one batch of integer ids per call, never float logits or the whole set.
     from datasets import Dataset
 
-    from metrics import MLMMetrics, preprocess_logits_for_metrics
-    from mlm_trainer import MLMTrainer
+    from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
+    from mlm_pretraining.trainer import MLMTrainer
 
     *_, args = parse_args(["--output_dir", str(tmp_path), "--per_device_eval_batch_size", "4", "--report_to", "none"])
     model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir)

@@ -12,8 +12,13 @@ from safetensors.torch import load_file
 
 import run_mlm
 from arguments import DataArguments, InputError
-from data import load_raw_datasets, pack, special_token_template, tokenize
-from streaming import PackedStream, open_text_stream
+from mlm_pretraining.data import (
+    load_raw_datasets,
+    pack,
+    special_token_template,
+    tokenize,
+)
+from mlm_pretraining.streaming import PackedStream, open_text_stream
 
 
 def stream_of(corpus: Path, **kwargs):
@@ -35,7 +40,7 @@ def test_stream_blocks_equal_in_memory_packing(corpus, tiny_tokenizer, tmp_path)
 
 def test_stream_carries_the_remainder_across_text_batches(corpus, tiny_tokenizer, monkeypatch):
     """Tokenizing 7 texts at a time gives the same blocks: the remainder of a batch starts the next block."""
-    import streaming
+    from mlm_pretraining import streaming
 
     _, texts, column = stream_of(corpus)
     whole = [b["input_ids"] for b in itertools.islice(iter(PackedStream(texts, column, tiny_tokenizer, 32)), 60)]

@@ -9,7 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 from arguments import InputError
-from scripts.tapt_experiment import main, restore_unused_weights, result_table, summarize
+from scripts.tapt_experiment import (
+    main,
+    restore_unused_weights,
+    result_table,
+    summarize,
+)
 from tests.test_classification import labelled_rows, write_jsonl
 
 

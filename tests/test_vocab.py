@@ -7,9 +7,14 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from arguments import InputError, ModelArguments
+from mlm_pretraining.vocab import (
+    add_domain_tokens,
+    count_words,
+    read_token_file,
+    suggest_tokens,
+)
 from run_mlm import main as run_mlm
 from scripts.suggest_vocab import main as suggest_vocab
-from vocab import add_domain_tokens, count_words, read_token_file, suggest_tokens
 
 
 def fresh(tiny_model_dir):

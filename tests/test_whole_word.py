@@ -16,11 +16,16 @@ from datasets import Dataset, DatasetDict
 
 from arguments import DataArguments, InputError, MaskingArguments
 from collators import MLMCollator
-from data import pack, prepare_datasets, special_token_template, tokenize
-from whole_word import (
+from mlm_pretraining.data import (
+    pack,
+    prepare_datasets,
+    special_token_template,
+    tokenize,
+)
+from mlm_pretraining.whole_word import (
     CJK_CHAR,
-    chinese_segmenter,
     check_tokenizer,
+    chinese_segmenter,
     encode_with_word_ids,
     splits_chinese_characters,
     use_chinese_segmentation,

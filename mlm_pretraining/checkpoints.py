@@ -14,7 +14,7 @@ from pathlib import Path
 from transformers import AutoConfig
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from arguments import InputError
+from mlm_pretraining.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,9 @@ def check_checkpoint_matches(checkpoint: str, model_args, explicit: bool) -> Non
     Compares config.json files only, so it runs before any weights load. A model whose config cannot be read is
     left for modeling.load_model to report.
     """
-    from modeling import resolve_model_path  # here, not at the top: modeling imports the heavy model classes
+    from mlm_pretraining.modeling import (
+        resolve_model_path,  # here, not at the top: modeling imports the heavy model classes
+    )
 
     config_path = Path(checkpoint) / "config.json"
     if not config_path.is_file():

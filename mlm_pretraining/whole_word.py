@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from arguments import InputError
+from mlm_pretraining.errors import InputError
 
 logger = logging.getLogger(__name__)
 

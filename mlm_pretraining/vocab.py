@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tokenizers import AddedToken
 
-from arguments import InputError
+from mlm_pretraining.errors import InputError
 
 logger = logging.getLogger(__name__)
 

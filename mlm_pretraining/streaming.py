@@ -14,12 +14,21 @@ import itertools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from datasets import load_dataset
 
-from arguments import DataArguments, InputError
-from data import BUILDERS, resolve_data_files, special_token_template, text_separator
+from mlm_pretraining.data import (
+    BUILDERS,
+    resolve_data_files,
+    special_token_template,
+    text_separator,
+)
+from mlm_pretraining.errors import InputError
+
+if TYPE_CHECKING:
+    from arguments import DataArguments
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from arguments import InputError
+from mlm_pretraining.errors import InputError
 
 logger = logging.getLogger(__name__)
 

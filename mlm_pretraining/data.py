@@ -8,15 +8,24 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_dataset
 
-from arguments import DataArguments, InputError
-from sentence_pairs import build_pairs, global_word_ids
-from whole_word import check_tokenizer, dense_word_ids, encode_with_word_ids, use_chinese_segmentation
+from mlm_pretraining.errors import InputError
+from mlm_pretraining.sentence_pairs import build_pairs, global_word_ids
+from mlm_pretraining.whole_word import (
+    check_tokenizer,
+    dense_word_ids,
+    encode_with_word_ids,
+    use_chinese_segmentation,
+)
+
+if TYPE_CHECKING:
+    from arguments import DataArguments
 
 logger = logging.getLogger(__name__)
 

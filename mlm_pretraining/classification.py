@@ -11,8 +11,8 @@ from datasets import Dataset, DatasetDict, load_dataset
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import TrainingArguments
 
-from arguments import InputError, _as_list
-from data import BUILDERS, resolve_data_files
+from mlm_pretraining.data import BUILDERS, resolve_data_files
+from mlm_pretraining.errors import InputError, as_list
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ class ClassificationDataArguments:
     )
 
     def __post_init__(self):
-        self.train_file = _as_list(self.train_file)
-        self.validation_file = _as_list(self.validation_file)
-        self.test_file = _as_list(self.test_file)
+        self.train_file = as_list(self.train_file)
+        self.validation_file = as_list(self.validation_file)
+        self.test_file = as_list(self.test_file)
         if not self.train_file:
             raise InputError("--train_file is required: the labelled training data.")
         if not self.label_column_name:

@@ -1,0 +1,26 @@
+"""Logging set-up shared by run_mlm.py and the scripts: one format, one parent logger for the whole package."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import datasets
+import transformers
+
+PARENT = "mlm_pretraining"
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A logger under the package's parent (``mlm_pretraining.<name>``), for entry points outside the package."""
+    return logging.getLogger(f"{PARENT}.{name}")
+
+
+def setup_logging(training_args) -> None:
+    """One log format for us, transformers and datasets; replicas of a distributed run log warnings only."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    level = training_args.get_process_log_level()
+    logging.getLogger(PARENT).setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
