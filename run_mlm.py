@@ -19,25 +19,19 @@ import datasets
 from transformers import set_seed
 
 from arguments import InputError, parse_args
-from collators import MLMCollator
-from mlm_pretraining.callbacks import GracefulStopCallback, MaskEpochCallback
 from mlm_pretraining.checkpoints import check_checkpoint_matches, find_resume_checkpoint
 from mlm_pretraining.data import load_raw_datasets, prepare_datasets
 from mlm_pretraining.errors import run_cli
-from mlm_pretraining.fast_dropout import enable_fast_dropout
 from mlm_pretraining.logs import get_logger, setup_logging
-from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_pretraining.modeling import (
     load_model,
     load_tokenizer,
     model_class_for,
     resolve_max_seq_length,
 )
-from mlm_pretraining.plotting import TrainingCurveCallback
 from mlm_pretraining.precision import warn_about_precision
-from mlm_pretraining.sparse_head import enable_sparse_prediction
 from mlm_pretraining.streaming import open_text_stream, streaming_train_dataset
-from mlm_pretraining.trainer import MLMTrainer
+from mlm_pretraining.trainer import build_trainer
 from mlm_pretraining.vocab import add_domain_tokens, read_token_file
 
 logger = get_logger("run_mlm")
@@ -76,10 +70,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = load_model(model_args, tokenizer, model_class_for(model_args, nsp=data_args.nsp))
     if model_args.add_tokens:  # before tokenizing, so the corpus is cut with the new words
         add_domain_tokens(tokenizer, model, read_token_file(model_args.add_tokens))
-    if model_args.sparse_prediction:
-        enable_sparse_prediction(model)
-    if model_args.fast_dropout:
-        enable_fast_dropout(model)
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
         processed = prepare_datasets(raw, tokenizer, data_args, max_seq_length,
@@ -98,35 +88,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # Training masks change every epoch, evaluation masks are fixed; both are functions of (seed, [epoch,] tokens),
     # so they are the same however batches are split across processes, and after a resume.
-    pad_to_multiple_of = data_args.pad_to_multiple_of or (8 if data_args.line_by_line else None)
-    masking = dict(mlm_probability=mask_args.mlm_probability, mask_replace_prob=mask_args.mask_replace_prob,
-                   random_replace_prob=mask_args.random_replace_prob, pad_to_multiple_of=pad_to_multiple_of,
-                   whole_word_mask=mask_args.whole_word_mask)
-    train_collator = MLMCollator(tokenizer, **masking, seed=training_args.seed)
-    graceful_stop = GracefulStopCallback()
-    trainer = MLMTrainer(
-        model=model,
-        args=training_args,
-        data_collator=train_collator,
-        eval_data_collator=MLMCollator(tokenizer, **masking, seed=training_args.seed),
-        callbacks=[MaskEpochCallback(train_collator), graceful_stop, TrainingCurveCallback()],
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        compute_metrics=MLMMetrics(),
-        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-    )
+    trainer = build_trainer(model, tokenizer, model_args, mask_args, training_args,
+                            train_dataset=train_dataset, eval_dataset=eval_dataset,
+                            pad_to_multiple_of=data_args.pad_to_multiple_of or (8 if data_args.line_by_line else None))
 
     results: dict[str, float] = {}
     if eval_dataset is not None and training_args.do_train and resume_from is None:
         results.update(evaluate(trainer, "eval_before"))
     if train_dataset is not None:
         train_result = trainer.train(resume_from_checkpoint=resume_from)
-        if graceful_stop.received:  # the checkpoint at this step is the whole result; a rerun continues from it
+        if trainer.stopped_by_signal:  # the checkpoint at this step is the whole result; a rerun continues from it
             logger.warning("Stopped by %s at step %d; checkpoint saved in %s. Rerun the same command to continue.",
-                           signal.Signals(graceful_stop.received).name, trainer.state.global_step,
+                           signal.Signals(trainer.stopped_by_signal).name, trainer.state.global_step,
                            training_args.output_dir)
-            return dict(train_result.metrics, stopped_by_signal=graceful_stop.received)
+            return dict(train_result.metrics, stopped_by_signal=trainer.stopped_by_signal)
         trainer.save_model()  # model and tokenizer, loadable with AutoModelForMaskedLM / pipeline("fill-mask")
         metrics = dict(train_result.metrics)
         if not data_args.streaming:

@@ -278,14 +278,10 @@ def build_stock(args, bf16: bool, output_dir: str):
 
 
 def build_ours(args, bf16: bool, output_dir: str):
-    """Our recipe, as run_mlm.py puts it together."""
-    from arguments import MLMTrainingArguments, ModelArguments
-    from collators import MLMCollator
-    from mlm_pretraining.fast_dropout import enable_fast_dropout
-    from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
+    """Our recipe, built by the same function as run_mlm.py (mlm_pretraining.trainer.build_trainer)."""
+    from arguments import MaskingArguments, MLMTrainingArguments, ModelArguments
     from mlm_pretraining.modeling import load_model, load_tokenizer
-    from mlm_pretraining.sparse_head import enable_sparse_prediction
-    from mlm_pretraining.trainer import MLMTrainer
+    from mlm_pretraining.trainer import build_trainer
 
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path,
                                 config_overrides=NO_DROPOUT if args.child == "ours_nodropout" else None,
@@ -295,17 +291,11 @@ def build_ours(args, bf16: bool, output_dir: str):
                                 args.max_seq_length, args.preprocessing_num_workers, overwrite_cache=True,
                                 max_eval_samples=args.max_eval_samples)
     model = load_model(model_args, tokenizer)
-    enable_sparse_prediction(model)
-    if model_args.fast_dropout:
-        enable_fast_dropout(model)
-    collator = CountingCollator(MLMCollator(tokenizer, mlm_probability=MLM_PROBABILITY, seed=args.seed))
     timer = StepTimer()
-    trainer = MLMTrainer(model=model, args=training_arguments(MLMTrainingArguments, args, output_dir, bf16),
-                         data_collator=collator,
-                         eval_data_collator=MLMCollator(tokenizer, mlm_probability=MLM_PROBABILITY, seed=args.seed),
-                         train_dataset=processed["train"], eval_dataset=processed["validation"],
-                         processing_class=tokenizer, compute_metrics=MLMMetrics(),
-                         preprocess_logits_for_metrics=preprocess_logits_for_metrics, callbacks=[timer])
+    trainer = build_trainer(model, tokenizer, model_args, MaskingArguments(mlm_probability=MLM_PROBABILITY),
+                            training_arguments(MLMTrainingArguments, args, output_dir, bf16),
+                            train_dataset=processed["train"], eval_dataset=processed["validation"], callbacks=[timer])
+    collator = trainer.data_collator = CountingCollator(trainer.data_collator)
     return trainer, tokenizer, collator, timer
 
 

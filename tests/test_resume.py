@@ -103,7 +103,7 @@ def test_half_written_checkpoint_is_skipped_and_run_ends_exact(full_run, tiny_mo
         shutil.copytree(full_run / f"checkpoint-{step}", out / f"checkpoint-{step}")
     weights = out / "checkpoint-12" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with caplog.at_level(logging.WARNING, logger="checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="mlm_pretraining.checkpoints"):
         assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-8")
     assert f"Skipping {out / 'checkpoint-12'}: incomplete checkpoint" in caplog.text
     run_mlm.main(flags(tiny_model_dir, corpus_file, out))

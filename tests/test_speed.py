@@ -114,7 +114,7 @@ def test_unknown_model_keeps_its_full_head_and_says_so(caplog):
     model = ElectraForMaskedLM(ElectraConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=1,
                                              num_attention_heads=2, intermediate_size=64))
     assert not supports_sparse_prediction(model)
-    with caplog.at_level(logging.INFO, logger="sparse_head"):
+    with caplog.at_level(logging.INFO, logger="mlm_pretraining.sparse_head"):
         assert enable_sparse_prediction(model) is False
     assert "not available for ElectraForMaskedLM" in caplog.text
     assert "forward" not in vars(model)
@@ -214,20 +214,21 @@ def test_line_by_line_trains_with_length_grouped_batches(tiny_model_dir, corpus,
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     import run_mlm
+    from mlm_pretraining.trainer import MLMTrainer
 
     seen = {}
-    original = run_mlm.MLMTrainer.train
+    original = MLMTrainer.train
 
     def train(self, *args, **kwargs):
         seen["sampler"], seen["lengths"] = self._get_train_sampler(), list(self.train_dataset["length"])
         return original(self, *args, **kwargs)
 
-    run_mlm.MLMTrainer.train = train
+    MLMTrainer.train = train
     try:
         results = run_mlm.main(common_flags(tiny_model_dir, corpus, tmp_path / "lines")
                                + ["--line_by_line", "--save_strategy", "no", "--max_steps", "2"])
     finally:
-        run_mlm.MLMTrainer.train = original
+        MLMTrainer.train = original
     assert isinstance(seen["sampler"], LengthGroupedSampler)
     assert list(seen["sampler"].lengths) == seen["lengths"]  # taken from the column, not recomputed
     assert results["train_loss"] > 0
@@ -273,18 +274,18 @@ def test_help_lists_the_speed_flags():
 
 PEAK_MEMORY_SCRIPT = """
 import os, sys, threading, time
-sys.path.insert(0, sys.argv[1])
 import run_mlm
+from mlm_pretraining import trainer as trainer_module
 if sys.argv[2] == "gather":  # the stock way: keep every batch's full logits, score them all at the end
-    run_mlm.preprocess_logits_for_metrics = lambda logits, labels: logits
-    run_mlm.MLMMetrics = lambda: lambda eval_pred, compute_result=True: {
+    trainer_module.preprocess_logits_for_metrics = lambda logits, labels: logits
+    trainer_module.MLMMetrics = lambda: lambda eval_pred, compute_result=True: {
         "accuracy": float((eval_pred.predictions.argmax(-1) == eval_pred.label_ids).mean())}
 
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 growth = []
-evaluate = run_mlm.MLMTrainer.evaluate
+evaluate = trainer_module.MLMTrainer.evaluate
 
 def watched_evaluate(self, *args, **kwargs):  # the most resident memory grew during evaluation, sampled every 2 ms
     start, peak, done = rss(), [0], threading.Event()
@@ -301,7 +302,7 @@ def watched_evaluate(self, *args, **kwargs):  # the most resident memory grew du
         thread.join()
         growth.append((max(peak[0], rss()) - start) / 2**20)
 
-run_mlm.MLMTrainer.evaluate = watched_evaluate
+trainer_module.MLMTrainer.evaluate = watched_evaluate
 metrics = run_mlm.main(sys.argv[3:])
 print("GROWTH_MB", max(growth), metrics["eval_samples"])
 """
@@ -314,7 +315,7 @@ def evaluation_growth_mb(mode: str, samples: int, flags: list[str]) -> float:
 
     repo = str(Path(__file__).resolve().parents[1])
     done = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, repo, mode, *flags, "--max_eval_samples",
-                           str(samples)], capture_output=True, text=True, timeout=600)
+                           str(samples)], capture_output=True, text=True, timeout=600, cwd=repo)
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("GROWTH_MB"))
     growth, evaluated = line.split()[1:]
