@@ -232,13 +232,14 @@ def ours_preprocess(tokenizer, data_files: dict[str, str], block: int, num_proc:
 
     ``data_files`` maps 'train' and/or 'validation' to a file."""
     from arguments import DataArguments
-    from mlm_pretraining.data import load_raw_datasets, prepare_datasets
+    from mlm_pretraining.data import prepare_datasets
+    from mlm_pretraining.text import read_corpus
 
     data_args = DataArguments(train_file=[data_files["train"]] if "train" in data_files else None,
                               validation_file=[data_files["validation"]] if "validation" in data_files else None,
                               max_seq_length=block, max_eval_samples=max_eval_samples,
                               preprocessing_num_workers=num_proc, overwrite_cache=overwrite_cache)
-    return prepare_datasets(load_raw_datasets(data_args), tokenizer, data_args, block)
+    return prepare_datasets(read_corpus(data_args), tokenizer, data_args, block)
 
 
 def build_stock(args, bf16: bool, output_dir: str):

@@ -197,11 +197,12 @@ def test_bf16_runs_on_a_cpu_only_machine_and_fp16_is_refused(tmp_path):
 
 
 def test_line_by_line_examples_carry_their_length(tiny_tokenizer, corpus, tmp_path):
-    from mlm_pretraining.data import load_raw_datasets, prepare_datasets
+    from mlm_pretraining.data import prepare_datasets
+    from mlm_pretraining.text import read_corpus
 
     _, data_args, _, _ = parse_args(["--output_dir", str(tmp_path), "--train_file", str(corpus), "--line_by_line",
                                      "--preprocessing_num_workers", "1"])
-    processed = prepare_datasets(load_raw_datasets(data_args), tiny_tokenizer, data_args, 32)
+    processed = prepare_datasets(read_corpus(data_args), tiny_tokenizer, data_args, 32)
     train = processed["train"]
     assert train["length"][:20] == [len(ids) for ids in train["input_ids"][:20]]
     assert len(set(train["length"])) > 1
