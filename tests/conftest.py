@@ -75,3 +75,27 @@ def corpus(tmp_path) -> Path:
     path = tmp_path / "train.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def run(tiny_model_dir, tmp_path, monkeypatch):
+    """Run run_mlm.main() with the tiny model plus ``flags``; expect an InputError matching ``pattern``; return it.
+
+    With ``before_model`` (the default) loading the model fails the test: the error must come earlier.
+    """
+
+    import run_mlm
+    from arguments import InputError
+
+    def _run(flags: list[str], pattern: str, before_model: bool = True, model=None) -> Exception:
+        if before_model:
+            def no_model(*args, **kwargs):
+                raise AssertionError("the model was loaded before the bad input was reported")
+            monkeypatch.setattr(run_mlm, "load_model", no_model)
+        argv = ["--model_name_or_path", str(model or tiny_model_dir), "--output_dir", str(tmp_path / "out"),
+                "--report_to", "none", "--max_steps", "2", "--preprocessing_num_workers", "1", *flags]
+        with pytest.raises(InputError, match=pattern) as info:
+            run_mlm.main(argv)
+        return info.value
+
+    return _run

@@ -77,3 +77,13 @@ def test_config_file_errors(tmp_path):
     unknown.write_text("train_file: a.txt\nlearning_rte: 0.1\n")
     with pytest.raises(InputError, match=r"unknown argument\(s\) learning_rte"):
         parse_args([str(unknown)])
+
+
+def test_help_lists_the_speed_flags():
+    # argparse expands '%' in help texts, so a stray percent sign would break --help.
+    from transformers import HfArgumentParser
+
+    from arguments import ARGUMENT_GROUPS
+
+    text = HfArgumentParser(ARGUMENT_GROUPS).format_help()
+    assert "--sparse_prediction" in text and "group_by_length with --line_by_line" in text

@@ -1,65 +1,21 @@
 """Every input a user can get wrong fails with one clear InputError naming the file or flag and saying what to do,
-before the model loads where possible, and without touching what is already in --output_dir."""
+before the model loads where possible (checkpoint problems: test_checkpoints.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-import run_mlm
 from arguments import InputError, parse_args
-from mlm_pretraining.checkpoints import checkpoint_problem
-
-
-@pytest.fixture
-def run(tiny_model_dir, tmp_path, monkeypatch):
-    """Run main() with the tiny model plus ``flags``; expect an InputError matching ``pattern``; return it.
-
-    With ``before_model`` (the default) loading the model fails the test: the error must come earlier.
-    """
-
-    def _run(flags: list[str], pattern: str, before_model: bool = True, model=None) -> InputError:
-        if before_model:
-            def no_model(*args, **kwargs):
-                raise AssertionError("the model was loaded before the bad input was reported")
-            monkeypatch.setattr(run_mlm, "load_model", no_model)
-        argv = ["--model_name_or_path", str(model or tiny_model_dir), "--output_dir", str(tmp_path / "out"),
-                "--report_to", "none", "--max_steps", "2", "--preprocessing_num_workers", "1", *flags]
-        with pytest.raises(InputError, match=pattern) as info:
-            run_mlm.main(argv)
-        return info.value
-
-    return _run
 
 
 def write(path: Path, content: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     return path
-
-
-def fake_checkpoint(folder: Path, config: dict) -> Path:
-    """A checkpoint folder whose files are all whole (small stand-ins), with the given config.json."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2, "log_history": []}))
-    save_file({"w": torch.zeros(4, 4)}, str(folder / "model.safetensors"))
-    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
-        torch.save({"x": torch.ones(2)}, folder / name)
-    assert checkpoint_problem(folder) is None
-    return folder
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # --- the corpus -------------------------------------------------------------------------------------------------
@@ -255,30 +211,3 @@ def test_pickle_only_weights_are_refused(run, corpus, tiny_model_dir, tmp_path):
     run(["--train_file", str(corpus)],
         r"has weights only as pickle files \(pytorch_model\.bin\), which we do not open: unpickling can run code\. "
         r"If you trust the files, convert them once to safetensors", before_model=False, model=folder)
-
-
-# --- checkpoints -----------------------------------------------------------------------------------------------
-
-def test_missing_resume_checkpoint(run, corpus, tmp_path):
-    run(["--train_file", str(corpus), "--resume_from_checkpoint", str(tmp_path / "checkpoint-9")],
-        r"--resume_from_checkpoint '.*checkpoint-9' is not a folder\. Give a checkpoint folder")
-
-
-def test_incomplete_resume_checkpoint(run, corpus, tmp_path, tiny_model_dir):
-    config = json.loads((tiny_model_dir / "config.json").read_text())
-    folder = fake_checkpoint(tmp_path / "checkpoint-4", config)
-    (folder / "rng_state.pth").write_bytes((folder / "rng_state.pth").read_bytes()[:40])
-    run(["--train_file", str(corpus), "--resume_from_checkpoint", str(folder)],
-        r"'.*checkpoint-4' is not a complete checkpoint \(rng_state\.pth is cut short or corrupt\).*earlier checkpoint")
-
-
-def test_output_dir_of_a_different_model_is_left_untouched(run, corpus, tmp_path, tiny_model_dir):
-    config = json.loads((tiny_model_dir / "config.json").read_text())
-    out = tmp_path / "out"
-    fake_checkpoint(out / "checkpoint-2", dict(config, hidden_size=768, vocab_size=30522))
-    before = digest(out)
-    run(["--train_file", str(corpus)],
-        r"--output_dir '.*checkpoint-2' holds a checkpoint of a different model than --model_name_or_path .* "
-        r"\(vocab_size 30522 vs 117; hidden_size 768 vs 32, checkpoint vs model\)\. Pick another --output_dir, or "
-        r"pass --overwrite_output_dir")
-    assert digest(out) == before  # nothing the user saved was changed

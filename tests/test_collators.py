@@ -91,6 +91,49 @@ def test_every_row_with_real_tokens_gets_a_target():
     assert (labels[500] == -100).all()  # no real token, nothing to choose
 
 
+def chi_square_p(counts: torch.Tensor, probabilities: torch.Tensor) -> float:
+    """p-value of observed ``counts`` against ``probabilities`` (Pearson's chi-square)."""
+    from scipy.stats import chisquare
+
+    counts, probabilities = counts.double(), probabilities.double()
+    return float(chisquare(counts.numpy(), (probabilities / probabilities.sum() * counts.sum()).numpy()).pvalue)
+
+
+def test_rescue_picks_uniformly_among_candidate_positions_never_special_or_pad():
+    # mlm_probability so small that no row gets a target on its own: every row is rescued. Two row shapes, with a
+    # [SEP] in the middle (a sentence pair) and padding, so "the first candidate" or "any position" would show.
+    pair = [CLS, 11, 12, 13, SEP, 14, 15, SEP, PAD, PAD]  # candidates at 1, 2, 3, 5, 6
+    short = [CLS, 21, 22, SEP, PAD, PAD, PAD, PAD, PAD, PAD]  # candidates at 1, 2
+    ids = torch.tensor([pair] * 8000 + [short] * 4000)
+    special = torch.isin(ids, SPECIALS)
+    masked, labels = mask(ids, special, torch.Generator().manual_seed(0), mlm_probability=1e-9)
+    chosen = labels != -100
+    assert (chosen.sum(dim=1) == 1).all()  # exactly one rescued target per row
+    assert not chosen[special].any()
+    pair_counts = chosen[:8000].sum(dim=0)
+    short_counts = chosen[8000:].sum(dim=0)
+    assert pair_counts[[0, 4, 7, 8, 9]].sum() == 0 and short_counts[[0, 3]].sum() == 0
+    assert chi_square_p(pair_counts[[1, 2, 3, 5, 6]], torch.full((5,), 1 / 5)) > 1e-4
+    assert chi_square_p(short_counts[[1, 2]], torch.full((2,), 1 / 2)) > 1e-4
+    # The rescued token is corrupted like any chosen one (80 % [MASK]).
+    assert (masked[chosen] == MASK).double().mean().item() == pytest.approx(0.8, abs=0.01)
+
+
+def test_whole_word_rescue_picks_a_word_by_its_share_of_candidate_tokens():
+    # Documented rule: the rescue picks a candidate *token* uniformly and chooses its whole word, so a word of
+    # three pieces is rescued three times as often as a word of one; all its pieces are then targets.
+    ids = torch.tensor([[CLS, 31, 32, 33, 34, SEP, PAD]] * 8000)
+    words = torch.tensor([[-1, 0, 0, 0, 1, -1, -1]] * 8000)
+    special = torch.isin(ids, SPECIALS)
+    _, labels = mask(ids, special, torch.Generator().manual_seed(0), mlm_probability=1e-9, word_ids=words)
+    chosen = labels != -100
+    first_word = chosen[:, 1:4].all(dim=1) & ~chosen[:, 4]
+    second_word = ~chosen[:, 1:4].any(dim=1) & chosen[:, 4]
+    assert (first_word ^ second_word).all()  # one whole word per row, never part of one, never both
+    counts = torch.stack([first_word.sum(), second_word.sum()])
+    assert chi_square_p(counts, torch.tensor([3 / 4, 1 / 4])) > 1e-4
+
+
 def test_same_generator_seed_same_masks_other_seed_other_masks():
     ids, special = make_batch(64, 64)
     a = mask(ids, special, torch.Generator().manual_seed(5))
@@ -175,6 +218,55 @@ def test_seeded_masks_are_fixed_whatever_the_batch(tiny_tokenizer):
     assert torch.equal(reordered["labels"][1, :n], together["labels"][2, :n])
     other_seed = MLMCollator(tiny_tokenizer, seed=43)(features(tiny_tokenizer, TEXTS * 10))
     assert not torch.equal(other_seed["labels"][:3], collator(features(tiny_tokenizer, TEXTS * 10))["labels"][:3])
+
+
+def fresh_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)  # not the shared fixture: tokens are added to it
+
+
+def test_random_token_ids_are_every_id_but_the_special_ones(tiny_model_dir):
+    tokenizer = fresh_tokenizer(tiny_model_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[DOM]"]})
+    tokenizer.add_tokens(["happily"])  # an ordinary added word is a fine random replacement
+    specials = set(tokenizer.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DOM]"]))
+    assert len(specials) == 6 and len(tokenizer) == 119
+    collator = MLMCollator(tokenizer)
+    assert collator.random_token_ids.tolist() == [i for i in range(len(tokenizer)) if i not in specials]
+
+
+def test_random_replacements_are_uniform_over_non_special_ids_and_never_special(tiny_model_dir):
+    tokenizer = fresh_tokenizer(tiny_model_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[DOM]"]})
+    specials = torch.tensor(tokenizer.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DOM]"]))
+    # Every chosen token is replaced by a random one: what lands there is the draw itself.
+    collator = MLMCollator(tokenizer, mlm_probability=0.5, mask_replace_prob=0.0, random_replace_prob=1.0)
+    texts = ["the city park was known for its music and the band played the first song of the year ."] * 3000
+    torch.manual_seed(0)
+    batch = collator(features(tokenizer, texts))
+    drawn = batch["input_ids"][batch["labels"] != -100]
+    assert drawn.numel() > 20_000
+    assert not torch.isin(drawn, specials).any()
+    counts = torch.bincount(drawn, minlength=len(tokenizer))
+    allowed = ~torch.isin(torch.arange(len(tokenizer)), specials)
+    assert (counts[allowed] > 0).all()  # every non-special id can be drawn
+    assert chi_square_p(counts[allowed], torch.full((int(allowed.sum()),), 1 / int(allowed.sum()))) > 1e-4
+
+
+def test_line_by_line_examples_carry_their_length(tiny_tokenizer, corpus, tmp_path):
+    from arguments import parse_args
+    from mlm_pretraining.data import prepare_datasets
+    from mlm_pretraining.text import read_corpus
+
+    _, data_args, _, _ = parse_args(["--output_dir", str(tmp_path), "--train_file", str(corpus), "--line_by_line",
+                                     "--preprocessing_num_workers", "1"])
+    processed = prepare_datasets(read_corpus(data_args), tiny_tokenizer, data_args, 32)
+    train = processed["train"]
+    assert train["length"][:20] == [len(ids) for ids in train["input_ids"][:20]]
+    assert len(set(train["length"])) > 1
+    collated = MLMCollator(tiny_tokenizer, pad_to_multiple_of=8)([train[i] for i in range(5)])
+    assert collated["input_ids"].shape[1] % 8 == 0 and "length" not in collated
 
 
 def test_collator_rejects_tokenizer_without_mask_token(tiny_tokenizer):

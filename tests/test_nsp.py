@@ -1,4 +1,5 @@
-"""Next-sentence prediction: document ids, pair building, the model class check, metrics, and an end-to-end run."""
+"""Next-sentence prediction: document ids, pair building, the model class check, and an end-to-end run (its metrics:
+test_metrics.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from transformers import EvalPrediction
 
 from arguments import DataArguments, InputError, ModelArguments
 from collators import MLMCollator
 from mlm_pretraining.data import prepare_datasets
-from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_pretraining.modeling import model_class_for
 from mlm_pretraining.sentence_pairs import build_pairs
 from mlm_pretraining.text import read_corpus
@@ -158,27 +157,6 @@ def test_model_without_nsp_head_is_an_error(tmp_path, tiny_model_dir):
         with pytest.raises(InputError, match=f"--nsp needs a model with a next-sentence-prediction head, and "
                                              f"{config.model_type}"):
             model_class_for(ModelArguments(model_name_or_path=str(folder)), nsp=True)
-
-
-def test_nsp_metrics():
-    labels = torch.tensor([[-100, 5, -100], [7, -100, -100]])
-    prediction_logits = torch.zeros(2, 3, 10)
-    prediction_logits[0, 1, 5] = 10.0  # right
-    prediction_logits[1, 0, 2] = 10.0  # wrong
-    seq_logits = torch.tensor([[3.0, 0.0], [3.0, 0.0]])  # both predict 0
-    nsp_labels = torch.tensor([0, 1])
-    out = preprocess_logits_for_metrics((prediction_logits, seq_logits), (labels, nsp_labels))
-    predictions, nsp_predictions, mlm_loss = out
-    assert predictions[0, 1] == 5 and nsp_predictions.tolist() == [0, 0]
-    expected = torch.nn.functional.cross_entropy(prediction_logits[labels != -100], labels[labels != -100],
-                                                 reduction="none")
-    assert torch.allclose(mlm_loss, expected)
-    metric = MLMMetrics()
-    result = metric(EvalPrediction(predictions=out, label_ids=(labels, nsp_labels)))
-    assert result["accuracy"] == 0.5 and result["nsp_accuracy"] == 0.5
-    assert result["mlm_loss"] == pytest.approx(float(expected.mean()))
-    plain = metric(EvalPrediction(predictions=predictions, label_ids=labels))
-    assert "nsp_accuracy" not in plain and plain["accuracy"] == 0.5
 
 
 @pytest.mark.slow

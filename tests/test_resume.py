@@ -1,5 +1,6 @@
 """Resuming: exact continuation (losses and weights) after a kill, incomplete checkpoints skipped, fast batch skipping,
-and a graceful stop on SIGTERM/SIGINT."""
+and a graceful stop on SIGTERM/SIGINT (the checkpoint checks themselves: test_checkpoints.py; the callback:
+test_callbacks.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import torch
 from safetensors.torch import load_file
 
 import run_mlm
-from mlm_pretraining.callbacks import GracefulStopCallback
 from mlm_pretraining.checkpoints import checkpoint_problem, last_complete_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,27 +74,6 @@ def test_resume_from_a_copied_checkpoint_is_exact(full_run, tiny_model_dir, corp
     assert max_weight_difference(out, full_run) <= 1e-6
 
 
-@pytest.mark.parametrize("damage, reason", [
-    ("truncate model.safetensors", "model.safetensors: tensor data cut short"),
-    ("truncate optimizer.pt", "optimizer.pt is cut short or corrupt"),
-    ("truncate trainer_state.json", "trainer_state.json is cut short or corrupt"),
-    ("delete trainer_state.json", "no trainer_state.json"),
-    ("delete rng_state.pth", "no RNG state"),
-    ("delete scheduler.pt", "no scheduler.pt"),
-])
-def test_incomplete_checkpoint_is_detected(full_run, tmp_path, damage, reason):
-    folder = tmp_path / "checkpoint-12"
-    shutil.copytree(full_run / "checkpoint-12", folder)
-    assert checkpoint_problem(folder) is None
-    action, name = damage.split()
-    path = folder / name
-    if action == "delete":
-        path.unlink()
-    else:
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    assert reason in checkpoint_problem(folder)
-
-
 def test_half_written_checkpoint_is_skipped_and_run_ends_exact(full_run, tiny_model_dir, corpus_file, tmp_path,
                                                                 caplog):
     """checkpoint-12 cut short as by a kill while saving: a warning names it, the run resumes from checkpoint-8."""
@@ -145,28 +124,6 @@ def test_skipping_seen_batches_does_not_touch_the_data(tiny_model_dir, tiny_toke
     first = next(skipped)
     assert calls == [4, 4]  # this batch and the one accelerate prefetches; not the 10 skipped ones
     assert torch.equal(first["labels"], all_batches[10])
-
-
-def test_graceful_stop_callback_sets_save_and_stop(tmp_path):
-    from transformers import TrainerControl, TrainerState, TrainingArguments
-
-    callback = GracefulStopCallback()
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    state, control = TrainerState(), TrainerControl()
-    before = signal.getsignal(signal.SIGINT)  # Python's default_int_handler, or SIG_IGN in a background job
-    callback.on_train_begin(args, state, control)
-    try:
-        assert signal.getsignal(signal.SIGINT) != before
-        callback.on_step_end(args, state, control)
-        assert not control.should_save and not control.should_training_stop
-        os.kill(os.getpid(), signal.SIGINT)  # handled: no KeyboardInterrupt
-        assert callback.received == signal.SIGINT
-        assert signal.getsignal(signal.SIGINT) == before  # a second Ctrl-C acts as without us (interrupts at once)
-        callback.on_step_end(args, state, control)
-        assert control.should_save and control.should_training_stop
-    finally:
-        callback.on_train_end(args, state, control)
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 def _cli(argv: list[str], out_log: Path) -> subprocess.Popen:

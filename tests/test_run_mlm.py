@@ -12,6 +12,7 @@ import torch
 from conftest import REPO
 from safetensors.torch import load_file
 
+import run_mlm
 from run_mlm import main
 
 
@@ -26,13 +27,35 @@ def run(model_dir, corpus, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_model_dir, tmp_path_factory):
+def eval_batches() -> list[dict[str, torch.Tensor]]:
+    """Every batch the evaluation collator of the ``trained`` run made, in order."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory, eval_batches):
     out = tmp_path_factory.mktemp("run")
     corpus = out / "corpus.txt"
     corpus.write_text("\n".join(
         f"the band played the first song of the year {i % 7} . he was known in the city for music ."
         for i in range(200)))
-    results = run(tiny_model_dir, corpus, out / "out")
+
+    def build_trainer_with_a_spy(*args, **kwargs):
+        trainer = build_trainer(*args, **kwargs)
+        collate = trainer.eval_data_collator
+
+        def spy(features):
+            batch = collate(features)
+            eval_batches.append({key: value.clone() for key, value in batch.items()})
+            return batch
+
+        trainer.eval_data_collator = spy
+        return trainer
+
+    build_trainer = run_mlm.build_trainer
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_mlm, "build_trainer", build_trainer_with_a_spy)
+        results = run(tiny_model_dir, corpus, out / "out")
     return results, out / "out", corpus
 
 
@@ -41,7 +64,7 @@ def test_results_and_files(trained):
     assert results["eval_perplexity"] == pytest.approx(math.exp(results["eval_loss"]), rel=1e-6)
     assert results["eval_before_perplexity"] == pytest.approx(math.exp(results["eval_before_loss"]), rel=1e-6)
     assert results["eval_loss"] < results["eval_before_loss"]  # six steps on repetitive text must help
-    assert 0 <= results["eval_accuracy"] <= 1
+    assert results["eval_accuracy"] > results["eval_before_accuracy"]  # and more masked tokens are predicted right
     # the same masked tokens are scored before and after training
     assert results["eval_masked_tokens"] == results["eval_before_masked_tokens"] > 0
     for name in ("train_results.json", "eval_results.json", "all_results.json", "model.safetensors",
@@ -50,6 +73,18 @@ def test_results_and_files(trained):
     saved = json.loads((out / "all_results.json").read_text())
     assert saved["eval_loss"] == pytest.approx(results["eval_loss"]) and "eval_before_loss" in saved
     assert list(out.glob("runs/*/events.out.tfevents.*")), "TensorBoard logs missing"
+
+
+def test_evaluation_before_and_after_training_scores_the_same_batches(trained, eval_batches):
+    results, _, _ = trained
+    per_evaluation = math.ceil(results["eval_samples"] / 8)
+    assert per_evaluation > 1 and len(eval_batches) == 2 * per_evaluation  # eval_before, then eval
+    before, after = eval_batches[:per_evaluation], eval_batches[per_evaluation:]
+    for first, second in zip(before, after):
+        assert first.keys() == second.keys() and {"input_ids", "labels"} <= first.keys()
+        for key in first:
+            assert torch.equal(first[key], second[key]), key
+    assert sum(int((b["labels"] != -100).sum()) for b in after) == results["eval_masked_tokens"]
 
 
 def test_parameters_changed(trained, tiny_model_dir):
@@ -64,11 +99,18 @@ def test_saved_model_loads_and_fills_a_mask(trained):
     from transformers import AutoModelForMaskedLM, pipeline
 
     _, out, _ = trained
-    assert AutoModelForMaskedLM.from_pretrained(out).config.vocab_size > 5
+    model = AutoModelForMaskedLM.from_pretrained(out).eval()
     fill = pipeline("fill-mask", model=str(out), top_k=3, device="cpu")
-    predictions = fill("the band played the first [MASK] of the year .")
-    assert len(predictions) == 3 and all(isinstance(p["token_str"], str) for p in predictions)
-    assert predictions[0]["score"] >= predictions[1]["score"] >= predictions[2]["score"]
+    assert model.config.vocab_size == len(fill.tokenizer) == 117
+    text = "the band played the first [MASK] of the year ."
+    predictions = fill(text)
+    # The pipeline's guesses are the saved model's top 3 at the mask, decoded by the saved tokenizer.
+    encoded = fill.tokenizer(text, return_tensors="pt")
+    position = encoded["input_ids"][0].tolist().index(fill.tokenizer.mask_token_id)
+    with torch.no_grad():
+        best = model(**encoded).logits[0, position].softmax(-1).topk(3)
+    assert [p["token"] for p in predictions] == best.indices.tolist()
+    assert [p["score"] for p in predictions] == pytest.approx(best.values.tolist(), abs=1e-6)
 
 
 def test_rerun_resumes_from_the_last_checkpoint(trained, tiny_model_dir, tmp_path, caplog):
@@ -91,7 +133,30 @@ def test_explicit_resume_from_checkpoint(trained, tiny_model_dir, tmp_path):
     results = run(tiny_model_dir, corpus, tmp_path / "other", "--resume_from_checkpoint", str(out / "checkpoint-3"))
     state = json.loads((tmp_path / "other" / "trainer_state.json").read_text())
     assert state["global_step"] == 6 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4, 5, 6]
-    assert results["train_loss"] > 0
+    # Steps 4 to 6 redone from the checkpoint end where the uninterrupted run ended.
+    assert results["eval_loss"] == pytest.approx(trained[0]["eval_loss"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_line_by_line_trains_with_length_grouped_batches(tiny_model_dir, corpus, tmp_path):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from mlm_pretraining.trainer import MLMTrainer
+
+    seen = {}
+    original = MLMTrainer.train
+
+    def train(self, *args, **kwargs):
+        seen["sampler"], seen["lengths"] = self._get_train_sampler(), list(self.train_dataset["length"])
+        return original(self, *args, **kwargs)
+
+    MLMTrainer.train = train
+    try:
+        run(tiny_model_dir, corpus, tmp_path / "lines", "--line_by_line", "--save_strategy", "no", "--max_steps", "2")
+    finally:
+        MLMTrainer.train = original
+    assert isinstance(seen["sampler"], LengthGroupedSampler)
+    assert list(seen["sampler"].lengths) == seen["lengths"]  # taken from the column, not recomputed
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path):

@@ -1,0 +1,56 @@
+"""mlm_pretraining/precision.py: which CPUs compute bf16 natively, and the warning for those that do not."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from arguments import InputError, parse_args
+from mlm_pretraining import precision
+from mlm_pretraining.precision import bf16_warning, cpu_flags, cpu_has_native_bf16
+
+
+def test_bf16_warning_only_on_cpus_without_native_bf16():
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    amx = "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    graviton = "Features\t: fp asimd sve bf16 i8mm\n"
+    assert not cpu_has_native_bf16(avx2)
+    assert cpu_has_native_bf16(amx) and cpu_has_native_bf16(graviton)
+    assert "SLOWER" in bf16_warning(True, on_cpu=True, cpuinfo=avx2)
+    assert bf16_warning(True, on_cpu=True, cpuinfo=amx) is None
+    assert bf16_warning(True, on_cpu=False, cpuinfo=avx2) is None  # a GPU does the work
+    assert bf16_warning(False, on_cpu=True, cpuinfo=avx2) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_bf16_runs_on_a_cpu_only_machine_and_fp16_is_refused(tmp_path):
+    *_, args = parse_args(["--output_dir", str(tmp_path), "--bf16", "--report_to", "none"])
+    assert args.bf16 and args.use_cpu
+    with pytest.raises(InputError, match="--fp16 needs a GPU"):
+        parse_args(["--output_dir", str(tmp_path), "--fp16"])
+
+
+def test_cpu_flags_reads_the_flags_or_features_line():
+    x86 = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2\nbugs\t\t: spectre_v1\n"
+    assert cpu_flags(x86) == {"fpu", "sse2", "avx2"}
+    assert cpu_flags("processor\t: 0\nFeatures\t: fp asimd bf16\n") == {"fp", "asimd", "bf16"}
+    assert cpu_flags("processor\t: 0\nmodel name\t: something\n") == set()
+
+
+@pytest.mark.parametrize("bf16, use_cpu, gpu, native, warned", [
+    (True, True, False, False, True),
+    (True, False, False, False, True),  # no accelerator: the CPU trains even without --use_cpu
+    (True, False, True, False, False),  # the GPU trains
+    (True, True, False, True, False),  # the CPU has bf16 units
+    (False, True, False, False, False),
+])
+def test_warn_about_precision_logs_only_when_bf16_would_be_emulated(monkeypatch, caplog, bf16, use_cpu, gpu, native,
+                                                                     warned):
+    monkeypatch.setattr(precision, "has_gpu", lambda: gpu)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: native)
+    with caplog.at_level(logging.WARNING, logger="mlm_pretraining.precision"):
+        precision.warn_about_precision(SimpleNamespace(bf16=bf16, use_cpu=use_cpu))
+    assert ("training will be several times SLOWER than fp32" in caplog.text) == warned
