@@ -372,3 +372,40 @@ def test_torchrun_with_token_budget_and_mask_schedule_matches_one_process(tiny_m
     assert [e["mlm_probability"] for e in two] == [e["mlm_probability"] for e in one]
     assert [e["loss"] for e in two] == pytest.approx([e["loss"] for e in one], abs=1e-5)
     assert two[-1]["learning_rate"] == 0.0
+
+
+def test_streaming_token_budget_is_exact(tiny_model_dir, corpus, tmp_path):
+    """A packed stream has full blocks too: no --max_steps needed, ceil(600 / 128) = 5 steps."""
+    out = tmp_path / "out"
+    run_mlm.main(flags(tiny_model_dir, corpus, out, streaming=True, validation_file=corpus, max_train_tokens=600, mlm_probability=0.3,
+                       mlm_probability_end=0.2))
+    logs = train_logs(out)
+    assert [e["num_input_tokens_seen"] for e in logs] == [128 * s for s in range(1, 6)]
+    assert logs[-1]["learning_rate"] == 0.0
+    assert [e["mlm_probability"] for e in logs] == pytest.approx([0.3 - 0.1 * s / 5 for s in range(5)])
+
+
+@pytest.mark.slow
+def test_kill9_with_a_mask_schedule_then_rerun_is_exact(scheduled_run, tiny_model_dir, tmp_path):
+    """SIGKILL once checkpoint-4 is written, rerun the same command: the scheduled run ends as uninterrupted."""
+    import signal
+    import time
+
+    corpus, full = scheduled_run
+    out = tmp_path / "out"
+    argv = [sys.executable, str(REPO / "run_mlm.py"), *flags(tiny_model_dir, corpus, out, **SCHEDULE)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while process.poll() is None and not (out / "checkpoint-4" / "trainer_state.json").exists():
+            assert time.time() < deadline
+            time.sleep(0.01)
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "model.safetensors").exists()
+    rerun = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert _losses(out) == pytest.approx(_losses(full), abs=1e-6)
+    assert _max_weight_difference(out, full) <= 1e-6
