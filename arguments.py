@@ -405,8 +405,8 @@ def _check_across_groups(parsed) -> None:
                                             or getattr(training_args, "max_train_time", None) is not None)
     if data_args is not None and training_args is not None and data_args.streaming and training_args.max_steps <= 0 \
             and not budget:
-        raise InputError("--streaming needs --max_steps, --max_train_tokens or --max_train_time (a stream has no "
-                         "length, so epochs cannot be counted); e.g. --max_steps 100000.")
+        raise InputError("--streaming needs --max_steps (or a budget, --max_train_tokens or --max_train_time: a "
+                         "stream has no length, so epochs cannot be counted); e.g. --max_steps 100000.")
     if data_args is not None and training_args is not None and data_args.streaming and data_args.line_by_line \
             and getattr(training_args, "max_train_tokens", None) is not None:
         raise InputError("--max_train_tokens with --streaming --line_by_line: a stream's lengths are not known in "
