@@ -41,7 +41,7 @@ RESOLUTION = 1_000_000
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
 
 
-def parse_duration(text: str | float | int, flag: str = "--max_train_time") -> float:
+def parse_duration(text: str | float, flag: str = "--max_train_time") -> float:
     """Seconds in a duration such as ``90m``, ``8h``, ``1h30m``, ``2d``, ``45s`` or plain seconds (``3600``)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         seconds = float(text)
