@@ -209,6 +209,14 @@ class MaskingArguments:
         default=0.15, metadata={"help": "Share of real tokens (or words, with --whole_word_mask) chosen for "
                                 "prediction."}
     )
+    mlm_probability_end: float | None = field(
+        default=None,
+        metadata={"help": "Make the masking rate change linearly over training from --mlm_probability to this "
+                  "value (e.g. --mlm_probability 0.3 --mlm_probability_end 0.15, Ankner et al. 2023); progress is "
+                  "steps / max_steps, or the share of --max_train_tokens / --max_train_time spent. Logged as "
+                  "mlm_probability. Evaluation always masks at this end rate, so perplexities stay comparable "
+                  "over a run. Default: a constant --mlm_probability."},
+    )
     mask_replace_prob: float = field(
         default=0.8, metadata={"help": "Of the chosen tokens, the share replaced by the mask token."}
     )
@@ -235,6 +243,9 @@ class MaskingArguments:
     def __post_init__(self):
         if not 0 < self.mlm_probability < 1:
             raise InputError(f"--mlm_probability must be between 0 and 1 (exclusive), got {self.mlm_probability}.")
+        if self.mlm_probability_end is not None and not 0 < self.mlm_probability_end < 1:
+            raise InputError("--mlm_probability_end must be between 0 and 1 (exclusive), got "
+                             f"{self.mlm_probability_end}.")
         for name in ("mask_replace_prob", "random_replace_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InputError(f"--{name} must be between 0 and 1, got {getattr(self, name)}.")
@@ -300,7 +311,49 @@ class MLMTrainingArguments(TrainingArguments):
                   "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]},
     )
 
+    max_train_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Train on this many real (non-padding) tokens, counted over all processes, with the "
+                  "learning-rate schedule (warm-up and decay) laid out over them; the log shows tokens seen, "
+                  "tokens/s and an ETA. Packed blocks (the default, and --streaming) are all full, so the step "
+                  "count is exact: ceil(N / (max_seq_length x batch x processes x accumulation)). With "
+                  "--line_by_line or --nsp lengths vary: training stops when the count reaches N and the schedule "
+                  "follows the tokens seen; the step count shown is an estimate from the mean example length. "
+                  "Replaces --max_steps / --num_train_epochs (not combinable with --max_steps)."},
+    )
+    max_train_time: str | None = field(
+        default=None,
+        metadata={"help": "Wall-clock budget for training: seconds (3600) or e.g. 90m, 8h, 1h30m. The "
+                  "learning-rate schedule follows elapsed / budget (warm-up and decay; --warmup_steps as a ratio "
+                  "below 1) and reaches its end value at the deadline, where training stops with a checkpoint. "
+                  "Time counts from the start of training (evaluations and checkpoints included) and is stored "
+                  "in checkpoints: a resumed run gets what is left, not a new budget. --max_steps, if given, "
+                  "still caps the steps."},
+    )
+
     def __post_init__(self):
+        if self.max_train_tokens is not None:
+            if self.max_train_tokens < 1:
+                raise InputError(f"--max_train_tokens must be a positive number of tokens, got "
+                                 f"{self.max_train_tokens}.")
+            if self.max_steps > 0:
+                raise InputError("--max_train_tokens sets the number of steps itself; drop --max_steps "
+                                 f"({self.max_steps}) or --max_train_tokens.")
+            if self.max_train_time is not None:
+                raise InputError("Give one budget: --max_train_tokens or --max_train_time, not both.")
+            if self.include_num_input_tokens_seen in (False, "no"):  # the count the budget is spent by
+                self.include_num_input_tokens_seen = "non_padding"
+        if self.max_train_time is not None:
+            from mlm_pretraining.budget import parse_duration
+
+            parse_duration(self.max_train_time)
+            if self.warmup_steps >= 1:
+                raise InputError(f"--max_train_time needs --warmup_steps as a ratio of the budget (below 1, e.g. "
+                                 f"0.06), got {self.warmup_steps}: the number of steps is not known in advance.")
+        if (self.max_train_tokens is not None or self.max_train_time is not None) and \
+                self.lr_scheduler_type in ("reduce_lr_on_plateau", "greedy"):
+            raise InputError(f"--lr_scheduler_type {self.lr_scheduler_type} follows the loss, not the budget; with "
+                             "--max_train_tokens or --max_train_time use linear, cosine, cosine_with_min_lr, ...")
         if not self.output_dir:
             raise InputError("--output_dir is required: the folder for checkpoints, logs and the final model.")
         if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
@@ -370,9 +423,17 @@ def _check_across_groups(parsed) -> None:
                                                                                    or data_args.nsp):
         flag = "--whole_word_mask" if mask_args.whole_word_mask else "--nsp"
         raise InputError(f"--streaming does not support {flag} yet; drop one of the two.")
-    if data_args is not None and training_args is not None and data_args.streaming and training_args.max_steps <= 0:
-        raise InputError("--streaming needs --max_steps (a stream has no length, so epochs cannot be counted); "
-                         "e.g. --max_steps 100000.")
+    budget = training_args is not None and (getattr(training_args, "max_train_tokens", None) is not None
+                                            or getattr(training_args, "max_train_time", None) is not None)
+    if data_args is not None and training_args is not None and data_args.streaming and training_args.max_steps <= 0 \
+            and not budget:
+        raise InputError("--streaming needs --max_steps (or a budget, --max_train_tokens or --max_train_time: a "
+                         "stream has no length, so epochs cannot be counted); e.g. --max_steps 100000.")
+    if data_args is not None and training_args is not None and data_args.streaming and data_args.line_by_line \
+            and getattr(training_args, "max_train_tokens", None) is not None:
+        raise InputError("--max_train_tokens with --streaming --line_by_line: a stream's lengths are not known in "
+                         "advance, so the schedule cannot be laid out; drop --line_by_line (packed: exact) or use "
+                         "--max_steps.")
 
 
 def _relative_to(base: Path, path: str) -> str:

@@ -109,6 +109,8 @@ class MLMCollator:
     same in every batch, every process and every resumed run. ``epoch=None`` (evaluation) gives fixed masks;
     training sets ``epoch`` at each epoch start (see ``callbacks.MaskEpochCallback``) so masks change every epoch;
     a feature's own ``mask_epoch`` (streaming: the pass over the stream) takes precedence.
+    With ``defer_masking`` a call only pads (:meth:`pad`); the caller masks with :meth:`mask` at the rate it
+    chooses (a mask-rate schedule: ``trainer.MLMTrainer.get_batch_samples``).
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class MLMCollator:
         pad_to_multiple_of: int | None = None,
         seed: int | None = None,
         whole_word_mask: bool = False,
+        defer_masking: bool = False,
     ):
         if tokenizer.mask_token_id is None:
             raise ValueError(
@@ -137,6 +140,7 @@ class MLMCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.seed = seed
         self.whole_word_mask = whole_word_mask
+        self.defer_masking = defer_masking
         self.epoch: int | None = None
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         vocab = torch.arange(len(tokenizer))
@@ -145,39 +149,63 @@ class MLMCollator:
         self.pad_values = {"input_ids": pad_id, "token_type_ids": 0, "special_tokens_mask": 1, "word_ids": -1}
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.pad(features)
+        return batch if self.defer_masking else self.mask(batch)
+
+    def pad(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """The padded batch before masking: with 'special_tokens_mask' (never masked), 'word_ids' (whole-word
+        masking) and, when seeded, 'mask_seed' (one per row, from (seed, epoch, tokens)); :meth:`mask` uses and
+        removes them."""
         batch = pad_features(features, self.pad_values, self.pad_to_multiple_of)
         special = (batch["attention_mask"] == 0) | torch.isin(batch["input_ids"], self.special_ids)
         if "special_tokens_mask" in batch:
-            special |= batch.pop("special_tokens_mask").bool()
+            special |= batch["special_tokens_mask"].bool()
+        batch["special_tokens_mask"] = special
         word_ids = batch.pop("word_ids", None)
         if self.whole_word_mask and word_ids is None:
             raise ValueError("whole_word_mask needs 'word_ids' in every feature (see data.py, tokenize with word ids)")
-        if not self.whole_word_mask:
-            word_ids = None
+        if self.whole_word_mask:
+            batch["word_ids"] = word_ids
+        if self.seed is not None:
+            batch["mask_seed"] = torch.tensor(
+                [_content_seed(self.seed, f["input_ids"], f.get("mask_epoch", self.epoch)) for f in features],
+                dtype=torch.long)
+        if all("next_sentence_label" in f for f in features):
+            batch["next_sentence_label"] = torch.tensor([int(f["next_sentence_label"]) for f in features])
+        return batch
+
+    def mask(self, batch: dict[str, torch.Tensor], mlm_probability: float | None = None) -> dict[str, torch.Tensor]:
+        """Mask a batch from :meth:`pad` at ``mlm_probability`` (default: the collator's); adds 'labels'.
+
+        Masking runs on the CPU (the generators are CPU ones); the results go back to the batch's device.
+        """
         kwargs = dict(
             mask_token_id=self.tokenizer.mask_token_id,
             random_token_ids=self.random_token_ids,
-            mlm_probability=self.mlm_probability,
+            mlm_probability=self.mlm_probability if mlm_probability is None else mlm_probability,
             mask_replace_prob=self.mask_replace_prob,
             random_replace_prob=self.random_replace_prob,
         )
-        if self.seed is None:
-            batch["input_ids"], batch["labels"] = mask_tokens(batch["input_ids"], special, word_ids=word_ids, **kwargs)
+        device = batch["input_ids"].device
+        input_ids = batch["input_ids"].cpu()
+        special = batch.pop("special_tokens_mask").cpu().bool()
+        word_ids = batch.pop("word_ids", None)
+        word_ids = None if word_ids is None else word_ids.cpu()
+        seeds = batch.pop("mask_seed", None)
+        if seeds is None:
+            masked, labels = mask_tokens(input_ids, special, word_ids=word_ids, **kwargs)
         else:
             # Each row is masked on its own, unpadded, so its mask cannot depend on the rest of the batch.
-            batch["labels"] = torch.full_like(batch["input_ids"], -100)
-            for row, feature in enumerate(features):
-                n = len(feature["input_ids"])
-                epoch = feature.get("mask_epoch", self.epoch)
-                generator = torch.Generator().manual_seed(_content_seed(self.seed, feature["input_ids"], epoch))
-                masked, labels = mask_tokens(
-                    batch["input_ids"][row : row + 1, :n],
+            masked, labels = input_ids.clone(), torch.full_like(input_ids, -100)
+            lengths = batch["attention_mask"].sum(dim=1).tolist()
+            for row, (seed, n) in enumerate(zip(seeds.tolist(), lengths)):
+                row_masked, row_labels = mask_tokens(
+                    input_ids[row : row + 1, :n],
                     special[row : row + 1, :n],
                     word_ids=None if word_ids is None else word_ids[row : row + 1, :n],
-                    generator=generator,
+                    generator=torch.Generator().manual_seed(seed),
                     **kwargs,
                 )
-                batch["input_ids"][row, :n], batch["labels"][row, :n] = masked[0], labels[0]
-        if all("next_sentence_label" in f for f in features):
-            batch["next_sentence_label"] = torch.tensor([int(f["next_sentence_label"]) for f in features])
+                masked[row, :n], labels[row, :n] = row_masked[0], row_labels[0]
+        batch["input_ids"], batch["labels"] = masked.to(device), labels.to(device)
         return batch

@@ -17,6 +17,7 @@ import sys
 from transformers import set_seed
 
 from arguments import InputError, parse_args
+from mlm_pretraining.budget import plan_budget
 from mlm_pretraining.checkpoints import check_checkpoint_matches, find_resume_checkpoint
 from mlm_pretraining.data import evaluation_sets, evaluation_sizes, prepare_datasets
 from mlm_pretraining.errors import run_cli
@@ -82,11 +83,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logger.warning("No evaluation text (--validation_file, or --validation_split_percentage > 0): "
                        "skipping evaluation.")
 
+    # --max_train_tokens / --max_train_time: the step count is set before the Trainer (and its scheduler) is built.
+    budget = plan_budget(training_args, data_args, train_dataset, max_seq_length) \
+        if train_dataset is not None else None
     # Training masks change every epoch, evaluation masks are fixed; both are functions of (seed, [epoch,] tokens),
     # so they are the same however batches are split across processes, and after a resume.
     trainer = build_trainer(model, tokenizer, model_args, mask_args, training_args,
                             train_dataset=train_dataset, eval_dataset=eval_dataset,
-                            pad_to_multiple_of=data_args.pad_to_multiple_of or (8 if data_args.line_by_line else None))
+                            pad_to_multiple_of=data_args.pad_to_multiple_of or (8 if data_args.line_by_line else None),
+                            callbacks=[budget] if budget else [])
 
     results: dict[str, float] = {}
     if eval_dataset is not None and training_args.do_train and resume_from is None:

@@ -18,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 __all__ = ["sdpa_attention_forward", "sdpa_mask", "PREFIX_CHECKPOINT_DIR", "TRAINER_STATE_FILE", "OPTIMIZER_FILES",
            "RNG_STATE_GLOB", "ATTENTION_IMPLEMENTATION", "TRAINER_LOSS_KWARGS", "TRAINER_COLLATOR",
+           "TRAINER_COUNT_ITEMS", "TRAINER_CREATED_SCHEDULER",
            "MLM_HEAD_ATTRIBUTES", "MODERNBERT_SPARSE_SWITCH"]
 
 # Files a complete Trainer checkpoint holds (besides the weights and config.json); trainer_state.json is written last.
@@ -33,6 +34,14 @@ ATTENTION_IMPLEMENTATION = "_attn_implementation"
 # of each optimizer step (num_items_in_batch), multiplies the loss by the process count and skips the division by
 # the accumulation steps; MLMTrainer.compute_loss reads it to normalise the loss exactly once.
 TRAINER_LOSS_KWARGS = "model_accepts_loss_kwargs"
+
+# Trainer method that counts the labelled tokens of a step's batches (num_items_in_batch): called again after a
+# mask-rate schedule masks the batches in get_batch_samples.
+TRAINER_COUNT_ITEMS = "_get_num_items_in_batch"
+
+# Trainer flag set by create_scheduler when the Trainer made the scheduler itself, so that a later train() call
+# makes a fresh one rather than reusing it: set too when a budget makes the schedule.
+TRAINER_CREATED_SCHEDULER = "_created_lr_scheduler"
 
 # Trainer attribute that get_eval_dataloader collates with: MLMTrainer swaps in its fixed-mask evaluation collator.
 TRAINER_COLLATOR = "data_collator"

@@ -7,25 +7,39 @@ steps. :func:`build_trainer` adds the masking collators, our callbacks and the m
 
 from __future__ import annotations
 
+import logging
+
 from transformers import Trainer
 
 from collators import MLMCollator
+from mlm_pretraining.budget import BudgetCallback, mask_rate, progress_scheduler
 from mlm_pretraining.callbacks import GracefulStopCallback, MaskEpochCallback
 from mlm_pretraining.fast_dropout import enable_fast_dropout
-from mlm_pretraining.internals import TRAINER_COLLATOR, TRAINER_LOSS_KWARGS
+from mlm_pretraining.internals import (
+    TRAINER_COLLATOR,
+    TRAINER_COUNT_ITEMS,
+    TRAINER_CREATED_SCHEDULER,
+    TRAINER_LOSS_KWARGS,
+)
 from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_pretraining.plotting import TrainingCurveCallback
 from mlm_pretraining.sparse_head import enable_sparse_prediction
+
+logger = logging.getLogger(__name__)
 
 
 class MLMTrainer(Trainer):
     """A ``Trainer`` that collates evaluation batches with ``eval_data_collator`` (seeded masks), training
     batches with ``data_collator`` (fresh masks every epoch), so every evaluation scores the same masked tokens."""
 
-    def __init__(self, *args, eval_data_collator=None, graceful_stop: GracefulStopCallback | None = None, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, graceful_stop: GracefulStopCallback | None = None,
+                 mlm_probability_end: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator or self.data_collator
         self.graceful_stop = graceful_stop
+        # A mask-rate schedule: the training collator only pads, get_batch_samples masks at the step's rate.
+        self.mlm_probability_end = mlm_probability_end
+        self.current_mlm_probability: float | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The mean loss over all masked tokens of the optimizer step: the one place our loss is normalised.
@@ -43,6 +57,55 @@ class MLMTrainer(Trainer):
             n_local = (inputs["labels"] != -100).sum()
             loss = loss * (n_local / num_items_in_batch).to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
+
+    @property
+    def budget(self) -> BudgetCallback | None:
+        """The --max_train_tokens / --max_train_time callback, if any (looked up: a resume may replace it)."""
+        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, BudgetCallback)), None)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """Under a budget, a schedule that follows the share of the budget spent (see budget.py)."""
+        budget = self.budget
+        if budget is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.lr_scheduler = progress_scheduler(self.args, optimizer or self.optimizer, budget.warmup_fraction(self.args))
+        setattr(self, TRAINER_CREATED_SCHEDULER, True)  # a later train() makes a fresh one, as for its own
+        return self.lr_scheduler
+
+    def training_progress(self) -> float:
+        """The share of training done before the coming step: the budget spent, else steps / max_steps."""
+        budget = self.budget
+        if budget is not None:
+            return budget.progress_before_step(self.state)
+        return self.state.global_step / max(1, self.state.max_steps)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """With a mask-rate schedule, mask the step's batches at the rate for this step. They are masked here, in
+        the main process, after the Trainer picked the step (the collator may run ahead of it, prefetching, or
+        in worker processes); masks stay functions of (seed, epoch, tokens) and the step, so resumed and
+        multi-process runs mask as an uninterrupted single process does."""
+        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.mlm_probability_end is None:
+            return batches, num_items_in_batch
+        self.current_mlm_probability = mask_rate(self.data_collator.mlm_probability, self.mlm_probability_end,
+                                                 self.training_progress())
+        batches = [self.data_collator.mask(batch, self.current_mlm_probability) for batch in batches]
+        # The count of masked tokens the loss is normalised by, now that there are labels.
+        return batches, getattr(self, TRAINER_COUNT_ITEMS)(batches, device)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Training logs also get the mask rate (with a schedule) and the budget's progress and ETA."""
+        if "loss" in logs:
+            if self.current_mlm_probability is not None:
+                logs["mlm_probability"] = self.current_mlm_probability
+            budget = self.budget
+            if budget is not None:
+                logs["budget_progress"] = budget.progress
+                eta = budget.eta_seconds(self.state)
+                if eta is not None:
+                    logs["budget_eta_seconds"] = round(eta, 1)
+                logger.info("Budget: %s", budget.describe(self.state))
+        super().log(logs, start_time)
 
     def get_eval_dataloader(self, eval_dataset=None):
         """The Trainer's evaluation dataloader, collated by the fixed-mask evaluation collator."""
@@ -63,7 +126,9 @@ def build_trainer(model, tokenizer, model_args, mask_args, training_args, *, tra
                   pad_to_multiple_of: int | None = None, callbacks=()) -> MLMTrainer:
     """Our Trainer for ``model``: masking collators (training masks new each epoch, evaluation masks fixed, both
     functions of (seed, [epoch,] tokens)), metrics, callbacks (mask epoch, graceful stop, training-curve PNG, plus
-    ``callbacks``) and the speed-ups the flags ask for (sparse prediction head, fast CPU dropout)."""
+    ``callbacks``, e.g. budget.BudgetCallback) and the speed-ups the flags ask for (sparse prediction head, fast CPU
+    dropout). With --mlm_probability_end training masks follow the schedule and evaluation masks use the end rate,
+    so perplexities stay comparable over a run."""
     if model_args.sparse_prediction:
         enable_sparse_prediction(model)
     if model_args.fast_dropout:
@@ -71,7 +136,11 @@ def build_trainer(model, tokenizer, model_args, mask_args, training_args, *, tra
     masking = dict(mlm_probability=mask_args.mlm_probability, mask_replace_prob=mask_args.mask_replace_prob,
                    random_replace_prob=mask_args.random_replace_prob, pad_to_multiple_of=pad_to_multiple_of,
                    whole_word_mask=mask_args.whole_word_mask)
-    train_collator = MLMCollator(tokenizer, **masking, seed=training_args.seed)
+    mlm_probability_end = getattr(mask_args, "mlm_probability_end", None)
+    train_collator = MLMCollator(tokenizer, **masking, seed=training_args.seed,
+                                 defer_masking=mlm_probability_end is not None)
+    if mlm_probability_end is not None:
+        masking["mlm_probability"] = mlm_probability_end
     graceful_stop = GracefulStopCallback()
     return MLMTrainer(
         model=model,
@@ -79,6 +148,7 @@ def build_trainer(model, tokenizer, model_args, mask_args, training_args, *, tra
         data_collator=train_collator,
         eval_data_collator=MLMCollator(tokenizer, **masking, seed=training_args.seed),
         graceful_stop=graceful_stop,
+        mlm_probability_end=mlm_probability_end,
         callbacks=[MaskEpochCallback(train_collator), graceful_stop, TrainingCurveCallback(), *callbacks],
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,

@@ -102,8 +102,15 @@ def test_trainer_counts_step_tokens_scales_by_processes_and_collates_eval_with_i
     labels = torch.full((2, 6), -100)
     labels[0, :3] = 7
     labels[1, 0] = 9
-    count = trainer._get_num_items_in_batch([{"labels": labels}, {"labels": labels}], torch.device("cpu"))
-    guard(int(count) == 8, "Trainer._get_num_items_in_batch", f"counted {count} labelled tokens, not 8")
+    count = getattr(trainer, internals.TRAINER_COUNT_ITEMS)([{"labels": labels}, {"labels": labels}],
+                                                            torch.device("cpu"))
+    guard(int(count) == 8, f"Trainer.{internals.TRAINER_COUNT_ITEMS}", f"counted {count} labelled tokens, not 8")
+    guard(f"self.{internals.TRAINER_CREATED_SCHEDULER} = True" in inspect.getsource(Trainer.create_scheduler),
+          f"Trainer.{internals.TRAINER_CREATED_SCHEDULER}", "is no longer set by create_scheduler")
+    guard(f"if self.{internals.TRAINER_CREATED_SCHEDULER}:" in inspect.getsource(Trainer._prepare_for_training),
+          f"Trainer.{internals.TRAINER_CREATED_SCHEDULER}", "no longer makes train() replace the scheduler it made")
+    batches, _ = Trainer.get_batch_samples(trainer, iter([{"labels": labels}]), 1, torch.device("cpu"))
+    guard(len(batches) == 1, "Trainer.get_batch_samples", "no longer returns (batches, count)")
     guard("num_items_in_batch" in inspect.signature(Trainer.compute_loss).parameters, "Trainer.compute_loss",
           "no longer takes num_items_in_batch")
     source = inspect.getsource(Trainer.training_step)
