@@ -222,11 +222,11 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
         if word_ids:
             encoded = encode_with_word_ids(tokenizer, batch["text"], segment_chinese=segment_chinese, **options)
         else:
-            encoded = {"input_ids": tokenizer(batch["text"], return_attention_mask=False,
-                                              return_token_type_ids=False, **options)["input_ids"]}
+            encoded = tokenizer(batch["text"], return_attention_mask=False, return_token_type_ids=False, **options)
         if line_by_line:
             # Stored so the group_by_length sampler does not read every example to measure it.
             encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+            encoded["untruncated_length"] = untruncated_lengths(encoded, tokenizer)
             return encoded
         if separator is None:
             return encoded
@@ -242,6 +242,7 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
         features["word_ids"] = Sequence(Value("int32"))
     if args.line_by_line:
         features["length"] = Value("int32")
+        features["untruncated_length"] = Value("int32")
     return raw.map(
         tokenize_batch,
         batched=True,
@@ -251,6 +252,18 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
         load_from_cache_file=not args.overwrite_cache,
         desc="Tokenizing",
     )
+
+
+def untruncated_lengths(encoded, tokenizer) -> list[int]:
+    """Each text's token count before truncation (special tokens included), read from the fast tokenizer's
+    overflow, so the corpus report counts truncated texts without tokenizing twice. A slow tokenizer keeps no
+    overflow: its lengths are the truncated ones."""
+    encodings = getattr(encoded, "encodings", None)
+    if encodings is None:
+        return [len(ids) for ids in encoded["input_ids"]]
+    # Each overflowing piece carries its own special tokens; with stride 0 the rest is the cut-off text.
+    specials = tokenizer.num_special_tokens_to_add()
+    return [len(e.ids) + sum(len(o.ids) - specials for o in e.overflowing) for e in encodings]
 
 
 def pack(tokenized: Dataset, max_seq_length: int, prefix: list[int], suffix: list[int]) -> Dataset:
@@ -286,9 +299,10 @@ def pack(tokenized: Dataset, max_seq_length: int, prefix: list[int], suffix: lis
 
 def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int, *,
                      whole_word_mask: bool = False, chinese_word_segmentation: str = "auto",
-                     seed: int = 42) -> DatasetDict:
+                     seed: int = 42, return_tokenized: bool = False) -> DatasetDict:
     """Tokenize, then pack (default), keep lines or build NSP pairs (--nsp, drawn with ``seed``); apply
-    --max_train_samples / --max_eval_samples. ``whole_word_mask`` adds the 'word_ids' column."""
+    --max_train_samples / --max_eval_samples. ``whole_word_mask`` adds the 'word_ids' column.
+    ``return_tokenized`` returns ``(examples, tokenized texts)``, for the corpus report."""
     if whole_word_mask:
         check_tokenizer(tokenizer)
     segment_chinese = whole_word_mask and use_chinese_segmentation(tokenizer, chinese_word_segmentation)
@@ -308,4 +322,4 @@ def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_l
         if limit is not None:
             ds = ds.select(range(min(limit, len(ds))))
         out[split] = ds
-    return DatasetDict(out)
+    return (DatasetDict(out), tokenized) if return_tokenized else DatasetDict(out)
