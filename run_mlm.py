@@ -20,9 +20,11 @@ from transformers import set_seed
 
 from arguments import InputError, parse_args
 from mlm_pretraining.checkpoints import check_checkpoint_matches, find_resume_checkpoint
+from mlm_pretraining.corpus_report import report_corpus
 from mlm_pretraining.data import load_raw_datasets, prepare_datasets
 from mlm_pretraining.errors import run_cli
 from mlm_pretraining.logs import get_logger, setup_logging
+from mlm_pretraining.model_card import write_model_card
 from mlm_pretraining.modeling import (
     load_model,
     load_tokenizer,
@@ -72,10 +74,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         add_domain_tokens(tokenizer, model, read_token_file(model_args.add_tokens))
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
-        processed = prepare_datasets(raw, tokenizer, data_args, max_seq_length,
-                                     whole_word_mask=mask_args.whole_word_mask,
-                                     chinese_word_segmentation=mask_args.chinese_word_segmentation,
-                                     seed=training_args.seed)
+        processed, tokenized = prepare_datasets(raw, tokenizer, data_args, max_seq_length,
+                                                whole_word_mask=mask_args.whole_word_mask,
+                                                chinese_word_segmentation=mask_args.chinese_word_segmentation,
+                                                seed=training_args.seed, return_tokenized=True)
+    report = None
+    if training_args.process_index == 0:  # from the tokenized data, before any hour is spent training
+        report = report_corpus(raw, tokenized, processed, tokenizer, data_args, max_seq_length,
+                               training_args.output_dir, model_name=model_args.model_name_or_path,
+                               streamed_train=data_args.streaming)
     if data_args.streaming:
         processed["train"] = streaming_train_dataset(data_args, tokenizer, max_seq_length, stream, text_column)
     train_dataset = processed.get("train") if training_args.do_train else None
@@ -114,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         results["eval_samples"] = len(eval_dataset)
     if train_dataset is not None:
         trainer.save_state()  # after the last evaluation, so plot_curves.py finds it in trainer_state.json
+        if training_args.process_index == 0:
+            write_model_card(trainer, model_args, data_args, mask_args, results, report, argv)
     return results
 
 

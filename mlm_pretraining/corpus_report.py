@@ -227,26 +227,39 @@ def corpus_report(raw, tokenized, examples, tokenizer, args: DataArguments, max_
     return report
 
 
-def format_report(report: dict) -> str:
-    """The report as a readable table, with the shattered words and the command that adds them."""
-    lines = [f"Corpus report ({report['mode'].replace('_', ' ')}, max_seq_length {report['max_seq_length']}, "
-             f"tokenizer of {report['model']}):"]
-    header = ("split", "texts", "characters", "tokens", "examples", "dropped", "truncated", "[UNK]", "pieces/word")
-    rows, streamed = [header], []
+SUMMARY_HEADER = ("split", "texts", "characters", "tokens", "examples", "dropped", "truncated", "[UNK]",
+                  "pieces/word")
+SUMMARY_NOTE = ("tokens: special tokens and text separators included; examples: blocks, lines or pairs used; "
+                "dropped: tokens of the final partial block, which packing leaves out; truncated: texts cut to "
+                "max_seq_length (--line_by_line); [UNK]: share of word pieces.")
+
+
+def summary_rows(report: dict) -> tuple[list[tuple[str, ...]], list[str]]:
+    """The report's totals as rows of strings under SUMMARY_HEADER, and the names of streamed (uncounted) splits."""
+    rows, streamed = [], []
     for split, s in report["splits"].items():
         if s.get("streamed"):
             streamed.append(split)
             continue
-        truncated = f"{s['texts_truncated']:,} texts" if "texts_truncated" in s else "-"
+        truncated = (f"{s['texts_truncated']:,} ({s['tokens_truncated']:,} tokens)" if "texts_truncated" in s
+                     else "-")
         rows.append((split, f"{s['texts']:,}", f"{s['characters']:,}", f"{s['tokens']:,}", f"{s['examples']:,}",
                      f"{s['tokens_dropped']:,}" if "tokens_dropped" in s else "-", truncated,
                      f"{s['unk_tokens']:,} ({100 * s['unk_share']:.2f} %)", f"{s['pieces_per_word']:.3f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return rows, streamed
+
+
+def format_report(report: dict) -> str:
+    """The report as a readable table, with the shattered words and the command that adds them."""
+    lines = [f"Corpus report ({report['mode'].replace('_', ' ')}, max_seq_length {report['max_seq_length']}, "
+             f"tokenizer of {report['model']}):"]
+    rows, streamed = summary_rows(report)
+    rows = [SUMMARY_HEADER, *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(SUMMARY_HEADER))]
     lines += ["  " + "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
               for r in rows]
     lines += [f"  {split}: streamed, not counted (the stream is read once, by training)" for split in streamed]
-    lines.append("  tokens: special tokens and text separators included; dropped: the final partial block packing "
-                 "leaves out; [UNK]: share of word pieces.")
+    lines.append(f"  {SUMMARY_NOTE}")
     for split, s in report["splits"].items():
         if s.get("split_words"):
             shown = ", ".join(f"{w['word']} ({w['count']:,}: {' '.join(w['pieces'])})" for w in s["split_words"])
@@ -263,3 +276,13 @@ def write_report(report: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+def report_corpus(raw, tokenized, examples, tokenizer, args: DataArguments, max_seq_length: int, output_dir: str,
+                  **kwargs) -> dict:
+    """Build the corpus report (see :func:`corpus_report`), log it and write ``output_dir/corpus_report.json``."""
+    report = corpus_report(raw, tokenized, examples, tokenizer, args, max_seq_length, **kwargs)
+    logger.info("%s", format_report(report))
+    path = write_report(report, Path(output_dir) / REPORT_FILE)
+    logger.info("Corpus report written to %s", path)
+    return report
