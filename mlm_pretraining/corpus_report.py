@@ -49,6 +49,7 @@ class WordPieces:
         self.continues = np.zeros(size, bool)
         self.first_class = np.full(size, _OTHER, np.int8)
         self.last_class = np.full(size, _OTHER, np.int8)
+        self.bare_marker = np.zeros(size, bool)
         backend = getattr(tokenizer, "backend_tokenizer", None)
         prefix = getattr(getattr(backend, "model", None), "continuing_subword_prefix", None)
         marker = None if prefix else _word_start_marker(tokenizer)
@@ -63,6 +64,7 @@ class WordPieces:
             elif marker:
                 self.continues[i] = not token.startswith(marker) and i not in added
             bare = token[len(marker):] if marker and token.startswith(marker) else token
+            self.bare_marker[i] = bool(marker) and token == marker
             if bare:
                 self.first_class[i], self.last_class[i] = _char_class(bare[0]), _char_class(bare[-1])
         self.known = bool(prefix or marker)
@@ -74,18 +76,20 @@ class WordPieces:
         if self.class_changes_start_words:
             previous_class = np.concatenate([[_OTHER], self.last_class[ids[:-1]]])
             starts |= self.first_class[ids] != previous_class
+        # A lone marker (the space before a piece it could not merge with) belongs to the word that follows.
+        starts &= ~np.concatenate([[False], self.bare_marker[ids[:-1]]]) | row_starts
         return starts & ~self.special[ids]
 
 
 def _word_start_marker(tokenizer) -> str | None:
     """The character that marks a word's first piece ('Ġ' byte-level BPE, '▁' SentencePiece), or None."""
+    text = "hello world"
     try:
-        ids = tokenizer("hello world", add_special_tokens=False)["input_ids"]
-        tokens = tokenizer.convert_ids_to_tokens(ids)
+        tokens = tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
     except Exception:  # a tokenizer that cannot say; words then count as single pieces
         return None
-    # The second word's first piece carries the marker, if the tokenizer uses one.
-    return next((t[0] for t in tokens[1:] if t and not t[0].isalnum() and t[0] != "#"), None)
+    # The second word's first piece starts with the marker: a character that is not in the text.
+    return next((t[0] for t in tokens[1:] if t and t[0] not in text), None)
 
 
 def _char_class(char: str) -> int:
