@@ -119,7 +119,7 @@ def split_report(raw, tokenized, examples, tokenizer, pieces: WordPieces, *, mod
     report: dict = {
         "texts": len(raw),
         "characters": int(pc.sum(pc.utf8_length(text)).as_py() or 0),
-        "tokens": int(len(ids)),
+        "tokens": len(ids),
         "examples": len(examples),
     }
     if mode == "packed":
@@ -151,7 +151,7 @@ def split_report(raw, tokenized, examples, tokenizer, pieces: WordPieces, *, mod
         "unk_tokens": unk,
         "unk_share": unk / max(len(word_ids), 1),
         "words": n_words,
-        "word_pieces": int(len(word_ids)),
+        "word_pieces": len(word_ids),
         "pieces_per_word": len(word_ids) / max(n_words, 1),
         "split_words": _split_words(word_ids, starts, tokenizer, top_n) if pieces.known or "word_ids" in
         tokens_table.column_names else [],
@@ -255,8 +255,8 @@ def summary_rows(report: dict) -> tuple[list[tuple[str, ...]], list[str]]:
 
 def format_report(report: dict) -> str:
     """The report as a readable table, with the shattered words and the command that adds them."""
-    lines = [f"Corpus report ({report['mode'].replace('_', ' ')}, max_seq_length {report['max_seq_length']}, "
-             f"tokenizer of {report['model']}):"]
+    lines = [(f"Corpus report ({report['mode'].replace('_', ' ')}, max_seq_length {report['max_seq_length']}, "
+             f"tokenizer of {report['model']}):")]
     rows, streamed = summary_rows(report)
     rows = [SUMMARY_HEADER, *rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(SUMMARY_HEADER))]

@@ -236,6 +236,8 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
             encoded["word_ids"] = [words + [-1] for words in encoded["word_ids"]]
         return encoded
 
+    if not raw:  # --streaming without --validation_file: nothing to tokenize here
+        return DatasetDict()
     features = {name: feature for name, feature in next(iter(raw.values())).features.items() if name != "text"}
     features["input_ids"] = Sequence(Value("int32"))
     if word_ids:

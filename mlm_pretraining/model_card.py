@@ -99,14 +99,14 @@ def model_card(*, base_model: str, license: str, model_name: str, command: str, 
     metadata = summary.create_metadata()
     metadata["pipeline_tag"] = "fill-mask"
     lines = [f"---\n{yaml.dump(metadata, sort_keys=False, allow_unicode=True)}---", "", f"# {model_name}", "",
-             f"[{base_model}]({_link(base_model)}) further pretrained with masked-language modelling on the text "
-             "below (continued pretraining: DAPT/TAPT) with `run_mlm.py`.", ""]
+             (f"[{base_model}]({_link(base_model)}) further pretrained with masked-language modelling on the text "
+             "below (continued pretraining: DAPT/TAPT) with `run_mlm.py`."), ""]
 
     lines += ["## Evaluation", ""]
     rows = evaluation_results(results)
     if rows:
-        lines += ["Masked-token loss, perplexity (exp of the loss) and accuracy, on the same fixed masks before and "
-                  "after training.", "",
+        lines += [("Masked-token loss, perplexity (exp of the loss) and accuracy, on the same fixed masks before and "
+                  "after training."), "",
                   "| evaluation set | | loss | perplexity | accuracy |", "|---|---|---:|---:|---:|"]
         for row in rows:
             for phase in ("before", "after"):
@@ -134,8 +134,8 @@ def model_card(*, base_model: str, license: str, model_name: str, command: str, 
     lines.append("")
     if report:
         table, streamed = summary_rows(report)
-        lines += [f"Corpus report ({report['mode'].replace('_', ' ')}, max_seq_length {report['max_seq_length']}; "
-                  "all numbers in `corpus_report.json`):", "",
+        lines += [(f"Corpus report ({report['mode'].replace('_', ' ')}, max_seq_length {report['max_seq_length']}; "
+                  "all numbers in `corpus_report.json`):"), "",
                   "| " + " | ".join(SUMMARY_HEADER) + " |", "|---" + "|---:" * (len(SUMMARY_HEADER) - 1) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in table]
         lines += ["", SUMMARY_NOTE]
@@ -145,18 +145,18 @@ def model_card(*, base_model: str, license: str, model_name: str, command: str, 
     lines += ["## Training procedure", "", "Command:", "", "```bash", command, "```", ""]
     masking = dataclasses.asdict(mask_args)
     keep = 1 - mask_args.mask_replace_prob - mask_args.random_replace_prob
-    lines += [f"Masking: {mask_args.mlm_probability:.0%} of the "
+    lines += [(f"Masking: {mask_args.mlm_probability:.0%} of the "
               f"{'words' if mask_args.whole_word_mask else 'tokens'} chosen; of those "
               f"{mask_args.mask_replace_prob:.0%} replaced by `{mask_token}`, {mask_args.random_replace_prob:.0%} by "
-              f"a random token, {keep:.0%} left unchanged.", ""]
+              f"a random token, {keep:.0%} left unchanged."), ""]
     lines += [f"- {name}: {value}" for name, value in masking.items()]
     lines.append("")
     if hyperparameters:
         lines += ["Hyperparameters:", ""] + [f"- {name}: {value}" for name, value in hyperparameters.items()] + [""]
 
     example = f"The capital of France is {mask_token}."
-    lines += ["## How to use", "", "```python", "from transformers import AutoModelForMaskedLM, AutoTokenizer, "
-              "pipeline", "", 'model = AutoModelForMaskedLM.from_pretrained("path/to/this/folder")',
+    lines += ["## How to use", "", "```python", ("from transformers import AutoModelForMaskedLM, AutoTokenizer, "
+              "pipeline"), "", 'model = AutoModelForMaskedLM.from_pretrained("path/to/this/folder")',
               'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")', "",
               'fill = pipeline("fill-mask", model="path/to/this/folder")', f"print(fill({example!r}))", "```", ""]
     lines += ["## Framework versions", ""] + [f"- {name} {version}" for name, version in _versions()] + [""]

@@ -18,10 +18,27 @@ from pathlib import Path
 
 import datasets
 
-from arguments import DataArguments, InputError, MaskingArguments, ModelArguments, parse_args, run_cli
-from mlm_pretraining.corpus_report import REPORT_FILE, corpus_report, format_report, write_report
+from arguments import (
+    DataArguments,
+    InputError,
+    MaskingArguments,
+    ModelArguments,
+    parse_args,
+    run_cli,
+)
+from mlm_pretraining.corpus_report import (
+    REPORT_FILE,
+    corpus_report,
+    format_report,
+    write_report,
+)
 from mlm_pretraining.data import load_raw_datasets, prepare_datasets
-from mlm_pretraining.modeling import load_model, load_tokenizer, model_class_for, resolve_max_seq_length
+from mlm_pretraining.modeling import (
+    load_model,
+    load_tokenizer,
+    model_class_for,
+    resolve_max_seq_length,
+)
 from mlm_pretraining.vocab import add_domain_tokens, read_token_file
 
 

@@ -163,3 +163,16 @@ def test_script_needs_somewhere_to_write(tiny_model_dir, hand_corpus):
 
     with pytest.raises(InputError, match="--output_dir .* or --output_file"):
         main(["--model_name_or_path", str(tiny_model_dir), "--train_file", str(hand_corpus)])
+
+
+def test_streaming_run_names_the_stream_and_reads_it_once(tiny_model_dir, corpus, tmp_path):
+    from run_mlm import main
+
+    out = tmp_path / "out"
+    main(["--model_name_or_path", str(tiny_model_dir), "--train_file", str(corpus), "--streaming",
+          "--max_steps", "2", "--max_seq_length", "16", "--per_device_train_batch_size", "2",
+          "--preprocessing_num_workers", "1", "--report_to", "none", "--dataloader_num_workers", "0",
+          "--output_dir", str(out)])
+    report = json.loads((out / "corpus_report.json").read_text())
+    assert report["splits"] == {"train": {"streamed": True}}
+    assert "The train text was streamed and not counted." in (out / "README.md").read_text()

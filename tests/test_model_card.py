@@ -125,7 +125,7 @@ def test_run_writes_the_corpus_report(run, tiny_tokenizer):
 
 
 def test_run_writes_a_model_card_with_its_numbers(run, tiny_model_dir):
-    results, out, _ = run
+    _, out, _ = run
     card = (out / "README.md").read_text()
     saved = json.loads((out / "all_results.json").read_text())
     data = ModelCard.load(out / "README.md").data
