@@ -235,7 +235,8 @@ SUMMARY_HEADER = ("split", "texts", "characters", "tokens", "examples", "dropped
                   "pieces/word")
 SUMMARY_NOTE = ("tokens: special tokens and text separators included; examples: blocks, lines or pairs used; "
                 "dropped: tokens of the final partial block, which packing leaves out; truncated: texts cut to "
-                "max_seq_length (--line_by_line); [UNK]: share of word pieces.")
+                "max_seq_length (--line_by_line; words and [UNK] are then counted in the kept tokens); [UNK]: "
+                "share of word pieces.")
 
 
 def summary_rows(report: dict) -> tuple[list[tuple[str, ...]], list[str]]:
