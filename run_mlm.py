@@ -19,9 +19,16 @@ from transformers import set_seed
 from arguments import InputError, parse_args
 from mlm_pretraining.budget import plan_budget
 from mlm_pretraining.checkpoints import check_checkpoint_matches, find_resume_checkpoint
-from mlm_pretraining.data import evaluation_sets, evaluation_sizes, prepare_datasets
+from mlm_pretraining.corpus_report import report_corpus
+from mlm_pretraining.data import (
+    evaluation_sets,
+    evaluation_sizes,
+    mix_in,
+    prepare_datasets,
+)
 from mlm_pretraining.errors import run_cli
 from mlm_pretraining.logs import get_logger, setup_logging
+from mlm_pretraining.model_card import write_model_card
 from mlm_pretraining.modeling import (
     load_model,
     load_tokenizer,
@@ -67,10 +74,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         add_domain_tokens(tokenizer, model, read_token_file(model_args.add_tokens))
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
-        processed = prepare_datasets(raw, tokenizer, data_args, max_seq_length,
-                                     whole_word_mask=mask_args.whole_word_mask,
-                                     chinese_word_segmentation=mask_args.chinese_word_segmentation,
-                                     seed=training_args.seed)
+        processed, tokenized = prepare_datasets(raw, tokenizer, data_args, max_seq_length,
+                                                whole_word_mask=mask_args.whole_word_mask,
+                                                chinese_word_segmentation=mask_args.chinese_word_segmentation,
+                                                seed=training_args.seed, return_tokenized=True)
+    report = None
+    if training_args.process_index == 0:  # from the tokenized data, before any hour is spent training
+        report = report_corpus(raw, tokenized, processed, tokenizer, data_args, max_seq_length,
+                               training_args.output_dir, model_name=model_args.model_name_or_path,
+                               streamed_train=data_args.streaming)
     eval_dataset = evaluation_sets(processed) if training_args.do_eval else None
     if training_args.do_train and "train" not in processed:
         if eval_dataset is None:
@@ -79,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logger.info("No training text: evaluating %s only.", model_args.model_name_or_path)
         training_args.do_train = False
     train_dataset = processed.get("train") if training_args.do_train else None
+    if train_dataset is not None and "mix" in processed:  # general text replayed, so less of it is forgotten
+        train_dataset = mix_in(train_dataset, processed["mix"], data_args.mix_share, training_args.seed)
     if training_args.do_eval and eval_dataset is None:
         logger.warning("No evaluation text (--validation_file, or --validation_split_percentage > 0): "
                        "skipping evaluation.")
@@ -115,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         results.update(evaluation_sizes(eval_dataset))
     if train_dataset is not None:
         trainer.save_state()  # after the last evaluation, so plot_curves.py finds it in trainer_state.json
+        if training_args.process_index == 0:
+            write_model_card(trainer, model_args, data_args, mask_args, results, report, argv)
     return results
 
 

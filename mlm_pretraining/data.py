@@ -71,11 +71,11 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
         if word_ids:
             encoded = encode_with_word_ids(tokenizer, batch["text"], segment_chinese=segment_chinese, **options)
         else:
-            encoded = {"input_ids": tokenizer(batch["text"], return_attention_mask=False,
-                                              return_token_type_ids=False, **options)["input_ids"]}
+            encoded = tokenizer(batch["text"], return_attention_mask=False, return_token_type_ids=False, **options)
         if line_by_line:
             # Stored so the group_by_length sampler does not read every example to measure it.
             encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+            encoded["untruncated_length"] = untruncated_lengths(encoded, tokenizer)
             return encoded
         if separator is None:
             return encoded
@@ -86,7 +86,7 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
         return encoded
 
     raw = DatasetDict({split: ds for split, ds in raw.items() if isinstance(ds, Dataset)})  # streams: on the fly
-    if not raw:
+    if not raw:  # --streaming without --validation_file: nothing to tokenize here
         return raw
     features = {name: feature for name, feature in next(iter(raw.values())).features.items() if name != "text"}
     features["input_ids"] = Sequence(Value("int32"))
@@ -94,6 +94,7 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
         features["word_ids"] = Sequence(Value("int32"))
     if args.line_by_line:
         features["length"] = Value("int32")
+        features["untruncated_length"] = Value("int32")
     return raw.map(
         tokenize_batch,
         batched=True,
@@ -103,6 +104,18 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
         load_from_cache_file=not args.overwrite_cache,
         desc="Tokenizing",
     )
+
+
+def untruncated_lengths(encoded, tokenizer) -> list[int]:
+    """Each text's token count before truncation (special tokens included), read from the fast tokenizer's
+    overflow, so the corpus report counts truncated texts without tokenizing twice. A slow tokenizer keeps no
+    overflow: its lengths are the truncated ones."""
+    encodings = getattr(encoded, "encodings", None)
+    if encodings is None:
+        return [len(ids) for ids in encoded["input_ids"]]
+    # Each overflowing piece carries its own special tokens; with stride 0 the rest is the cut-off text.
+    specials = tokenizer.num_special_tokens_to_add()
+    return [len(e.ids) + sum(len(o.ids) - specials for o in e.overflowing) for e in encodings]
 
 
 def pack(tokenized: Dataset, max_seq_length: int, prefix: list[int], suffix: list[int]) -> Dataset:
@@ -138,10 +151,11 @@ def pack(tokenized: Dataset, max_seq_length: int, prefix: list[int], suffix: lis
 
 def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int, *,
                      whole_word_mask: bool = False, chinese_word_segmentation: str = "auto",
-                     seed: int = 42) -> dict:
-    """Tokenize, then pack (default), keep lines or build NSP pairs (--nsp, drawn with ``seed``); mix general
-    text into training (--mix_train_file, --mix_share); apply --max_train_samples / --max_eval_samples.
-    ``whole_word_mask`` adds the 'word_ids' column. A streamed 'train' split becomes a :class:`PackedStream`."""
+                     seed: int = 42, return_tokenized: bool = False):
+    """Tokenize, then pack (default), keep lines or build NSP pairs (--nsp, drawn with ``seed``), every split
+    (general text to mix in, 'mix', too: see :func:`mix_in`); apply --max_train_samples / --max_eval_samples.
+    ``whole_word_mask`` adds the 'word_ids' column. A streamed 'train' split becomes a :class:`PackedStream`.
+    Returns {split: examples}, or ``(that, tokenized texts)`` with ``return_tokenized`` (for the corpus report)."""
     from mlm_pretraining.streaming import (
         PackedStream,  # streaming builds on this module's packing rules
     )
@@ -165,15 +179,11 @@ def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_l
     if isinstance(raw.get("train"), IterableDataset):
         out["train"] = PackedStream(raw["train"], "text", tokenizer, max_seq_length, line_by_line=args.line_by_line,
                                     max_samples=args.max_train_samples)
-    if "mix" in out:
-        mix = out.pop("mix")
-        if "train" in out:
-            out["train"] = mix_in(out["train"], mix, args.mix_share, seed)
     for split, ds in out.items():
         limit = args.max_train_samples if split == "train" else args.max_eval_samples
         if limit is not None and isinstance(ds, Dataset):
             out[split] = ds.select(range(min(limit, len(ds))))
-    return out
+    return (out, tokenized) if return_tokenized else out
 
 
 def mix_in(train: Dataset, general: Dataset, share: float, seed: int) -> Dataset:

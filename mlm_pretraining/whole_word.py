@@ -115,7 +115,8 @@ def encode_with_word_ids(tokenizer, texts: list[str], *, segment_chinese: bool =
     """Tokenize ``texts`` (``kwargs`` go to the tokenizer); return ``input_ids`` and dense ``word_ids`` per text.
 
     Special tokens get word id -1. With ``segment_chinese``, adjacent Chinese characters in one segmenter word
-    share a word id; everything else keeps the tokenizer's words.
+    share a word id; everything else keeps the tokenizer's words. The result is the tokenizer's ``BatchEncoding``
+    (its ``encodings`` kept, for the overflow of truncated texts).
     """
     encoded = tokenizer(texts, return_attention_mask=False, return_token_type_ids=False,
                         return_offsets_mapping=segment_chinese, **kwargs)
@@ -129,4 +130,6 @@ def encode_with_word_ids(tokenizer, texts: list[str], *, segment_chinese: bool =
         else:
             ids = dense_word_ids(np.array([-1 if w is None else w for w in words], dtype=np.int64))
         all_word_ids.append(ids.astype(np.int32).tolist())
-    return {"input_ids": encoded["input_ids"], "word_ids": all_word_ids}
+    encoded.pop("offset_mapping", None)
+    encoded["word_ids"] = all_word_ids
+    return encoded

