@@ -1,5 +1,5 @@
-"""Next-sentence prediction: document ids, pair building, the model class check, and an end-to-end run (its metrics:
-test_metrics.py)."""
+"""mlm_pretraining/sentence_pairs.py and --nsp: document ids, pair building, the model class check, and an
+end-to-end run (the NSP metrics: test_metrics.py)."""
 
 from __future__ import annotations
 
