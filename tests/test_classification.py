@@ -39,6 +39,7 @@ def test_metrics_perfect_and_all_wrong():
     assert classification_metrics([1, 1], [0, 0])["macro_f1"] == 0.0
 
 
+@pytest.mark.slow
 def test_jsonl_with_string_labels_selects_best_epoch_and_reports_dev_and_test(tmp_path, tiny_model_dir):
     train = write_jsonl(tmp_path / "train.jsonl", labelled_rows(24))
     dev = write_jsonl(tmp_path / "dev.jsonl", labelled_rows(9))

@@ -276,6 +276,7 @@ def test_collator_rejects_tokenizer_without_mask_token(tiny_tokenizer):
         MLMCollator(NoMask())
 
 
+@pytest.mark.slow
 def test_minilm_on_a_million_real_tokens():
     """The shipped tokenizer on real text: rates within tolerance, special tokens never chosen."""
     from conftest import SHARED_DATA

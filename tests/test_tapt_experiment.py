@@ -42,6 +42,7 @@ def task_dir(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_experiment_runs_both_arms_and_reuses_finished_runs(tmp_path, tiny_model_dir, task_dir, capsys):
     out = tmp_path / "exp"
     argv = ["--task_dir", str(task_dir), "--output_dir", str(out), "--model_name_or_path", str(tiny_model_dir),
