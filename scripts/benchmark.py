@@ -445,6 +445,7 @@ def median_result(runs: list[dict]) -> dict:
             if len(runs) > 1:
                 merged[f"{key}_range"] = [min(values), max(values)]
     merged["repeats"] = len(runs)
+    merged["runs"] = runs
     return merged
 
 

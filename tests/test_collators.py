@@ -254,20 +254,6 @@ def test_random_replacements_are_uniform_over_non_special_ids_and_never_special(
     assert chi_square_p(counts[allowed], torch.full((int(allowed.sum()),), 1 / int(allowed.sum()))) > 1e-4
 
 
-def test_line_by_line_examples_carry_their_length(tiny_tokenizer, corpus, tmp_path):
-    from arguments import parse_args
-    from mlm_pretraining.data import prepare_datasets
-    from mlm_pretraining.text import read_corpus
-
-    _, data_args, _, _ = parse_args(["--output_dir", str(tmp_path), "--train_file", str(corpus), "--line_by_line",
-                                     "--preprocessing_num_workers", "1"])
-    processed = prepare_datasets(read_corpus(data_args), tiny_tokenizer, data_args, 32)
-    train = processed["train"]
-    assert train["length"][:20] == [len(ids) for ids in train["input_ids"][:20]]
-    assert len(set(train["length"])) > 1
-    collated = MLMCollator(tiny_tokenizer, pad_to_multiple_of=8)([train[i] for i in range(5)])
-    assert collated["input_ids"].shape[1] % 8 == 0 and "length" not in collated
-
 
 def test_collator_rejects_tokenizer_without_mask_token(tiny_tokenizer):
     class NoMask:
@@ -277,6 +263,7 @@ def test_collator_rejects_tokenizer_without_mask_token(tiny_tokenizer):
         MLMCollator(NoMask())
 
 
+@pytest.mark.slow
 def test_minilm_on_a_million_real_tokens():
     """The shipped tokenizer on real text: rates within tolerance, special tokens never chosen."""
     from conftest import SHARED_DATA

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from arguments import DataArguments
+from arguments import DataArguments, parse_args
+from collators import MLMCollator
 from mlm_pretraining.data import (
     mix_in,
     pack,
@@ -26,7 +27,6 @@ def test_packing_loses_nothing_but_the_final_partial_block(tiny_tokenizer, corpu
     assert blocks.shape == (len(stream) // body, 32)
     assert (blocks[:, 0] == tiny_tokenizer.cls_token_id).all() and (blocks[:, -1] == tiny_tokenizer.sep_token_id).all()
     assert blocks[:, 1:-1].ravel().tolist() == stream[: len(blocks) * body]
-    assert len(stream) - blocks.size // 32 * body < body
     # every text is followed by a separator inside the stream
     n_texts = len(raw["train"])
     assert stream.count(tiny_tokenizer.sep_token_id) == n_texts
@@ -110,3 +110,15 @@ def test_mix_train_file_goes_through_packing(tiny_tokenizer, corpus, tmp_path):
     n = len(alone["train"])
     assert len(processed["train"]) == n and len(processed["mix"]) > n  # packed alike, mixed by run_mlm.py
     assert len(mix_in(processed["train"], processed["mix"], 0.25, seed=0)) == n + round(n * 0.25 / 0.75)
+
+
+def test_line_by_line_examples_carry_their_length(tiny_tokenizer, corpus, tmp_path):
+
+    _, data_args, _, _ = parse_args(["--output_dir", str(tmp_path), "--train_file", str(corpus), "--line_by_line",
+                                     "--preprocessing_num_workers", "1"])
+    processed = prepare_datasets(read_corpus(data_args), tiny_tokenizer, data_args, 32)
+    train = processed["train"]
+    assert train["length"][:20] == [len(ids) for ids in train["input_ids"][:20]]
+    assert len(set(train["length"])) > 1
+    collated = MLMCollator(tiny_tokenizer, pad_to_multiple_of=8)([train[i] for i in range(5)])
+    assert collated["input_ids"].shape[1] % 8 == 0 and "length" not in collated

@@ -21,7 +21,6 @@ def test_predictions_are_the_models_top_k_probabilities(tiny_model_dir, tiny_tok
     best = probabilities.topk(3)
     assert [token for token, _ in result[0]] == tiny_tokenizer.convert_ids_to_tokens(best.indices.tolist())
     assert [p for _, p in result[0]] == pytest.approx(best.values.tolist())
-    assert result[0][0][1] >= result[0][1][1] >= result[0][2][1]
 
 
 def test_models_side_by_side_in_one_table(tmp_path, tiny_model_dir, capsys):

@@ -180,6 +180,7 @@ def evaluation_growth_mb(mode: str, samples: int, flags: list[str]) -> float:
     return float(growth)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads resident memory from /proc")
 def test_evaluating_10000_sequences_takes_no_more_memory_than_100(tiny_model_dir, tmp_path):
     # Full-vocabulary logits of 10,000 × 32 positions would be 10,000 × 32 × |vocab| × 4 bytes ≈ 190 MB here; the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -82,7 +83,9 @@ def test_streaming_run_resumes_exactly_across_passes(tiny_model_dir, corpus, tmp
     the stream is replayed to the same position, with the same masks, to the same losses and weights."""
     full = tmp_path / "full"
     results = run_mlm.main(flags(tiny_model_dir, corpus, full))
-    assert "train_samples" not in results and results["eval_loss"] > 0
+    assert "train_samples" not in results
+    assert results["eval_perplexity"] == pytest.approx(math.exp(results["eval_loss"]))
+    assert results["eval_loss"] < results["eval_before_loss"]
     assert len(losses(full)) == 14
     resumed = tmp_path / "resumed"
     shutil.copytree(full / "checkpoint-12", resumed / "checkpoint-12")

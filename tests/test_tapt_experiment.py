@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -41,6 +42,7 @@ def task_dir(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_experiment_runs_both_arms_and_reuses_finished_runs(tmp_path, tiny_model_dir, task_dir, capsys):
     out = tmp_path / "exp"
     argv = ["--task_dir", str(task_dir), "--output_dir", str(out), "--model_name_or_path", str(tiny_model_dir),
@@ -56,7 +58,9 @@ def test_experiment_runs_both_arms_and_reuses_finished_runs(tmp_path, tiny_model
     assert report["runs"]["base"]["1"]["eval_loss"] != report["runs"]["tapt"]["1"]["eval_loss"]
     tapt_state = json.loads((out / "tapt" / "trainer_state.json").read_text())
     assert tapt_state["global_step"] == 3
-    assert report["tapt"]["eval_perplexity"] > 0 and "eval_before_perplexity" in report["tapt"]
+    tapt_results = json.loads((out / "tapt" / "all_results.json").read_text())  # the report quotes the TAPT run
+    assert report["tapt"]["eval_perplexity"] == pytest.approx(math.exp(tapt_results["eval_loss"]))
+    assert report["tapt"]["eval_before_perplexity"] == pytest.approx(math.exp(tapt_results["eval_before_loss"]))
     assert not list((out / "base-finetune" / "seed1").glob("*.safetensors"))  # weights removed, results kept
     markdown = (out / "results.md").read_text()
     assert "| TAPT − base (paired by seed) |" in markdown and markdown in capsys.readouterr().out

@@ -324,7 +324,6 @@ def test_run_mlm_whole_word_mask(tiny_model_dir, corpus, tmp_path):
     results = _run(tiny_model_dir, corpus, tmp_path / "out", "--whole_word_mask", "--max_seq_length", "32")
     assert math.isfinite(results["eval_perplexity"])
     assert results["eval_perplexity"] == pytest.approx(math.exp(results["eval_loss"]))
-    assert results["eval_masked_tokens"] > 0 and results["train_samples"] > 0
 
 
 @needs_chinese

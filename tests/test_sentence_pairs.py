@@ -1,5 +1,5 @@
-"""Next-sentence prediction: document ids, pair building, the model class check, and an end-to-end run (its metrics:
-test_metrics.py)."""
+"""mlm_pretraining/sentence_pairs.py and --nsp: document ids, pair building, the model class check, and an
+end-to-end run (the NSP metrics: test_metrics.py)."""
 
 from __future__ import annotations
 
@@ -172,7 +172,9 @@ def test_run_mlm_nsp_end_to_end(tiny_model_dir, corpus, tmp_path):
         "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--report_to", "none",
         "--preprocessing_num_workers", "1", "--log_level", "warning",
     ])
-    assert 0 <= results["eval_nsp_accuracy"] <= 1 and "eval_before_nsp_accuracy" in results
+    assert "eval_before_nsp_accuracy" in results
+    right = results["eval_nsp_accuracy"] * results["eval_samples"]  # a count of right guesses over every pair
+    assert right == pytest.approx(round(right), abs=1e-9)
     assert math.isfinite(results["eval_perplexity"])
     assert results["eval_perplexity"] == pytest.approx(math.exp(results["eval_mlm_loss"]))
     assert results["eval_loss"] > results["eval_mlm_loss"] + 0.3  # the NSP loss (about ln 2 untrained) is added
