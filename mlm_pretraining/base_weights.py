@@ -23,8 +23,8 @@ EXTRA_SHARD = "model-base-weights.safetensors"  # for sharded outputs: the kept 
 
 def _weight_files(base: str, cache_dir: str | None, revision: str | None) -> list[str]:
     """The base checkpoint's safetensors files (one, or the shards of its index); [] when there are none."""
-    options = dict(cache_dir=cache_dir, revision=revision, _raise_exceptions_for_missing_entries=False,
-                   _raise_exceptions_for_connection_errors=False)
+    options = {"cache_dir": cache_dir, "revision": revision, "_raise_exceptions_for_missing_entries": False,
+               "_raise_exceptions_for_connection_errors": False}
     single = cached_file(base, SAFE_WEIGHTS_NAME, **options)
     if single:
         return [single]

@@ -15,9 +15,13 @@ from safetensors.torch import load_file
 
 import run_mlm
 from arguments import InputError, parse_args
-from mlm_pretraining.head_warmup import AUTO_CAP, NewWeights, find_new_weights, resolve_warmup_steps
+from mlm_pretraining.head_warmup import (
+    AUTO_CAP,
+    NewWeights,
+    find_new_weights,
+    resolve_warmup_steps,
+)
 from mlm_pretraining.modeling import load_model
-from tests.conftest import build_tokenizer
 from tests.test_resume import _cli, flags, losses, max_weight_difference
 
 HEAD = {"cls.predictions.bias", "cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
@@ -25,26 +29,12 @@ HEAD = {"cls.predictions.bias", "cls.predictions.transform.dense.weight", "cls.p
 
 
 @pytest.fixture(scope="module")
-def headless_model_dir(tmp_path_factory) -> Path:
-    """A tiny BERT saved as a bare encoder with a pooler and no masked-LM head, like the shipped MiniLM."""
-    from transformers import BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("headless-bert")
-    tokenizer = build_tokenizer(folder)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
-    BertModel(config).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory) -> Path:
     lines = []
     for i in range(60):
-        lines += [f" = season {i % 5} = ", "", "the city park was happily known for its music and the band played "
-                  "the first song of the year .", f"he released {i % 5} new album , which became known in the world "
-                  "during the war ."]
+        lines += [f" = season {i % 5} = ", "",
+                  "the city park was happily known for its music and the band played the first song of the year .",
+                  f"he released {i % 5} new album , which became known in the world during the war ."]
     path = tmp_path_factory.mktemp("warmup-data") / "train.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
