@@ -106,9 +106,14 @@ def resolve_warmup_steps(setting: str | int, new_weights: NewWeights, max_steps:
 
 
 class HeadWarmupCallback(TrainerCallback):
-    """For the first ``steps`` optimizer steps train only ``new_weights``; from then on train everything."""
+    """For the first ``steps`` optimizer steps train only ``new_weights``; from then on train everything.
 
-    def __init__(self, model, new_weights: NewWeights, steps: str | int = "auto"):
+    ``evaluate_at_end``: evaluate when the warm-up ends. The encoder is still the base's then, with a fitted head,
+    so these are the base model's own masked-LM scores (before training, a random head scores near vocabulary-size
+    perplexity): the fair 'before' for measuring adaptation and forgetting.
+    """
+
+    def __init__(self, model, new_weights: NewWeights, steps: str | int = "auto", evaluate_at_end: bool = False):
         self.model = model
         self.new_weights = new_weights
         self.setting = parse_warmup_steps(steps)
@@ -119,6 +124,7 @@ class HeadWarmupCallback(TrainerCallback):
         self.saved_rows: list[torch.Tensor] = []
         self.hooks: list = []
         self.toggled = False
+        self.evaluate_at_end = evaluate_at_end
 
     def warming_up(self, state) -> bool:
         return state.global_step < self.steps
@@ -178,6 +184,8 @@ class HeadWarmupCallback(TrainerCallback):
         if self.steps and state.global_step == self.steps:
             self._unfreeze()
             logger.info("Head warm-up done at step %d: training every weight from now on.", state.global_step)
+            if self.evaluate_at_end and state.global_step < state.max_steps:  # the last step is evaluated anyway
+                control.should_evaluate = True
 
     def on_train_end(self, args, state, control, **kwargs):
         self._unfreeze()  # a model handed back frozen would surprise whoever trains it next

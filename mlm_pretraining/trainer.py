@@ -145,7 +145,8 @@ def build_trainer(model, tokenizer, model_args, mask_args, training_args, *, tra
         masking["mlm_probability"] = mlm_probability_end
     graceful_stop = GracefulStopCallback()
     if new_weights is not None:
-        callbacks = [*callbacks, HeadWarmupCallback(model, new_weights, training_args.head_warmup_steps)]
+        callbacks = [*callbacks, HeadWarmupCallback(model, new_weights, training_args.head_warmup_steps,
+                                                    evaluate_at_end=eval_dataset is not None)]
     return MLMTrainer(
         model=model,
         args=training_args,

@@ -161,7 +161,7 @@ def run_script(script: str, flags: list[str], run_dir: Path) -> dict:
     """Run one of the repository's entry points in its own process (fresh memory, its own logging); its results.
     The wall-clock time goes to run_dir/wall_seconds.json, so a rerun that reuses the run still reports it."""
     start = time.time()
-    done = subprocess.run([sys.executable, str(REPO / script), *flags])
+    done = subprocess.run([sys.executable, str(REPO / script), *flags], check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{script} failed (exit {done.returncode}) writing {run_dir}; its output is above.")
     (run_dir / SECONDS_FILE).write_text(json.dumps({"seconds": time.time() - start}))
@@ -246,17 +246,34 @@ def result_table(runs: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[st
     return "\n".join(rows), summary
 
 
-def perplexity_table(tapt_results: dict) -> tuple[str, dict]:
-    """Masked-LM perplexity of each evaluation set before and after TAPT (task: adaptation; general: forgetting)."""
+def warmup_evaluation(run_dir: Path) -> dict[str, float]:
+    """The evaluation run_mlm.py logs when the head warm-up ends (the base encoder with a fitted head), from the
+    run's trainer_state.json; {} when there was none (a checkpoint with a trained head: no warm-up)."""
+    path = run_dir / "trainer_state.json"
+    if not path.is_file():
+        return {}
+    state = json.loads(path.read_text())
+    # The only evaluation between step 0 (before) and the last step (after): pretrain_flags sets no eval_strategy.
+    inside = [entry for entry in state["log_history"] if any(k.startswith("eval_") for k in entry)
+              and 0 < entry.get("step", 0) < state["global_step"]]
+    return inside[0] if inside else {}
+
+
+def perplexity_table(tapt_results: dict, warmed_up: dict | None = None) -> tuple[str, dict]:
+    """Masked-LM perplexity of each evaluation set (task: adaptation; general: forgetting) before TAPT, after the
+    head warm-up (the base encoder with a fitted head: the fair comparison when the base had no head) and after."""
     found = {}
     for name in ("task", "general"):
-        before, after = tapt_results.get(f"eval_before_{name}_perplexity"), tapt_results.get(f"eval_{name}_perplexity")
+        after = tapt_results.get(f"eval_{name}_perplexity")
         if after is not None:
-            found[name] = {"before": before, "after": after}
-    rows = ["| masked-LM perplexity | before TAPT | after TAPT |", "|---|---|---|"]
+            found[name] = {"before": tapt_results.get(f"eval_before_{name}_perplexity"),
+                           "after_head_warmup": (warmed_up or {}).get(f"eval_{name}_perplexity"), "after": after}
+    rows = ["| masked-LM perplexity | before TAPT | after head warm-up (base encoder) | after TAPT |",
+            "|---|---|---|---|"]
     titles = {"task": "task dev text", "general": "general text (forgetting)"}
-    rows += [f"| {titles[name]} | {v['before']:.2f} | {v['after']:.2f} |" for name, v in found.items()
-             if v["before"] is not None]
+    for name, values in found.items():
+        cells = [f"{values[k]:.2f}" if values[k] is not None else "–" for k in ("before", "after_head_warmup", "after")]
+        rows.append(f"| {titles[name]} | " + " | ".join(cells) + " |")
     return "\n".join(rows), found
 
 
@@ -318,9 +335,10 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("(b) masked-LM on %s's training text -> %s", Path(args.task_dir).name, tapt_dir)
         tapt_results = run_script("run_mlm.py", pretrain_flags(args, files, tapt_dir), tapt_dir)
         launched.append("tapt")
-    perplexity, perplexities = perplexity_table(tapt_results)
+    perplexity, perplexities = perplexity_table(tapt_results, warmup_evaluation(tapt_dir))
     for name, values in perplexities.items():
-        logger.info("TAPT %s perplexity %s -> %.2f", name, f"{values['before']:.2f}" if values["before"] else "?",
+        logger.info("TAPT %s perplexity: %s before, %s after head warm-up, %.2f after", name,
+                    *(f"{values[k]:.2f}" if values[k] is not None else "–" for k in ("before", "after_head_warmup")),
                     values["after"])
 
     runs: dict[str, dict[int, dict]] = {"base": {}, "tapt": {}}

@@ -10,7 +10,12 @@ import pytest
 
 import scripts.tapt_experiment as tapt
 from arguments import InputError
-from scripts.tapt_experiment import main, paired_interval, perplexity_table, result_table
+from scripts.tapt_experiment import (
+    main,
+    paired_interval,
+    perplexity_table,
+    result_table,
+)
 from tests.test_classification import labelled_rows, write_jsonl
 
 
@@ -45,7 +50,7 @@ def test_summary_table_uses_paired_differences():
     # dev differences +10, 0, +5: interval [-7.42, +17.42] includes 0, no star; test micro-F1 0, 0, +5.
     assert ("| TAPT − base, paired by seed, 95% CI | +5.00 ± 12.42 [-7.42, +17.42] | +13.33 ± 14.34 [-1.01, +27.68] "
             "| +1.67 ± 7.17 [-5.50, +8.84] |") in table
-    table, summary = result_table(RUNS, [1])
+    table, _ = result_table(RUNS, [1])
     assert "+10.00 (one seed: no interval)" in table
 
 
@@ -55,14 +60,17 @@ def test_interval_excluding_zero_is_starred():
                      for s in (1, 2, 3)}}
     table, summary = result_table(runs, [1, 2, 3])
     assert "+12.00 ± 2.48* [+9.52, +14.48]" in table
+    assert summary["difference"]["eval_macro_f1"]["low"] == pytest.approx(12 - 4.302653 * 1 / math.sqrt(3))
 
 
 def test_perplexity_table_reads_the_named_sets():
     results = {"eval_before_task_perplexity": 30.0, "eval_task_perplexity": 12.5,
                "eval_before_general_perplexity": 20.0, "eval_general_perplexity": 24.25}
-    table, found = perplexity_table(results)
-    assert found == {"task": {"before": 30.0, "after": 12.5}, "general": {"before": 20.0, "after": 24.25}}
-    assert "| general text (forgetting) | 20.00 | 24.25 |" in table
+    table, found = perplexity_table(results, {"eval_task_perplexity": 25.0, "eval_general_perplexity": 21.0})
+    assert found == {"task": {"before": 30.0, "after_head_warmup": 25.0, "after": 12.5},
+                     "general": {"before": 20.0, "after_head_warmup": 21.0, "after": 24.25}}
+    assert "| general text (forgetting) | 20.00 | 21.00 | 24.25 |" in table
+    assert "| task dev text | 30.00 | – | 12.50 |" in perplexity_table(results)[0]
 
 
 @pytest.fixture
@@ -94,6 +102,9 @@ def test_experiment_runs_both_arms_and_reuses_finished_runs(tmp_path, headless_m
     perplexity = report["tapt"]["perplexity"]
     assert set(perplexity) == {"task", "general"}
     assert perplexity["task"]["after"] < perplexity["task"]["before"]  # trained on that very text's task
+    # Evaluated when the head warm-up ended (step 2 of 3): the base encoder with a fitted head.
+    assert perplexity["general"]["after_head_warmup"] not in (None, perplexity["general"]["before"],
+                                                              perplexity["general"]["after"])
     assert report["tapt"]["tokens"] == round(report["tapt"]["train_samples"] * 32 * report["tapt"]["epoch"]) > 0
     assert not list((out / "base-finetune" / "seed1").glob("*.safetensors"))  # weights removed, results kept
     markdown = (out / "results.md").read_text()
