@@ -12,27 +12,38 @@ import json
 import logging
 from pathlib import Path
 
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
 EXTRA_SHARD = "model-base-weights.safetensors"  # for sharded outputs: the kept weights as one more shard
 
 
+def _locate(base: str, filename: str, cache_dir: str | None, revision: str | None) -> str | None:
+    """``filename`` of the model folder or hub repository ``base`` (downloaded if need be), or None."""
+    if Path(base).is_dir():
+        path = Path(base) / filename
+        return str(path) if path.is_file() else None
+    try:
+        return hf_hub_download(base, filename, cache_dir=cache_dir, revision=revision)
+    except (OSError, EntryNotFoundError):  # not in the repository, or offline and not cached
+        return None
+
+
 def _weight_files(base: str, cache_dir: str | None, revision: str | None) -> list[str]:
     """The base checkpoint's safetensors files (one, or the shards of its index); [] when there are none."""
-    options = {"cache_dir": cache_dir, "revision": revision, "_raise_exceptions_for_missing_entries": False,
-               "_raise_exceptions_for_connection_errors": False}
-    single = cached_file(base, SAFE_WEIGHTS_NAME, **options)
+    single = _locate(base, SAFE_WEIGHTS_NAME, cache_dir, revision)
     if single:
         return [single]
-    index = cached_file(base, SAFE_WEIGHTS_INDEX_NAME, **options)
+    index = _locate(base, SAFE_WEIGHTS_INDEX_NAME, cache_dir, revision)
     if not index:
         return []
     shards = sorted(set(json.loads(Path(index).read_text(encoding="utf-8"))["weight_map"].values()))
-    return [path for shard in shards if (path := cached_file(base, shard, **options))]
+    return [path for shard in shards if (path := _locate(base, shard, cache_dir, revision))]
 
 
 def base_weights_to_keep(base: str, unexpected_keys, prefix: str, cache_dir: str | None = None,

@@ -81,3 +81,8 @@ def test_no_weights_in_output_is_a_warning_not_a_crash(tmp_path, caplog):
     save_file({"pooler.dense.weight": torch.ones(2, 2)}, str(base / "model.safetensors"))
     assert keep_base_weights(FakeModel(), str(base), {"pooler.dense.weight"}, str(tmp_path / "empty")) == []
     assert "the base model's bert.pooler.dense.weight not added" in caplog.text
+
+
+def test_unreachable_hub_model_keeps_nothing():
+    # HF_HUB_OFFLINE and not cached: nothing to copy, no error (the saved model is simply the masked-LM one).
+    assert base_weights_to_keep("no-such-owner/no-such-model", {"pooler.dense.weight"}, "bert.") == {}
