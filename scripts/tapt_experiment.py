@@ -369,8 +369,8 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = round(tapt_results.get("train_samples", 0) * args.tapt_max_seq_length * tapt_results.get("epoch", 0))
 
     table, summary = result_table(runs, args.seeds)
-    title = (f"TAPT on {Path(args.task_dir).name}: {Path(args.model_name_or_path).name}, {len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''} "
-             f"({', '.join(map(str, args.seeds))})")
+    title = (f"TAPT on {Path(args.task_dir).name}: {Path(args.model_name_or_path).name}, {len(args.seeds)} "
+             f"seed{'s' if len(args.seeds) > 1 else ''} ({', '.join(map(str, args.seeds))})")
     settings = (f"TAPT: {tapt_results.get('epoch', 0):.1f} epochs of the task's training text (about {tokens:,} "
                 f"tokens in {args.tapt_max_seq_length}-token blocks), learning rate {args.tapt_learning_rate}, mask "
                 f"rate {args.mlm_probability}, head warm-up {args.head_warmup_steps}"
