@@ -23,11 +23,12 @@ from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
-# --head_warmup_steps auto: this share of the run's optimizer steps, at most AUTO_CAP. A new head is a small
-# (transform + bias: about 0.2 M parameters for MiniLM) layer on top of good features; its loss falls most of the
-# way within the first hundred steps at a masked-LM learning rate (see tests/test_head_warmup.py's docstring for
-# the measurement), so a few hundred steps settle it, and a tenth of a short run keeps most of the run for the
-# encoder.
+# --head_warmup_steps auto: this share of the run's optimizer steps, at most AUTO_CAP. Measured on the shipped MiniLM
+# (citation_intent text, 8 x 64-token blocks, constant learning rate 1e-4 after a 9-step ramp, encoder frozen):
+# training loss 10.7, 9.5, 8.4, 7.9, 7.7, 7.8 at steps 10-60, so the fast part of the head's fit is over within
+# ~50 steps at a masked-LM learning rate (a run's own learning-rate ramp slows that start); a tenth of the run
+# covers it in runs of 500+ steps, and the cap keeps long runs from idling the encoder. The head is not converged
+# then (at 1e-3 the loss reaches 7.05 by step 30): what remains is learnt together with the encoder.
 AUTO_SHARE = 0.1
 AUTO_CAP = 300
 
