@@ -48,6 +48,7 @@ COLUMNS = (("eval_macro_f1", "dev macro-F1"), ("test_macro_f1", "test macro-F1")
            ("test_micro_f1", "test micro-F1 (= accuracy)"))
 CONFIDENCE = 0.95
 SECONDS_FILE = "wall_seconds.json"  # beside each run's all_results.json: what the run cost, kept for reruns
+FLAGS_FILE = "experiment_flags.json"  # the flags a run was launched with, checked before its results are reused
 
 
 @dataclass
@@ -127,6 +128,8 @@ class TaptArguments:
             self.general_text = None
         if self.general_text is not None and not Path(self.general_text).is_file():
             raise InputError(f"--general_text '{self.general_text}' is not a file; give a text file, or 'none'.")
+        if self.general_text is not None:
+            self.general_text = str(Path(self.general_text).resolve())
         if self.mix_share is not None and not self.mix_train_file:
             raise InputError("--mix_share needs --mix_train_file (the general text to mix in).")
         from mlm_pretraining.head_warmup import parse_warmup_steps
@@ -142,14 +145,27 @@ def task_files(task_dir: str) -> dict[str, str]:
         if not matches:
             raise InputError(f"--task_dir {task_dir}: no {split} file (named {' or '.join(stems)} with a "
                              ".jsonl/.json/.csv extension).")
-        found[split] = str(matches[0])
+        found[split] = str(matches[0].resolve())  # absolute: the flags of a run do not depend on the cwd
     return found
 
 
-def finished(run_dir: Path) -> dict | None:
-    """The results of a run that completed earlier, else None."""
-    results = run_dir / "all_results.json"
-    return json.loads(results.read_text()) if results.is_file() else None
+def comparable(flags: list[str], run_dir: Path) -> list[str]:
+    """``flags`` with files as absolute paths and the run's own folder as '<run_dir>', so a rerun from another
+    working directory, or of a moved experiment, matches."""
+    return ["<run_dir>" if flag == str(run_dir) else str(Path(flag).resolve()) if Path(flag).exists() else flag
+            for flag in flags]
+
+
+def finished(run_dir: Path, flags: list[str]) -> dict | None:
+    """The results of a run that completed earlier with these ``flags``, else None; an InputError when it ran
+    with other flags (a lever changed: its results would be mislabelled)."""
+    results, recorded = run_dir / "all_results.json", run_dir / FLAGS_FILE
+    if not results.is_file():
+        return None
+    if recorded.is_file() and json.loads(recorded.read_text()) != comparable(flags, run_dir):
+        raise InputError(f"{run_dir} holds a finished run with other settings (see {recorded}); give another "
+                         "--output_dir for these settings, or delete that folder to rerun it.")
+    return json.loads(results.read_text())
 
 
 def wall_seconds(run_dir: Path) -> float | None:
@@ -161,6 +177,8 @@ def wall_seconds(run_dir: Path) -> float | None:
 def run_script(script: str, flags: list[str], run_dir: Path) -> dict:
     """Run one of the repository's entry points in its own process (fresh memory, its own logging); its results.
     The wall-clock time goes to run_dir/wall_seconds.json, so a rerun that reuses the run still reports it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / FLAGS_FILE).write_text(json.dumps(comparable(flags, run_dir)))
     start = time.time()
     done = subprocess.run([sys.executable, str(REPO / script), *flags], check=False)
     if done.returncode != 0:
@@ -189,8 +207,8 @@ def pretrain_flags(args: TaptArguments, files: dict[str, str], run_dir: Path) ->
     return flags
 
 
-def fine_tune(args: TaptArguments, files: dict[str, str], model: str, seed: int, run_dir: Path) -> dict:
-    """(a) or (c): one fine-tuning run, dev-selected, scored on dev and test."""
+def fine_tune_flags(args: TaptArguments, files: dict[str, str], model: str, seed: int, run_dir: Path) -> list[str]:
+    """run_classification.py's flags for (a) or (c): one fine-tuning run, dev-selected, scored on dev and test."""
     flags = ["--model_name_or_path", model, "--train_file", files["train"], "--validation_file", files["validation"],
              "--test_file", files["test"], "--text_column_name", args.text_column_name, "--label_column_name",
              args.label_column_name, "--output_dir", str(run_dir), "--seed", str(seed), "--report_to", "none",
@@ -202,6 +220,11 @@ def fine_tune(args: TaptArguments, files: dict[str, str], model: str, seed: int,
     if args.max_steps > 0:  # too few steps for an epoch: score and keep the end of training
         flags += ["--max_steps", str(args.max_steps), "--eval_strategy", "steps", "--save_strategy", "steps",
                   "--eval_steps", str(args.max_steps), "--save_steps", str(args.max_steps)]
+    return flags
+
+
+def fine_tune(args: TaptArguments, flags: list[str], run_dir: Path) -> dict:
+    """(a) or (c): run one fine-tuning; keep its results, not its weights (unless --keep_models)."""
     results = run_script("scripts/run_classification.py", flags, run_dir)
     if not args.keep_models:  # results are what the experiment needs; weights are 90 MB a run
         for path in list(run_dir.glob("checkpoint-*")) + list(run_dir.glob("*.safetensors")):
@@ -331,10 +354,11 @@ def main(argv: list[str] | None = None) -> dict:
     launched: list[str] = []
 
     tapt_dir = out / "tapt"
-    tapt_results = finished(tapt_dir)
+    flags = pretrain_flags(args, files, tapt_dir)
+    tapt_results = finished(tapt_dir, flags)
     if tapt_results is None:
         logger.info("(b) masked-LM on %s's training text -> %s", Path(args.task_dir).name, tapt_dir)
-        tapt_results = run_script("run_mlm.py", pretrain_flags(args, files, tapt_dir), tapt_dir)
+        tapt_results = run_script("run_mlm.py", flags, tapt_dir)
         launched.append("tapt")
     perplexity, perplexities = perplexity_table(tapt_results, warmup_evaluation(tapt_dir))
     for name, values in perplexities.items():
@@ -347,10 +371,11 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         for arm, model in (("base", args.model_name_or_path), ("tapt", str(tapt_dir))):
             run_dir = out / f"{arm}-finetune" / f"seed{seed}"
-            results = finished(run_dir)
+            flags = fine_tune_flags(args, files, model, seed, run_dir)
+            results = finished(run_dir, flags)
             if results is None:
                 logger.info("(%s) fine-tune %s, seed %d -> %s", "a" if arm == "base" else "c", model, seed, run_dir)
-                results = fine_tune(args, files, model, seed, run_dir)
+                results = fine_tune(args, flags, run_dir)
                 launched.append(f"{arm}-finetune-seed{seed}")
             runs[arm][seed] = results
             seconds = wall_seconds(run_dir)

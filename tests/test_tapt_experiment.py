@@ -126,6 +126,8 @@ def test_experiment_runs_both_arms_and_reuses_finished_runs(tmp_path, headless_m
     again = main(argv)  # everything finished: nothing is rerun, the same numbers (and costs) come back
     assert again["launched"] == []
     assert again["summary"] == report["summary"] and again["minutes"] == report["minutes"]
+    with pytest.raises(InputError, match="holds a finished run with other settings"):  # a lever changed
+        main([*argv, "--tapt_learning_rate", "5e-4"])
 
 
 def test_pretrain_flags_pass_the_levers_through(tmp_path, task_dir, corpus):
