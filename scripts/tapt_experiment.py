@@ -280,7 +280,8 @@ def warmup_evaluation(run_dir: Path) -> dict[str, float]:
     # The only evaluation between step 0 (before) and the last step (after): pretrain_flags sets no eval_strategy.
     inside = [entry for entry in state["log_history"] if any(k.startswith("eval_") for k in entry)
               and 0 < entry.get("step", 0) < state["global_step"]]
-    return inside[0] if inside else {}
+    # Each named set is logged as its own entry.
+    return {k: v for entry in inside if entry["step"] == inside[0]["step"] for k, v in entry.items()} if inside else {}
 
 
 def perplexity_table(tapt_results: dict, warmed_up: dict | None = None) -> tuple[str, dict]:
