@@ -13,6 +13,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_tf32_available
 
 from mlm_pretraining.errors import InputError, as_list, run_cli  # noqa: F401  (re-exported for the scripts)
+from mlm_pretraining.head_warmup import parse_warmup_steps
 from mlm_pretraining.modeling import EMBEDDED_MODEL
 from mlm_pretraining.precision import has_gpu
 
@@ -310,6 +311,13 @@ class MLMTrainingArguments(TrainingArguments):
                   "random otherwise.",
                   "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]},
     )
+    head_warmup_steps: str = field(
+        default="auto",
+        metadata={"help": "Train only the weights the checkpoint lacks (a new masked-LM head; rows added by "
+                  "--add_tokens) for this many steps, the encoder and old embeddings frozen, then everything, so a "
+                  "random head does not push noise into the pretrained encoder. 'auto' (default): 10%% of the "
+                  "steps, at most 300, when something is new, else 0. 0: no warm-up."},
+    )
 
     max_train_tokens: int | None = field(
         default=None,
@@ -367,6 +375,7 @@ class MLMTrainingArguments(TrainingArguments):
         # all the CPU is what the user means.
         if self.bf16 and not self.use_cpu and not has_gpu() and not is_torch_bf16_gpu_available():
             self.use_cpu = True
+        self.head_warmup_steps = parse_warmup_steps(self.head_warmup_steps)
         if self.tf32 is None and not self.use_cpu and is_torch_tf32_available():
             self.tf32 = True
         super().__post_init__()

@@ -17,6 +17,7 @@ import sys
 from transformers import set_seed
 
 from arguments import InputError, parse_args
+from mlm_pretraining.base_weights import keep_base_weights
 from mlm_pretraining.budget import plan_budget
 from mlm_pretraining.checkpoints import check_checkpoint_matches, find_resume_checkpoint
 from mlm_pretraining.corpus_report import report_corpus
@@ -27,6 +28,7 @@ from mlm_pretraining.data import (
     prepare_datasets,
 )
 from mlm_pretraining.errors import run_cli
+from mlm_pretraining.head_warmup import find_new_weights
 from mlm_pretraining.logs import get_logger, setup_logging
 from mlm_pretraining.model_card import write_model_card
 from mlm_pretraining.modeling import (
@@ -34,6 +36,7 @@ from mlm_pretraining.modeling import (
     load_tokenizer,
     model_class_for,
     resolve_max_seq_length,
+    resolve_model_path,
 )
 from mlm_pretraining.precision import warn_about_precision
 from mlm_pretraining.text import read_corpus
@@ -69,9 +72,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with training_args.main_process_first(desc="reading the corpus"):
         raw = read_corpus(data_args, model_args.cache_dir)
     tokenizer = load_tokenizer(model_args)
-    model = load_model(model_args, tokenizer, model_class_for(model_args, nsp=data_args.nsp))
+    model, loading_info = load_model(model_args, tokenizer, model_class_for(model_args, nsp=data_args.nsp),
+                                     with_loading_info=True)
+    added_tokens = []
     if model_args.add_tokens:  # before tokenizing, so the corpus is cut with the new words
-        add_domain_tokens(tokenizer, model, read_token_file(model_args.add_tokens))
+        added_tokens = add_domain_tokens(tokenizer, model, read_token_file(model_args.add_tokens))
+    # A new head (or new embedding rows) is trained alone for --head_warmup_steps first.
+    new_weights = find_new_weights(model, loading_info["missing_keys"], tokenizer.convert_tokens_to_ids(added_tokens))
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
         processed, tokenized = prepare_datasets(raw, tokenizer, data_args, max_seq_length,
@@ -105,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer = build_trainer(model, tokenizer, model_args, mask_args, training_args,
                             train_dataset=train_dataset, eval_dataset=eval_dataset,
                             pad_to_multiple_of=data_args.pad_to_multiple_of or (8 if data_args.line_by_line else None),
-                            callbacks=[budget] if budget else [])
+                            callbacks=[budget] if budget else [], new_weights=new_weights)
 
     results: dict[str, float] = {}
     if eval_dataset is not None and training_args.do_train and resume_from is None:
@@ -118,6 +125,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                            training_args.output_dir)
             return dict(train_result.metrics, stopped_by_signal=trainer.stopped_by_signal)
         trainer.save_model()  # model and tokenizer, loadable with AutoModelForMaskedLM / pipeline("fill-mask")
+        if trainer.is_world_process_zero():  # and the base's weights MLM does not use (BERT's pooler), for fine-tuning
+            keep_base_weights(model, resolve_model_path(model_args.model_name_or_path), loading_info["unexpected_keys"],
+                              training_args.output_dir, model_args.cache_dir, model_args.model_revision)
         metrics = dict(train_result.metrics)
         if hasattr(train_dataset, "__len__"):  # a stream has no length
             metrics["train_samples"] = len(train_dataset)

@@ -100,11 +100,13 @@ def model_class_for(args: ModelArguments, nsp: bool = False):
     return model_class
 
 
-def load_model(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM, config_kwargs=None):
+def load_model(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM, config_kwargs=None,
+               with_loading_info: bool = False):
     """The pretrained masked-LM model (its head is initialised if the checkpoint has none).
 
     ``model_class`` and ``config_kwargs`` (e.g. ``num_labels``) serve other heads, such as classification;
-    ``--config_overrides`` is applied on top.
+    ``--config_overrides`` is applied on top. ``with_loading_info``: return ``(model, info)``, where ``info`` is
+    transformers' loading info (``missing_keys``: newly initialised; ``unexpected_keys``: in the checkpoint, unused).
     """
     name = resolve_model_path(args.model_name_or_path)
     check_safetensors_weights(name)
@@ -117,15 +119,16 @@ def load_model(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM
             raise InputError(f"--config_overrides '{args.config_overrides}': {err}. Keys must be fields of the "
                              f"model's config.json.") from None
     dtype = None if args.dtype in (None, "auto") else getattr(torch, args.dtype)
-    model = _load(model_class.from_pretrained, name, args, "model", config=config, use_safetensors=True,
-                  dtype=dtype if dtype is not None else ("auto" if args.dtype == "auto" else torch.float32))
+    model, info = _load(model_class.from_pretrained, name, args, "model", config=config, use_safetensors=True,
+                        dtype=dtype if dtype is not None else ("auto" if args.dtype == "auto" else torch.float32),
+                        output_loading_info=True)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise InputError(
             f"The tokenizer has {len(tokenizer)} tokens but the model's embeddings have "
             f"{model.get_input_embeddings().num_embeddings} rows: --tokenizer_name does not belong to "
             f"--model_name_or_path {args.model_name_or_path}."
         )
-    return model
+    return (model, info) if with_loading_info else model
 
 
 def model_max_length(tokenizer, model) -> int:

@@ -15,6 +15,7 @@ from collators import MLMCollator
 from mlm_pretraining.budget import BudgetCallback, mask_rate, progress_scheduler
 from mlm_pretraining.callbacks import GracefulStopCallback, MaskEpochCallback
 from mlm_pretraining.fast_dropout import enable_fast_dropout
+from mlm_pretraining.head_warmup import HeadWarmupCallback
 from mlm_pretraining.internals import (
     TRAINER_COLLATOR,
     TRAINER_COUNT_ITEMS,
@@ -123,12 +124,13 @@ class MLMTrainer(Trainer):
 
 
 def build_trainer(model, tokenizer, model_args, mask_args, training_args, *, train_dataset=None, eval_dataset=None,
-                  pad_to_multiple_of: int | None = None, callbacks=()) -> MLMTrainer:
+                  pad_to_multiple_of: int | None = None, callbacks=(), new_weights=None) -> MLMTrainer:
     """Our Trainer for ``model``: masking collators (training masks new each epoch, evaluation masks fixed, both
     functions of (seed, [epoch,] tokens)), metrics, callbacks (mask epoch, graceful stop, training-curve PNG, plus
     ``callbacks``, e.g. budget.BudgetCallback) and the speed-ups the flags ask for (sparse prediction head, fast CPU
     dropout). With --mlm_probability_end training masks follow the schedule and evaluation masks use the end rate,
-    so perplexities stay comparable over a run."""
+    so perplexities stay comparable over a run. ``new_weights`` (:func:`mlm_pretraining.head_warmup.find_new_weights`)
+    adds the head warm-up of --head_warmup_steps."""
     if model_args.sparse_prediction:
         enable_sparse_prediction(model)
     if model_args.fast_dropout:
@@ -142,6 +144,9 @@ def build_trainer(model, tokenizer, model_args, mask_args, training_args, *, tra
     if mlm_probability_end is not None:
         masking["mlm_probability"] = mlm_probability_end
     graceful_stop = GracefulStopCallback()
+    if new_weights is not None:
+        callbacks = [*callbacks, HeadWarmupCallback(model, new_weights, training_args.head_warmup_steps,
+                                                    evaluate_at_end=eval_dataset is not None)]
     return MLMTrainer(
         model=model,
         args=training_args,

@@ -1,13 +1,17 @@
 #!/usr/bin/env python
 """Task-adaptive pretraining (TAPT, Gururangan et al. 2020), measured: does masked-LM on a task's own training text
-improve fine-tuning on that task?
+improve fine-tuning on that task, by more than the noise between fine-tuning seeds?
 
 For one task folder (train/dev/test files with text and label columns):
   (a) fine-tune the base model, once per seed;
-  (b) continue masked-LM pretraining of the base model on the task's training text (run_mlm.py; once);
-  (c) fine-tune that checkpoint, once per seed, with exactly the settings of (a).
-Prints a table of mean ± std (over seeds) dev and test macro-F1 for both arms and their difference, and writes
-it to output_dir/results.md and results.json. Finished runs are reused, so an interrupted experiment continues.
+  (b) continue masked-LM pretraining of the base model on the task's training text (run_mlm.py, once; a new MLM
+      head is warmed up first, --head_warmup_steps auto), scoring masked-LM perplexity on the task's dev text and
+      on general text (WikiText-2 test: what TAPT makes the model forget) before and after;
+  (c) fine-tune that checkpoint, once per seed, with exactly the settings and seeds of (a).
+Reports, per metric (dev macro-F1, test macro-F1, test micro-F1 = accuracy), each arm's mean ± std over seeds and
+the paired difference TAPT − base (same seed) with its 95 % Student-t confidence interval; the perplexities; the
+minutes each arm cost. Writes output_dir/results.md, results.json and results.png. Finished runs are reused, so a
+stopped experiment continues where it stood.
 
     python scripts/tapt_experiment.py --task_dir ../shared/data/citation_intent --output_dir out/tapt-ci
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import statistics
 import subprocess
@@ -24,23 +29,31 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import stats
 
 from arguments import InputError, parse_args
 from mlm_pretraining.errors import run_cli
 from mlm_pretraining.logs import get_logger
-from mlm_pretraining.modeling import EMBEDDED_MODEL, resolve_model_path
+from mlm_pretraining.modeling import EMBEDDED_MODEL
 from mlm_pretraining.text import BUILDERS
 
 logger = get_logger("tapt_experiment")
 REPO = Path(__file__).resolve().parents[1]
 SPLIT_NAMES = {"train": ("train",), "validation": ("dev", "validation", "valid"), "test": ("test",)}
-METRICS = ("macro_f1", "micro_f1")
+GENERAL_TEXT = REPO.parent / "shared" / "data" / "wikitext-2" / "test.txt"
+# (results key, title): single-label micro-F1 is accuracy.
+COLUMNS = (("eval_macro_f1", "dev macro-F1"), ("test_macro_f1", "test macro-F1"),
+           ("test_micro_f1", "test micro-F1 (= accuracy)"))
+CONFIDENCE = 0.95
+SECONDS_FILE = "wall_seconds.json"  # beside each run's all_results.json: what the run cost, kept for reruns
+FLAGS_FILE = "experiment_flags.json"  # the flags a run was launched with, checked before its results are reused
 
 
 @dataclass
 class TaptArguments:
-    """The task, the model, the seeds, and the settings of both stages. Defaults follow the paper, scaled to CPU."""
+    """The task, the model, the seeds, and the settings of both stages."""
 
     task_dir: str | None = field(
         default=None, metadata={"help": "Folder with train, dev (or validation) and test files (.jsonl/.json/.csv), "
@@ -48,33 +61,50 @@ class TaptArguments:
     )
     output_dir: str | None = field(default=None, metadata={"help": "Where every run and the result table go."})
     model_name_or_path: str = field(default=EMBEDDED_MODEL, metadata={"help": "The base model of both arms."})
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3],
-                             metadata={"help": "Fine-tuning seeds; each arm is fine-tuned once per seed."})
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5],
+                             metadata={"help": "Fine-tuning seeds, the same for both arms (pairs for the paired "
+                                       "difference); at least 2 for a confidence interval."})
     text_column_name: str = field(default="text", metadata={"help": "Column holding the text."})
     label_column_name: str = field(default="label", metadata={"help": "Column holding the label."})
-    # Fine-tuning, the same for both arms.
-    learning_rate: float = field(default=2e-5, metadata={"help": "Fine-tuning learning rate (paper: 2e-5)."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Fine-tuning epochs; the best on dev is kept "
-                                                          "(paper: 10 with early stopping)."})
-    max_steps: int = field(default=-1, metadata={"help": "Fine-tuning steps, overriding --num_train_epochs (for "
-                                                 "quick checks); the dev set is then scored at the end only."})
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "Fine-tuning batch size (paper: 16)."})
-    max_seq_length: int = field(default=128, metadata={"help": "Fine-tuning truncation length in tokens."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Fine-tune on a fixed random subset."})
+    # Fine-tuning, the same for both arms. Unset: run_classification.py's own defaults.
+    learning_rate: float | None = field(default=None, metadata={"help": "Fine-tuning learning rate (default: "
+                                                                "run_classification.py's)."})
+    num_train_epochs: float | None = field(default=None, metadata={"help": "Fine-tuning epochs, the best on dev "
+                                                                   "kept (default: run_classification.py's)."})
+    max_steps: int = field(default=-1, metadata={"help": "Fine-tuning steps, overriding the epochs (for quick "
+                                                 "checks); the dev set is then scored at the end only."})
+    per_device_train_batch_size: int | None = field(default=None, metadata={"help": "Fine-tuning batch size "
+                                                                            "(default: run_classification.py's)."})
+    max_seq_length: int | None = field(default=None, metadata={"help": "Fine-tuning truncation length in tokens "
+                                                               "(default: run_classification.py's)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Fine-tune on a fixed random subset "
+                                                                  "(default: the whole training set)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Select on a fixed random dev subset."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Test on a fixed random subset."})
     # Task-adaptive pretraining.
-    tapt_epochs: float = field(default=100.0, metadata={"help": "Masked-LM epochs over the training text "
-                                                         "(paper: 100)."})
+    tapt_epochs: float = field(default=20.0, metadata={"help": "Masked-LM epochs over the task's training text "
+                                                       "(paper: 100). citation_intent: 708 blocks of 128 tokens an "
+                                                       "epoch, so 20 epochs are about 1.8 M tokens, 885 steps of "
+                                                       "16 blocks."})
     tapt_max_steps: int = field(default=-1, metadata={"help": "Masked-LM steps, overriding --tapt_epochs."})
     tapt_learning_rate: float = field(default=1e-4, metadata={"help": "Masked-LM peak learning rate (paper: 1e-4)."})
     tapt_batch_size: int = field(default=16, metadata={"help": "Masked-LM batch size in blocks (paper: 256 texts; "
                                                        "smaller here so a CPU takes many steps)."})
     tapt_max_seq_length: int = field(default=128, metadata={"help": "Masked-LM block length in tokens."})
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked (paper: 0.15)."})
+    head_warmup_steps: str = field(default="auto", metadata={"help": "run_mlm.py's --head_warmup_steps: steps "
+                                                             "training only a new MLM head first ('auto', N, 0)."})
     tapt_seed: int = field(default=0, metadata={"help": "Seed of the one masked-LM run both TAPT arms share."})
-    tapt_max_eval_samples: int = field(default=64, metadata={"help": "Dev blocks scored for masked-LM perplexity "
-                                                             "before and after TAPT (a sanity check)."})
+    tapt_max_eval_samples: int = field(default=512, metadata={"help": "At most this many blocks of each evaluation "
+                                                              "text (task dev, general) scored for perplexity."})
+    general_text: str | None = field(
+        default=str(GENERAL_TEXT) if GENERAL_TEXT.is_file() else None,
+        metadata={"help": "General text scored for masked-LM perplexity before and after TAPT (forgetting); "
+                  "default ../shared/data/wikitext-2/test.txt when it exists. 'none' to skip."},
+    )
+    mix_train_file: list[str] | None = field(default=None, metadata={"help": "Passed to run_mlm.py: general text "
+                                                                      "mixed into TAPT's training text."})
+    mix_share: float | None = field(default=None, metadata={"help": "Passed to run_mlm.py with --mix_train_file."})
     keep_models: bool = field(default=False, metadata={"help": "Keep every fine-tuned model's weights (large); by "
                                                        "default only their results are kept."})
 
@@ -86,14 +116,25 @@ class TaptArguments:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise InputError(f"--seeds must be distinct integers, got {self.seeds}.")
         for name in ("learning_rate", "num_train_epochs", "tapt_epochs", "tapt_learning_rate"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise InputError(f"--{name} must be positive, got {getattr(self, name)}.")
         for name in ("per_device_train_batch_size", "max_seq_length", "tapt_batch_size", "tapt_max_seq_length",
                      "tapt_max_eval_samples"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"--{name} must be a positive integer, got {getattr(self, name)}.")
         if not 0 < self.mlm_probability < 1:
             raise InputError(f"--mlm_probability must be between 0 and 1, got {self.mlm_probability}.")
+        if self.general_text is not None and self.general_text.lower() in ("", "none"):
+            self.general_text = None
+        if self.general_text is not None and not Path(self.general_text).is_file():
+            raise InputError(f"--general_text '{self.general_text}' is not a file; give a text file, or 'none'.")
+        if self.general_text is not None:
+            self.general_text = str(Path(self.general_text).resolve())
+        if self.mix_share is not None and not self.mix_train_file:
+            raise InputError("--mix_share needs --mix_train_file (the general text to mix in).")
+        from mlm_pretraining.head_warmup import parse_warmup_steps
+
+        parse_warmup_steps(self.head_warmup_steps)
 
 
 def task_files(task_dir: str) -> dict[str, str]:
@@ -104,83 +145,86 @@ def task_files(task_dir: str) -> dict[str, str]:
         if not matches:
             raise InputError(f"--task_dir {task_dir}: no {split} file (named {' or '.join(stems)} with a "
                              ".jsonl/.json/.csv extension).")
-        found[split] = str(matches[0])
+        found[split] = str(matches[0].resolve())  # absolute: the flags of a run do not depend on the cwd
     return found
 
 
-def finished(run_dir: Path) -> dict | None:
-    """The results of a run that completed earlier, else None."""
-    results = run_dir / "all_results.json"
-    return json.loads(results.read_text()) if results.is_file() else None
+def comparable(flags: list[str], run_dir: Path) -> list[str]:
+    """``flags`` with files as absolute paths and the run's own folder as '<run_dir>', so a rerun from another
+    working directory, or of a moved experiment, matches."""
+    return ["<run_dir>" if flag == str(run_dir) else str(Path(flag).resolve()) if Path(flag).exists() else flag
+            for flag in flags]
+
+
+def finished(run_dir: Path, flags: list[str]) -> dict | None:
+    """The results of a run that completed earlier with these ``flags``, else None; an InputError when it ran
+    with other flags (a lever changed: its results would be mislabelled)."""
+    results, recorded = run_dir / "all_results.json", run_dir / FLAGS_FILE
+    if not results.is_file():
+        return None
+    if recorded.is_file() and json.loads(recorded.read_text()) != comparable(flags, run_dir):
+        raise InputError(f"{run_dir} holds a finished run with other settings (see {recorded}); give another "
+                         "--output_dir for these settings, or delete that folder to rerun it.")
+    return json.loads(results.read_text())
+
+
+def wall_seconds(run_dir: Path) -> float | None:
+    """What a finished run cost in wall-clock seconds (None for runs from before this was recorded)."""
+    path = run_dir / SECONDS_FILE
+    return json.loads(path.read_text())["seconds"] if path.is_file() else None
 
 
 def run_script(script: str, flags: list[str], run_dir: Path) -> dict:
-    """Run one of the repository's entry points in its own process (fresh memory, its own logging); its results."""
-    done = subprocess.run([sys.executable, str(REPO / script), *flags])
+    """Run one of the repository's entry points in its own process (fresh memory, its own logging); its results.
+    The wall-clock time goes to run_dir/wall_seconds.json, so a rerun that reuses the run still reports it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / FLAGS_FILE).write_text(json.dumps(comparable(flags, run_dir)))
+    start = time.time()
+    done = subprocess.run([sys.executable, str(REPO / script), *flags], check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{script} failed (exit {done.returncode}) writing {run_dir}; its output is above.")
+    (run_dir / SECONDS_FILE).write_text(json.dumps({"seconds": time.time() - start}))
     return json.loads((run_dir / "all_results.json").read_text())
 
 
-def pretrain(args: TaptArguments, files: dict[str, str], run_dir: Path) -> dict:
-    """(b): masked-LM on the task's training text, scored on its dev text before and after."""
+def pretrain_flags(args: TaptArguments, files: dict[str, str], run_dir: Path) -> list[str]:
+    """run_mlm.py's flags for (b): the task's dev text and the general text as named evaluation sets."""
+    evaluation = [f"task={files['validation']}"] + ([f"general={args.general_text}"] if args.general_text else [])
     flags = ["--model_name_or_path", args.model_name_or_path, "--train_file", files["train"],
-             "--validation_file", files["validation"], "--text_column_name", args.text_column_name,
+             "--validation_file", *evaluation, "--text_column_name", args.text_column_name,
              "--output_dir", str(run_dir), "--overwrite_output_dir", "true", "--max_seq_length",
              str(args.tapt_max_seq_length), "--mlm_probability", str(args.mlm_probability),
              "--learning_rate", str(args.tapt_learning_rate), "--num_train_epochs", str(args.tapt_epochs),
              "--max_steps", str(args.tapt_max_steps), "--per_device_train_batch_size", str(args.tapt_batch_size),
              "--per_device_eval_batch_size", str(args.tapt_batch_size), "--warmup_steps", "0.06",
-             "--max_eval_samples", str(args.tapt_max_eval_samples), "--seed", str(args.tapt_seed),
-             "--save_strategy", "no", "--logging_steps", "10", "--report_to", "none", "--log_level", "warning"]
-    results = run_script("run_mlm.py", flags, run_dir)
-    restore_unused_weights(resolve_model_path(args.model_name_or_path), run_dir)
-    return results
+             "--head_warmup_steps", str(args.head_warmup_steps), "--max_eval_samples", str(args.tapt_max_eval_samples),
+             "--seed", str(args.tapt_seed), "--save_strategy", "no", "--logging_steps", "10", "--report_to", "none",
+             "--log_level", "warning"]
+    if args.mix_train_file:
+        flags += ["--mix_train_file", *args.mix_train_file]
+        if args.mix_share is not None:
+            flags += ["--mix_share", str(args.mix_share)]
+    return flags
 
 
-def restore_unused_weights(base: str, run_dir: Path) -> list[str]:
-    """Copy into the TAPT checkpoint the base weights masked-LM training neither used nor saved (BERT's pooler).
-
-    A masked-LM model has no pooler, so without this the TAPT arm would fine-tune from a random pooler while the
-    base arm starts from the pretrained one: a difference between the arms that is not TAPT. Masked-LM training
-    never touches the pooler, so the base's pooler is exactly what a full pretraining checkpoint would hold.
-    """
-    base_file, tapt_file = Path(base) / "model.safetensors", run_dir / "model.safetensors"
-    if not base_file.is_file() or not tapt_file.is_file():
-        return []
-    base_weights, tapt_weights = load_file(str(base_file)), load_file(str(tapt_file))
-    anchor = "embeddings.word_embeddings.weight"
-    base_prefix = next((k[: -len(anchor)] for k in base_weights if k.endswith(anchor)), None)
-    tapt_prefix = next((k[: -len(anchor)] for k in tapt_weights if k.endswith(anchor)), None)
-    if base_prefix is None or tapt_prefix is None:
-        return []
-    added = []
-    for key, tensor in base_weights.items():
-        if key.startswith(base_prefix) and "pooler" in key:
-            target = tapt_prefix + key[len(base_prefix):]
-            if target not in tapt_weights:
-                tapt_weights[target] = tensor
-                added.append(target)
-    if added:
-        save_file(tapt_weights, str(tapt_file), metadata={"format": "pt"})
-        logger.info("Copied the base model's unused %s into the TAPT checkpoint.", ", ".join(added))
-    return added
-
-
-def fine_tune(args: TaptArguments, files: dict[str, str], model: str, seed: int, run_dir: Path) -> dict:
-    """(a) or (c): one fine-tuning run, dev-selected, scored on dev and test."""
+def fine_tune_flags(args: TaptArguments, files: dict[str, str], model: str, seed: int, run_dir: Path) -> list[str]:
+    """run_classification.py's flags for (a) or (c): one fine-tuning run, dev-selected, scored on dev and test."""
     flags = ["--model_name_or_path", model, "--train_file", files["train"], "--validation_file", files["validation"],
              "--test_file", files["test"], "--text_column_name", args.text_column_name, "--label_column_name",
-             args.label_column_name, "--output_dir", str(run_dir), "--seed", str(seed),
-             "--learning_rate", str(args.learning_rate), "--num_train_epochs", str(args.num_train_epochs),
-             "--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.per_device_train_batch_size),
-             "--max_seq_length", str(args.max_seq_length), "--report_to", "none", "--log_level", "warning"]
-    for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
+             args.label_column_name, "--output_dir", str(run_dir), "--seed", str(seed), "--report_to", "none",
+             "--log_level", "warning"]
+    for name in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "max_seq_length",
+                 "max_train_samples", "max_eval_samples", "max_test_samples"):
         if getattr(args, name) is not None:
             flags += [f"--{name}", str(getattr(args, name))]
     if args.max_steps > 0:  # too few steps for an epoch: score and keep the end of training
-        flags += ["--eval_strategy", "steps", "--save_strategy", "steps", "--eval_steps", str(args.max_steps),
-                  "--save_steps", str(args.max_steps)]
+        flags += ["--max_steps", str(args.max_steps), "--eval_strategy", "steps", "--save_strategy", "steps",
+                  "--eval_steps", str(args.max_steps), "--save_steps", str(args.max_steps)]
+    return flags
+
+
+def fine_tune(args: TaptArguments, flags: list[str], run_dir: Path) -> dict:
+    """(a) or (c): run one fine-tuning; keep its results, not its weights (unless --keep_models)."""
     results = run_script("scripts/run_classification.py", flags, run_dir)
     if not args.keep_models:  # results are what the experiment needs; weights are 90 MB a run
         for path in list(run_dir.glob("checkpoint-*")) + list(run_dir.glob("*.safetensors")):
@@ -188,37 +232,119 @@ def fine_tune(args: TaptArguments, files: dict[str, str], model: str, seed: int,
     return results
 
 
-def summarize(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value), in percent."""
-    values = [100 * v for v in values]
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def paired_interval(differences: list[float], confidence: float = CONFIDENCE) -> dict:
+    """Mean of paired differences and its Student-t confidence interval: mean ± t(n−1) · sd / √n (NaN for n < 2)."""
+    n = len(differences)
+    mean = statistics.fmean(differences)
+    if n < 2:
+        half = math.nan
+    else:
+        half = stats.t.ppf(0.5 + confidence / 2, n - 1) * statistics.stdev(differences) / math.sqrt(n)
+    return {"mean": mean, "half_width": half, "low": mean - half, "high": mean + half, "n": n}
 
 
 def result_table(runs: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[str, dict]:
-    """Markdown table of mean ± std over seeds for each arm and for the paired difference TAPT − base."""
-    columns = [("eval", "macro_f1", "dev macro-F1"), ("test", "macro_f1", "test macro-F1"),
-               ("test", "micro_f1", "test micro-F1")]
-    summary: dict[str, dict] = {}
-    rows = ["| | " + " | ".join(title for *_, title in columns) + " |", "|---|" + "---|" * len(columns)]
+    """Markdown table, in percent: each arm's mean ± std over seeds, and the paired difference TAPT − base with its
+    95 % confidence interval (marked * when the interval excludes 0)."""
+    summary: dict[str, dict] = {"base": {}, "tapt": {}, "difference": {}}
+    rows = ["| | " + " | ".join(title for _, title in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for arm, label in (("base", "base model"), ("tapt", "TAPT, then fine-tune")):
         cells = []
-        for split, metric, _ in columns:
-            mean, std = summarize([runs[arm][s][f"{split}_{metric}"] for s in seeds])
-            summary.setdefault(arm, {})[f"{split}_{metric}"] = {"mean": mean, "std": std}
-            cells.append(f"{mean:.2f} ± {std:.2f}")
+        for key, _ in COLUMNS:
+            values = [100 * runs[arm][s][key] for s in seeds]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            summary[arm][key] = {"mean": statistics.fmean(values), "std": std}
+            cells.append(f"{summary[arm][key]['mean']:.2f} ± {std:.2f}")
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     cells = []
-    for split, metric, _ in columns:
-        key = f"{split}_{metric}"
-        mean, std = summarize([runs["tapt"][s][key] - runs["base"][s][key] for s in seeds])
-        summary.setdefault("difference", {})[key] = {"mean": mean, "std": std}
-        cells.append(f"{mean:+.2f} ± {std:.2f}")
-    rows.append("| TAPT − base (paired by seed) | " + " | ".join(cells) + " |")
+    for key, _ in COLUMNS:
+        interval = paired_interval([100 * (runs["tapt"][s][key] - runs["base"][s][key]) for s in seeds])
+        summary["difference"][key] = interval
+        if math.isnan(interval["half_width"]):
+            cells.append(f"{interval['mean']:+.2f} (one seed: no interval)")
+        else:
+            star = "*" if interval["low"] > 0 or interval["high"] < 0 else ""
+            cells.append(f"{interval['mean']:+.2f} ± {interval['half_width']:.2f}{star} "
+                         f"[{interval['low']:+.2f}, {interval['high']:+.2f}]")
+    rows.append(f"| TAPT − base, paired by seed, {CONFIDENCE:.0%} CI | " + " | ".join(cells) + " |")
     return "\n".join(rows), summary
 
 
+def warmup_evaluation(run_dir: Path) -> dict[str, float]:
+    """The evaluation run_mlm.py logs when the head warm-up ends (the base encoder with a fitted head), from the
+    run's trainer_state.json; {} when there was none (a checkpoint with a trained head: no warm-up)."""
+    path = run_dir / "trainer_state.json"
+    if not path.is_file():
+        return {}
+    state = json.loads(path.read_text())
+    # The only evaluation between step 0 (before) and the last step (after): pretrain_flags sets no eval_strategy.
+    inside = [entry for entry in state["log_history"] if any(k.startswith("eval_") for k in entry)
+              and 0 < entry.get("step", 0) < state["global_step"]]
+    # Each named set is logged as its own entry.
+    return {k: v for entry in inside if entry["step"] == inside[0]["step"] for k, v in entry.items()} if inside else {}
+
+
+def perplexity_table(tapt_results: dict, warmed_up: dict | None = None) -> tuple[str, dict]:
+    """Masked-LM perplexity of each evaluation set (task: adaptation; general: forgetting) before TAPT, after the
+    head warm-up (the base encoder with a fitted head: the fair comparison when the base had no head) and after."""
+    found = {}
+    for name in ("task", "general"):
+        after = tapt_results.get(f"eval_{name}_perplexity")
+        if after is not None:
+            found[name] = {"before": tapt_results.get(f"eval_before_{name}_perplexity"),
+                           "after_head_warmup": (warmed_up or {}).get(f"eval_{name}_perplexity"), "after": after}
+    rows = ["| masked-LM perplexity | before TAPT | after head warm-up (base encoder) | after TAPT |",
+            "|---|---|---|---|"]
+    titles = {"task": "task dev text", "general": "general text (forgetting)"}
+    for name, values in found.items():
+        cells = [f"{values[k]:.2f}" if values[k] is not None else "–" for k in ("before", "after_head_warmup", "after")]
+        rows.append(f"| {titles[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(rows), found
+
+
+def cost_table(minutes: dict) -> str:
+    """Minutes per arm: TAPT once, fine-tuning per seed, and the arm's total."""
+    rows = ["| minutes | TAPT | fine-tune per seed (mean) | arm total |", "|---|---|---|---|"]
+    for arm, label in (("base", "base model"), ("tapt", "TAPT, then fine-tune")):
+        cost = minutes[arm]
+        per_seed = [m for m in cost["fine_tune"].values() if m is not None]
+        cells = [f"{cost['tapt']:.1f}" if cost.get("tapt") is not None else "–",
+                 f"{statistics.fmean(per_seed):.1f}" if per_seed else "?",
+                 f"{cost['total']:.1f}" if cost["total"] is not None else "?"]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def plot_results(summary: dict, path: Path, title: str) -> Path:
+    """Bars of both arms' means per metric, and the paired differences with their confidence intervals."""
+    figure = Figure(figsize=(11, 4.2), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    arms_axes, diff_axes = figure.subplots(1, 2, width_ratios=[3, 2])
+    positions = range(len(COLUMNS))
+    for offset, arm, label in ((-0.2, "base", "base model"), (0.2, "tapt", "TAPT, then fine-tune")):
+        means = [summary[arm][key]["mean"] for key, _ in COLUMNS]
+        stds = [summary[arm][key]["std"] for key, _ in COLUMNS]
+        bars = arms_axes.bar([p + offset for p in positions], means, width=0.4, yerr=stds, capsize=3, label=label)
+        arms_axes.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+    arms_axes.set(title="Mean over seeds (± std)", ylabel="percent", xticks=list(positions),
+                  xticklabels=[title for _, title in COLUMNS])
+    arms_axes.legend(fontsize=8, loc="lower right")
+    differences = [summary["difference"][key] for key, _ in COLUMNS]
+    halves = [0 if math.isnan(d["half_width"]) else d["half_width"] for d in differences]
+    diff_axes.bar(list(positions), [d["mean"] for d in differences], yerr=halves, capsize=5, color="C2")
+    diff_axes.axhline(0, color="black", linewidth=0.8)
+    diff_axes.set(title=f"TAPT − base, paired by seed ({CONFIDENCE:.0%} CI)", ylabel="percentage points",
+                  xticks=list(positions), xticklabels=[title.split(" (")[0] for _, title in COLUMNS])
+    for axes in (arms_axes, diff_axes):
+        axes.grid(True, axis="y", alpha=0.3)
+        axes.tick_params(axis="x", labelsize=8)
+    figure.suptitle(title)
+    figure.savefig(path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """Run (a), (b), (c) over the seeds; print and save the table; return everything measured."""
+    """Run (a), (b), (c) over the seeds; print and save the tables and the chart; return everything measured."""
     (args,) = parse_args(argv, groups=(TaptArguments,))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.WARNING, handlers=[logging.StreamHandler(sys.stdout)])
@@ -226,44 +352,67 @@ def main(argv: list[str] | None = None) -> dict:
     files = task_files(args.task_dir)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    launched: list[str] = []
 
     tapt_dir = out / "tapt"
-    tapt_results = finished(tapt_dir)
+    flags = pretrain_flags(args, files, tapt_dir)
+    tapt_results = finished(tapt_dir, flags)
     if tapt_results is None:
         logger.info("(b) masked-LM on %s's training text -> %s", Path(args.task_dir).name, tapt_dir)
-        start = time.time()
-        tapt_results = pretrain(args, files, tapt_dir)
-        timings["tapt"] = time.time() - start
-    logger.info("TAPT dev perplexity %.1f -> %.1f", tapt_results.get("eval_before_perplexity", float("nan")),
-                tapt_results["eval_perplexity"])
+        tapt_results = run_script("run_mlm.py", flags, tapt_dir)
+        launched.append("tapt")
+    perplexity, perplexities = perplexity_table(tapt_results, warmup_evaluation(tapt_dir))
+    for name, values in perplexities.items():
+        logger.info("TAPT %s perplexity: %s before, %s after head warm-up, %.2f after", name,
+                    *(f"{values[k]:.2f}" if values[k] is not None else "–" for k in ("before", "after_head_warmup")),
+                    values["after"])
 
     runs: dict[str, dict[int, dict]] = {"base": {}, "tapt": {}}
+    fine_tune_minutes: dict[str, dict[str, float | None]] = {"base": {}, "tapt": {}}
     for seed in args.seeds:
         for arm, model in (("base", args.model_name_or_path), ("tapt", str(tapt_dir))):
             run_dir = out / f"{arm}-finetune" / f"seed{seed}"
-            results = finished(run_dir)
+            flags = fine_tune_flags(args, files, model, seed, run_dir)
+            results = finished(run_dir, flags)
             if results is None:
                 logger.info("(%s) fine-tune %s, seed %d -> %s", "a" if arm == "base" else "c", model, seed, run_dir)
-                start = time.time()
-                results = fine_tune(args, files, model, seed, run_dir)
-                timings[f"{arm}-finetune-seed{seed}"] = time.time() - start
+                results = fine_tune(args, flags, run_dir)
+                launched.append(f"{arm}-finetune-seed{seed}")
             runs[arm][seed] = results
+            seconds = wall_seconds(run_dir)
+            fine_tune_minutes[arm][str(seed)] = None if seconds is None else seconds / 60
             logger.info("%s seed %d: dev macro-F1 %.4f, test macro-F1 %.4f", arm, seed, results["eval_macro_f1"],
                         results["test_macro_f1"])
 
+    tapt_seconds = wall_seconds(tapt_dir)
+    minutes = {}
+    for arm in ("base", "tapt"):
+        parts = list(fine_tune_minutes[arm].values()) + ([None if tapt_seconds is None else tapt_seconds / 60]
+                                                         if arm == "tapt" else [])
+        minutes[arm] = {"tapt": tapt_seconds / 60 if arm == "tapt" and tapt_seconds is not None else None,
+                        "fine_tune": fine_tune_minutes[arm],
+                        "total": None if None in parts else sum(parts)}
+    tokens = round(tapt_results.get("train_samples", 0) * args.tapt_max_seq_length * tapt_results.get("epoch", 0))
+
     table, summary = result_table(runs, args.seeds)
-    title = (f"TAPT on {Path(args.task_dir).name}: {args.model_name_or_path}, {len(args.seeds)} seeds "
-             f"({', '.join(map(str, args.seeds))}), mean ± std in percent")
-    markdown = f"{title}\n\n{table}\n"
+    title = (f"TAPT on {Path(args.task_dir).name}: {Path(args.model_name_or_path).name}, {len(args.seeds)} "
+             f"seed{'s' if len(args.seeds) > 1 else ''} ({', '.join(map(str, args.seeds))})")
+    settings = (f"TAPT: {tapt_results.get('epoch', 0):.1f} epochs of the task's training text (about {tokens:,} "
+                f"tokens in {args.tapt_max_seq_length}-token blocks), learning rate {args.tapt_learning_rate}, mask "
+                f"rate {args.mlm_probability}, head warm-up {args.head_warmup_steps}"
+                + (f", mixed with {', '.join(args.mix_train_file)}" if args.mix_train_file else "") + ".")
+    markdown = (f"{title}\n\n{settings}\n\nFine-tuning scores in percent: mean ± std over seeds; the difference is "
+                f"the mean of per-seed differences ± the half-width of its {CONFIDENCE:.0%} Student-t interval "
+                f"[low, high], * where it excludes 0.\n\n{table}\n\n{perplexity}\n\n{cost_table(minutes)}\n")
     print("\n" + markdown)
     (out / "results.md").write_text(markdown, encoding="utf-8")
+    chart = plot_results(summary, out / "results.png", title)
     report = {
         "task": Path(args.task_dir).name, "settings": asdict(args), "summary": summary,
-        "tapt": {k: tapt_results[k] for k in ("eval_before_perplexity", "eval_perplexity", "train_runtime")
-                 if k in tapt_results},
+        "tapt": {"perplexity": perplexities, "tokens": tokens,
+                 **{k: tapt_results[k] for k in ("train_runtime", "epoch", "train_samples") if k in tapt_results}},
         "runs": {arm: {str(seed): runs[arm][seed] for seed in args.seeds} for arm in runs},
-        "seconds": timings,
+        "minutes": minutes, "launched": launched, "chart": str(chart),
     }
     (out / "results.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report

@@ -1,4 +1,5 @@
-"""scripts/tapt_experiment.py end to end on a tiny model and task: both arms, the table, reuse of finished runs."""
+"""scripts/tapt_experiment.py: the paired confidence interval, the tables, and the experiment end to end on a tiny
+model and task (both arms, perplexities before and after, the chart, reuse of finished runs)."""
 
 from __future__ import annotations
 
@@ -6,30 +7,70 @@ import json
 import math
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
+import scripts.tapt_experiment as tapt
 from arguments import InputError
 from scripts.tapt_experiment import (
     main,
-    restore_unused_weights,
+    paired_interval,
+    perplexity_table,
     result_table,
-    summarize,
 )
 from tests.test_classification import labelled_rows, write_jsonl
 
 
-def test_summary_and_table_use_paired_differences():
-    assert summarize([0.5, 0.7]) == (pytest.approx(60.0), pytest.approx(14.142135, rel=1e-5))
-    runs = {"base": {1: {"eval_macro_f1": 0.5, "test_macro_f1": 0.4, "test_micro_f1": 0.6},
-                     2: {"eval_macro_f1": 0.7, "test_macro_f1": 0.6, "test_micro_f1": 0.8}},
-            "tapt": {1: {"eval_macro_f1": 0.6, "test_macro_f1": 0.5, "test_micro_f1": 0.6},
-                     2: {"eval_macro_f1": 0.7, "test_macro_f1": 0.8, "test_micro_f1": 0.8}}}
-    table, summary = result_table(runs, [1, 2])
-    assert summary["difference"]["test_macro_f1"]["mean"] == pytest.approx(15.0)  # (+10 + 20) / 2
-    assert summary["difference"]["test_macro_f1"]["std"] == pytest.approx(7.0710678)
-    assert summary["tapt"]["test_macro_f1"]["mean"] == pytest.approx(65.0)
-    assert "| TAPT − base (paired by seed) | +5.00 ± 7.07 | +15.00 ± 7.07 | +0.00 ± 0.00 |" in table
+def test_paired_interval_matches_a_hand_computed_t_interval():
+    # differences 1, 2, 3, 4: mean 2.5, sd sqrt(5/3) = 1.290994, se 0.645497; t(0.975, 3 df) = 3.182446 (tables).
+    interval = paired_interval([1.0, 2.0, 3.0, 4.0])
+    assert interval["mean"] == pytest.approx(2.5)
+    assert interval["half_width"] == pytest.approx(3.182446 * 1.290994 / 2, rel=1e-5)  # 2.054260
+    assert (interval["low"], interval["high"]) == (pytest.approx(0.44574, abs=1e-4), pytest.approx(4.55426, abs=1e-4))
+    # Two seeds: t(0.975, 1 df) = 12.706205; differences 10 and 20: sd 7.0710678, se 5.
+    assert paired_interval([10.0, 20.0])["half_width"] == pytest.approx(12.706205 * 5, rel=1e-6)
+    assert math.isnan(paired_interval([3.0])["half_width"])
+
+
+RUNS = {"base": {1: {"eval_macro_f1": 0.5, "test_macro_f1": 0.4, "test_micro_f1": 0.6},
+                 2: {"eval_macro_f1": 0.7, "test_macro_f1": 0.6, "test_micro_f1": 0.8},
+                 3: {"eval_macro_f1": 0.6, "test_macro_f1": 0.5, "test_micro_f1": 0.7}},
+        "tapt": {1: {"eval_macro_f1": 0.6, "test_macro_f1": 0.5, "test_micro_f1": 0.6},
+                 2: {"eval_macro_f1": 0.7, "test_macro_f1": 0.8, "test_micro_f1": 0.8},
+                 3: {"eval_macro_f1": 0.65, "test_macro_f1": 0.6, "test_micro_f1": 0.75}}}
+
+
+def test_summary_table_uses_paired_differences():
+    table, summary = result_table(RUNS, [1, 2, 3])
+    # test macro-F1 differences +10, +20, +10: mean 13.33, sd 5.7735, half-width 4.302653 * 5.7735 / sqrt(3).
+    difference = summary["difference"]["test_macro_f1"]
+    assert difference["mean"] == pytest.approx(13.333333)
+    assert difference["half_width"] == pytest.approx(14.342176, rel=1e-5)
+    assert summary["tapt"]["test_macro_f1"]["mean"] == pytest.approx(63.333333)
+    assert summary["base"]["eval_macro_f1"]["std"] == pytest.approx(10.0)
+    assert "| base model | 60.00 ± 10.00 | 50.00 ± 10.00 | 70.00 ± 10.00 |" in table
+    # dev differences +10, 0, +5: interval [-7.42, +17.42] includes 0, no star; test micro-F1 0, 0, +5.
+    assert ("| TAPT − base, paired by seed, 95% CI | +5.00 ± 12.42 [-7.42, +17.42] | +13.33 ± 14.34 [-1.01, +27.68] "
+            "| +1.67 ± 7.17 [-5.50, +8.84] |") in table
+    table, _ = result_table(RUNS, [1])
+    assert "+10.00 (one seed: no interval)" in table
+
+
+def test_interval_excluding_zero_is_starred():
+    runs = {"base": {s: {"eval_macro_f1": 0.5, "test_macro_f1": 0.5, "test_micro_f1": 0.5} for s in (1, 2, 3)},
+            "tapt": {s: {"eval_macro_f1": 0.6 + s / 100, "test_macro_f1": 0.5, "test_micro_f1": 0.5}
+                     for s in (1, 2, 3)}}
+    table, summary = result_table(runs, [1, 2, 3])
+    assert "+12.00 ± 2.48* [+9.52, +14.48]" in table
+    assert summary["difference"]["eval_macro_f1"]["low"] == pytest.approx(12 - 4.302653 * 1 / math.sqrt(3))
+
+
+def test_perplexity_table_reads_the_named_sets():
+    results = {"eval_before_task_perplexity": 30.0, "eval_task_perplexity": 12.5,
+               "eval_before_general_perplexity": 20.0, "eval_general_perplexity": 24.25}
+    table, found = perplexity_table(results, {"eval_task_perplexity": 25.0, "eval_general_perplexity": 21.0})
+    assert found == {"task": {"before": 30.0, "after_head_warmup": 25.0, "after": 12.5},
+                     "general": {"before": 20.0, "after_head_warmup": 21.0, "after": 24.25}}
+    assert "| general text (forgetting) | 20.00 | 21.00 | 24.25 |" in table
+    assert "| task dev text | 30.00 | – | 12.50 |" in perplexity_table(results)[0]
 
 
 @pytest.fixture
@@ -43,12 +84,13 @@ def task_dir(tmp_path):
 
 
 @pytest.mark.slow
-def test_experiment_runs_both_arms_and_reuses_finished_runs(tmp_path, tiny_model_dir, task_dir, capsys):
+def test_experiment_runs_both_arms_and_reuses_finished_runs(tmp_path, headless_model_dir, task_dir, corpus, capsys,
+                                                            monkeypatch):
     out = tmp_path / "exp"
-    argv = ["--task_dir", str(task_dir), "--output_dir", str(out), "--model_name_or_path", str(tiny_model_dir),
+    argv = ["--task_dir", str(task_dir), "--output_dir", str(out), "--model_name_or_path", str(headless_model_dir),
             "--seeds", "1", "2", "--max_steps", "2", "--per_device_train_batch_size", "4", "--tapt_max_steps", "3",
             "--tapt_batch_size", "4", "--tapt_max_seq_length", "32", "--tapt_max_eval_samples", "4",
-            "--learning_rate", "1e-3"]
+            "--learning_rate", "1e-3", "--general_text", str(corpus), "--head_warmup_steps", "2"]
     report = main(argv)
     assert set(report["runs"]) == {"base", "tapt"} and set(report["runs"]["tapt"]) == {"1", "2"}
     for arm in ("base", "tapt"):
@@ -58,33 +100,51 @@ def test_experiment_runs_both_arms_and_reuses_finished_runs(tmp_path, tiny_model
     assert report["runs"]["base"]["1"]["eval_loss"] != report["runs"]["tapt"]["1"]["eval_loss"]
     tapt_state = json.loads((out / "tapt" / "trainer_state.json").read_text())
     assert tapt_state["global_step"] == 3
-    tapt_results = json.loads((out / "tapt" / "all_results.json").read_text())  # the report quotes the TAPT run
-    assert report["tapt"]["eval_perplexity"] == pytest.approx(math.exp(tapt_results["eval_loss"]))
-    assert report["tapt"]["eval_before_perplexity"] == pytest.approx(math.exp(tapt_results["eval_before_loss"]))
+    perplexity = report["tapt"]["perplexity"]
+    assert set(perplexity) == {"task", "general"}
+    assert perplexity["task"]["after"] < perplexity["task"]["before"]  # trained on that very text's task
+    # Evaluated when the head warm-up ended (step 2 of 3): the base encoder with a fitted head.
+    assert perplexity["general"]["after_head_warmup"] not in (None, perplexity["general"]["before"],
+                                                              perplexity["general"]["after"])
+    assert report["tapt"]["tokens"] == round(report["tapt"]["train_samples"] * 32 * report["tapt"]["epoch"]) > 0
     assert not list((out / "base-finetune" / "seed1").glob("*.safetensors"))  # weights removed, results kept
     markdown = (out / "results.md").read_text()
-    assert "| TAPT − base (paired by seed) |" in markdown and markdown in capsys.readouterr().out
-    assert set(report["seconds"]) == {"tapt", "base-finetune-seed1", "tapt-finetune-seed1",
-                                      "base-finetune-seed2", "tapt-finetune-seed2"}
+    assert "| TAPT − base, paired by seed, 95% CI |" in markdown and markdown in capsys.readouterr().out
+    assert "| general text (forgetting) |" in markdown and "| TAPT, then fine-tune |" in markdown
+    assert report["launched"] == ["tapt", "base-finetune-seed1", "tapt-finetune-seed1", "base-finetune-seed2",
+                                  "tapt-finetune-seed2"]
+    minutes = report["minutes"]
+    assert minutes["tapt"]["total"] == pytest.approx(minutes["tapt"]["tapt"] + sum(minutes["tapt"]["fine_tune"]
+                                                                                   .values()))
+    assert minutes["base"]["tapt"] is None and minutes["base"]["total"] > 0
+    png = (out / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
-    again = main(argv)  # everything finished: nothing is rerun, the same numbers come back
-    assert again["seconds"] == {}
-    assert again["summary"] == report["summary"]
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"a finished run was launched again: {args}")
+
+    monkeypatch.setattr(tapt.subprocess, "run", no_process)
+    again = main(argv)  # everything finished: nothing is rerun, the same numbers (and costs) come back
+    assert again["launched"] == []
+    assert again["summary"] == report["summary"] and again["minutes"] == report["minutes"]
+    with pytest.raises(InputError, match="holds a finished run with other settings"):  # a lever changed
+        main([*argv, "--tapt_learning_rate", "5e-4"])
 
 
-def test_restore_unused_weights_copies_the_pooler(tmp_path):
-    from safetensors.torch import save_file
-
-    base, tapt = tmp_path / "base", tmp_path / "tapt"
-    base.mkdir(), tapt.mkdir()
-    pooler = torch.randn(4, 4)
-    save_file({"embeddings.word_embeddings.weight": torch.zeros(10, 4), "pooler.dense.weight": pooler},
-              str(base / "model.safetensors"))
-    save_file({"bert.embeddings.word_embeddings.weight": torch.ones(10, 4)}, str(tapt / "model.safetensors"))
-    assert restore_unused_weights(str(base), tapt) == ["bert.pooler.dense.weight"]
-    weights = load_file(str(tapt / "model.safetensors"))
-    assert torch.equal(weights["bert.pooler.dense.weight"], pooler)
-    assert torch.equal(weights["bert.embeddings.word_embeddings.weight"], torch.ones(10, 4))  # trained, untouched
+def test_pretrain_flags_pass_the_levers_through(tmp_path, task_dir, corpus):
+    (args,) = tapt.parse_args(["--task_dir", str(task_dir), "--output_dir", str(tmp_path), "--general_text",
+                               str(corpus), "--mix_train_file", str(corpus), "--mix_share", "0.3",
+                               "--head_warmup_steps", "50", "--mlm_probability", "0.2"],
+                              groups=(tapt.TaptArguments,))
+    flags = tapt.pretrain_flags(args, tapt.task_files(str(task_dir)), tmp_path / "tapt")
+    at = flags.index("--validation_file")
+    assert flags[at + 1: at + 3] == [f"task={task_dir / 'dev.jsonl'}", f"general={corpus}"]
+    assert flags[flags.index("--mix_train_file") + 1] == str(corpus)
+    assert flags[flags.index("--mix_share") + 1] == "0.3"
+    assert flags[flags.index("--head_warmup_steps") + 1] == "50"
+    assert flags[flags.index("--mlm_probability") + 1] == "0.2"
+    assert flags[flags.index("--num_train_epochs") + 1] == "20.0"  # the default: long enough to matter
+    assert args.seeds == [1, 2, 3, 4, 5]
 
 
 def test_task_dir_must_hold_the_three_splits(tmp_path):
@@ -93,3 +153,7 @@ def test_task_dir_must_hold_the_three_splits(tmp_path):
         main(["--task_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")])
     with pytest.raises(InputError, match="--seeds must be distinct"):
         main(["--task_dir", str(tmp_path), "--output_dir", "x", "--seeds", "1", "1"])
+    with pytest.raises(InputError, match="--general_text 'nowhere.txt' is not a file"):
+        main(["--task_dir", str(tmp_path), "--output_dir", "x", "--general_text", "nowhere.txt"])
+    with pytest.raises(InputError, match="--head_warmup_steps must be 'auto'"):
+        main(["--task_dir", str(tmp_path), "--output_dir", "x", "--head_warmup_steps", "-2"])
