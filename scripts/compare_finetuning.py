@@ -18,8 +18,9 @@ early stopping (so it may run fewer epochs; time per epoch is the fair speed com
 
 Each run is its own process (stock and ours alternate in order from seed to seed, against drifting machine load).
 Printed: minutes per run (the whole process: loading, tokenizing, training, final scoring), seconds per epoch of the
-training loop (each epoch's training, dev scoring and checkpoint), dev and test macro-F1 and accuracy, and ours/stock
-in time per epoch. The last line printed is one JSON object with all of it.
+training loop (each epoch's training, dev scoring and checkpoint; then training alone; then the loop's CPU time, all
+threads, a steadier measure on a shared machine), dev and test macro-F1 and accuracy, and ours/stock in time per
+epoch. The last line printed is one JSON object with all of it.
 """
 
 from __future__ import annotations
@@ -100,15 +101,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------- one run (inside its own process)
 
 class EpochTimer(TrainerCallback):
-    """Wall-clock times of the training loop: its start and end, and each epoch's start and end of training."""
+    """Wall-clock times of the training loop: its start and end, and each epoch's start and end of training; and the
+    CPU time of the whole loop (all threads), which other processes on a shared machine disturb less."""
 
     def __init__(self):
-        self.train_begin = self.train_end = None
+        self.train_begin = self.train_end = self.cpu_begin = self.cpu_end = None
         self.epoch_begins: list[float] = []
         self.epoch_ends: list[float] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.train_begin = time.perf_counter()
+        self.cpu_begin = time.process_time()
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.epoch_begins.append(time.perf_counter())
@@ -118,13 +121,15 @@ class EpochTimer(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.train_end = time.perf_counter()
+        self.cpu_end = time.process_time()
 
     def summary(self) -> dict:
         """Epochs run, seconds per epoch of the whole loop (training, dev scoring, checkpoints) and of training only."""
         epochs = len(self.epoch_ends)
         train_only = sum(end - begin for begin, end in zip(self.epoch_begins, self.epoch_ends))
         return {"epochs": epochs, "train_loop_s": self.train_end - self.train_begin,
-                "s_per_epoch": (self.train_end - self.train_begin) / epochs, "train_s_per_epoch": train_only / epochs}
+                "s_per_epoch": (self.train_end - self.train_begin) / epochs, "train_s_per_epoch": train_only / epochs,
+                "cpu_s_per_epoch": (self.cpu_end - self.cpu_begin) / epochs}
 
 
 def data_arguments(args):
@@ -189,7 +194,10 @@ def run_stock(args, run_dir: str, timer: EpochTimer) -> dict:
 def run_ours(args, run_dir: str, timer: EpochTimer) -> dict:
     """scripts/run_classification.py's code path with its defaults and the shared settings."""
     from arguments import ModelArguments
-    from mlm_pretraining.classification import ClassificationTrainingArguments, fine_tune
+    from mlm_pretraining.classification import (
+        ClassificationTrainingArguments,
+        fine_tune,
+    )
 
     training_args = ClassificationTrainingArguments(
         output_dir=run_dir, seed=args.seed, learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
@@ -234,7 +242,8 @@ def run_child(variant: str, seed: int, argv: list[str], run_dir: Path) -> dict:
 
 COLUMNS = [("variant", "variant", "{}"), ("seed", "seed", "{}"), ("epochs", "epochs", "{}"),
            ("min/run", "minutes", "{:.2f}"), ("s/epoch", "s_per_epoch", "{:.1f}"),
-           ("train s/epoch", "train_s_per_epoch", "{:.1f}"), ("dev macro-F1", "eval_macro_f1", "{:.4f}"),
+           ("train s/epoch", "train_s_per_epoch", "{:.1f}"), ("CPU s/epoch", "cpu_s_per_epoch", "{:.1f}"),
+           ("dev macro-F1", "eval_macro_f1", "{:.4f}"),
            ("dev acc", "eval_accuracy", "{:.4f}"), ("test macro-F1", "test_macro_f1", "{:.4f}"),
            ("test acc", "test_accuracy", "{:.4f}")]
 
@@ -257,6 +266,7 @@ def summarise(results: list[dict]) -> dict:
         ours, stock = by_key[("ours", seed)], by_key[("stock", seed)]
         per_seed[seed] = {"s_per_epoch": ours["s_per_epoch"] / stock["s_per_epoch"],
                           "train_s_per_epoch": ours["train_s_per_epoch"] / stock["train_s_per_epoch"],
+                          "cpu_s_per_epoch": ours["cpu_s_per_epoch"] / stock["cpu_s_per_epoch"],
                           "minutes": ours["minutes"] / stock["minutes"]}
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     averages = {variant: {key: mean([by_key[(variant, s)][key] for s in seeds])
@@ -298,7 +308,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(table(results))
     for seed, ratio in summary["per_seed_ratio"].items():
         print(f"seed {seed}: ours/stock time per epoch {ratio['s_per_epoch']:.2f} (training only "
-              f"{ratio['train_s_per_epoch']:.2f}), per run {ratio['minutes']:.2f}")
+              f"{ratio['train_s_per_epoch']:.2f}, CPU time {ratio['cpu_s_per_epoch']:.2f}), per run "
+              f"{ratio['minutes']:.2f}")
     ratio = summary["ours_over_stock_s_per_epoch"]
     print(f"ours/stock time per epoch (mean over seeds): {ratio:.2f}, i.e. ours {1 / ratio:.2f}x as fast; "
           f"test macro-F1 ours - stock: {summary['test_macro_f1_difference']:+.4f}")
