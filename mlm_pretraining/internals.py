@@ -18,7 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 __all__ = ["sdpa_attention_forward", "sdpa_mask", "PREFIX_CHECKPOINT_DIR", "TRAINER_STATE_FILE", "OPTIMIZER_FILES",
            "RNG_STATE_GLOB", "ATTENTION_IMPLEMENTATION", "TRAINER_LOSS_KWARGS", "TRAINER_COLLATOR",
-           "TRAINER_COUNT_ITEMS", "TRAINER_CREATED_SCHEDULER",
+           "TRAINER_COUNT_ITEMS", "TRAINER_CREATED_SCHEDULER", "TRAINER_EVAL_SAMPLER",
            "MLM_HEAD_ATTRIBUTES", "MODERNBERT_SPARSE_SWITCH"]
 
 # Files a complete Trainer checkpoint holds (besides the weights and config.json); trainer_state.json is written last.
@@ -42,6 +42,10 @@ TRAINER_COUNT_ITEMS = "_get_num_items_in_batch"
 # Trainer flag set by create_scheduler when the Trainer made the scheduler itself, so that a later train() call
 # makes a fresh one rather than reusing it: set too when a budget makes the schedule.
 TRAINER_CREATED_SCHEDULER = "_created_lr_scheduler"
+
+# Trainer method get_eval_dataloader takes its sampler from; classification.ClassificationTrainer overrides it to
+# read dev and test shortest first (transformers 5 length-groups small evaluation sets at random).
+TRAINER_EVAL_SAMPLER = "_get_eval_sampler"
 
 # Trainer attribute that get_eval_dataloader collates with: MLMTrainer swaps in its fixed-mask evaluation collator.
 TRAINER_COLLATOR = "data_collator"

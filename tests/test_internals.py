@@ -118,6 +118,8 @@ def test_trainer_counts_step_tokens_scales_by_processes_and_collates_eval_with_i
           "no longer skips the division by accumulation steps for a loss normalised by num_items_in_batch")
     guard("num_processes" in inspect.getsource(Trainer.compute_loss), "Trainer.compute_loss",
           "no longer multiplies the loss by the process count under average_tokens_across_devices")
+    guard(f"self.{internals.TRAINER_EVAL_SAMPLER}" in inspect.getsource(Trainer.get_eval_dataloader),
+          f"Trainer.{internals.TRAINER_EVAL_SAMPLER}", "is no longer where evaluation takes its sampler from")
     marker = object()
     setattr(trainer, internals.TRAINER_COLLATOR, lambda rows: marker)
     loader = trainer.get_eval_dataloader([{"input_ids": torch.tensor([1, 2])}])

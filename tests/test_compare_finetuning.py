@@ -1,0 +1,76 @@
+"""scripts/compare_finetuning.py: both pipelines end to end on the tiny model, the summary arithmetic, bad flags."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlm_pretraining.errors import InputError
+from scripts.compare_finetuning import COLUMNS, main, parse_args, summarise
+from tests.test_classification import labelled_rows, write_jsonl
+
+
+@pytest.fixture
+def task_files(tmp_path):
+    return ["--train_file", write_jsonl(tmp_path / "train.jsonl", labelled_rows(24)),
+            "--validation_file", write_jsonl(tmp_path / "dev.jsonl", labelled_rows(9)),
+            "--test_file", write_jsonl(tmp_path / "test.jsonl", labelled_rows(12))]
+
+
+@pytest.mark.slow  # four Python processes, each importing transformers: ~30 s on 2 cores
+def test_runs_both_pipelines_per_seed_and_reports_every_field(tmp_path, tiny_model_dir, task_files, capsys):
+    out = tmp_path / "runs"
+    summary = main(["--model_name_or_path", str(tiny_model_dir), *task_files, "--num_train_epochs", "2",
+                    "--per_device_train_batch_size", "8", "--max_seq_length", "32", "--learning_rate", "1e-3",
+                    "--seeds", "1", "2", "--output_dir", str(out)])
+    results = summary["results"]
+    # Alternating order: stock first for the first seed, ours first for the second.
+    assert [(r["variant"], r["seed"]) for r in results] == [("stock", 1), ("ours", 1), ("ours", 2), ("stock", 2)]
+    for r in results:
+        for _, key, _ in COLUMNS:
+            assert r[key] is not None, key
+        assert r["minutes"] > 0 and r["s_per_epoch"] > 0 and 0 < r["train_s_per_epoch"] <= r["s_per_epoch"]
+        assert r["cpu_s_per_epoch"] > 0
+        for key in ("eval_macro_f1", "eval_accuracy", "test_macro_f1", "test_accuracy"):
+            assert 0.0 <= r[key] <= 1.0
+    stock = next(r for r in results if r["variant"] == "stock")
+    assert stock["epochs"] == 2  # stock has no early stopping
+    assert (out / "ours-seed1" / "all_results.json").is_file() and (out / "stock-seed2").is_dir()
+
+    mean = summary["mean"]
+    assert summary["ours_over_stock_s_per_epoch"] == pytest.approx(mean["ours"]["s_per_epoch"]
+                                                                   / mean["stock"]["s_per_epoch"])
+    printed = capsys.readouterr().out
+    for head, _, _ in COLUMNS:
+        assert head in printed
+    assert "ours/stock time per epoch (mean over seeds)" in printed and "seed 2: ours/stock" in printed
+
+
+def test_summary_ratios_and_differences():
+    def row(variant, seed, s_per_epoch, f1):
+        return {"variant": variant, "seed": seed, "minutes": s_per_epoch / 10, "s_per_epoch": s_per_epoch,
+                "train_s_per_epoch": s_per_epoch / 2, "cpu_s_per_epoch": s_per_epoch, "eval_macro_f1": f1,
+                "eval_accuracy": 0.5, "test_macro_f1": f1, "test_accuracy": 0.5}
+
+    summary = summarise([row("stock", 1, 60.0, 0.40), row("ours", 1, 20.0, 0.44),
+                         row("ours", 2, 40.0, 0.46), row("stock", 2, 100.0, 0.42)])
+    assert summary["per_seed_ratio"][1]["s_per_epoch"] == pytest.approx(1 / 3)
+    assert summary["per_seed_ratio"][2]["s_per_epoch"] == pytest.approx(0.4)
+    assert summary["ours_over_stock_s_per_epoch"] == pytest.approx(30 / 80)  # ratio of the mean times
+    assert summary["test_macro_f1_difference"] == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seeds", "1", "1"], "--seeds must be distinct"),
+        (["--num_train_epochs", "0"], "--num_train_epochs must be positive"),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be positive"),
+        (["--warmup_ratio", "1"], r"--warmup_ratio must be in \[0, 1\)"),
+        (["--max_seq_length", "4"], "--max_seq_length must be at least 8"),
+        (["--max_train_samples", "0"], "--max_train_samples must be a positive integer"),
+        (["--test_file", "missing.jsonl"], "--test_file: no such file 'missing.jsonl'"),
+    ],
+)
+def test_bad_flags_name_the_flag(task_files, extra, message):
+    with pytest.raises(InputError, match=message):
+        parse_args([*task_files, *extra])
