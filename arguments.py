@@ -104,7 +104,20 @@ class DataArguments:
                   "(quote globs). In .txt files every non-blank line is a text."},
     )
     validation_file: list[str] | None = field(
-        default=None, metadata={"help": "Evaluation text, in the same forms as --train_file."}
+        default=None,
+        metadata={"help": "Evaluation text, in the same forms as --train_file. Several named sets, each scored "
+                  "with fixed masks before and after training: name=path entries, e.g. --validation_file "
+                  "domain=dev.jsonl general=wiki.txt, reported as eval_<name>_loss, eval_<name>_perplexity and "
+                  "eval_<name>_accuracy (to watch forgetting of general text while the domain improves)."},
+    )
+    mix_train_file: list[str] | None = field(
+        default=None,
+        metadata={"help": "General text replayed during training (files, folders or globs, any supported type), so "
+                  "the model forgets less of it: --mix_share of the training examples come from here, the rest from "
+                  "--train_file. Seeded by --seed; resumes exactly."},
+    )
+    mix_share: float = field(
+        default=0.2, metadata={"help": "With --mix_train_file: the share of training examples taken from it, in (0, 1)."}
     )
     dataset_name: str | None = field(
         default=None, metadata={"help": "A dataset on the Hugging Face hub (needs network), instead of files."}
@@ -162,6 +175,15 @@ class DataArguments:
     def __post_init__(self):
         self.train_file = as_list(self.train_file)
         self.validation_file = as_list(self.validation_file)
+        self.mix_train_file = as_list(self.mix_train_file)
+        if not 0 < self.mix_share < 1:
+            raise InputError(f"--mix_share must be between 0 and 1 (exclusive), got {self.mix_share}.")
+        if self.mix_train_file and self.streaming:
+            raise InputError("--mix_train_file is not supported with --streaming yet: mix the general text into the "
+                             "streamed files beforehand, or drop --streaming.")
+        if self.mix_train_file and self.nsp:
+            raise InputError("--mix_train_file cannot be combined with --nsp (sentence pairs are drawn per corpus); "
+                             "drop one of the two.")
         if self.dataset_name and self.train_file:
             raise InputError("Give either --dataset_name or --train_file, not both.")
         if not 0 <= self.validation_split_percentage < 100:
@@ -322,7 +344,7 @@ def parse_args(argv: list[str] | None = None, groups=ARGUMENT_GROUPS):
                              "Run with --help for the list.")
         # Values from the file become defaults, so flags after the file override them.
         base = config_path.parent
-        for key in ("train_file", "validation_file"):
+        for key in ("train_file", "validation_file", "mix_train_file"):
             if config.get(key):
                 config[key] = [_relative_to(base, p) for p in as_list(config[key])]
         parser.set_defaults(**config)
@@ -354,6 +376,10 @@ def _check_across_groups(parsed) -> None:
 
 
 def _relative_to(base: Path, path: str) -> str:
-    """Paths in a config file are relative to the file, so configs work from any working directory."""
+    """Paths in a config file are relative to the file, so configs work from any working directory (a named
+    evaluation set's path too: name=path)."""
+    name, sep, rest = path.partition("=")
+    if sep and not Path(path).exists() and name.isidentifier():
+        return f"{name}={_relative_to(base, rest)}"
     p = Path(path)
     return str(p if p.is_absolute() or (Path.cwd() / p).exists() else base / p)

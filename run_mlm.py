@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import signal
 import sys
-from dataclasses import replace
 
-import datasets
 from transformers import set_seed
 
 from arguments import InputError, parse_args
 from mlm_pretraining.checkpoints import check_checkpoint_matches, find_resume_checkpoint
 from mlm_pretraining.corpus_report import report_corpus
-from mlm_pretraining.data import load_raw_datasets, prepare_datasets
+from mlm_pretraining.data import evaluation_sets, evaluation_sizes, prepare_datasets
 from mlm_pretraining.errors import run_cli
 from mlm_pretraining.logs import get_logger, setup_logging
 from mlm_pretraining.model_card import write_model_card
@@ -32,18 +30,19 @@ from mlm_pretraining.modeling import (
     resolve_max_seq_length,
 )
 from mlm_pretraining.precision import warn_about_precision
-from mlm_pretraining.streaming import open_text_stream, streaming_train_dataset
+from mlm_pretraining.text import read_corpus
 from mlm_pretraining.trainer import build_trainer
 from mlm_pretraining.vocab import add_domain_tokens, read_token_file
 
 logger = get_logger("run_mlm")
 
 
-def evaluate(trainer, prefix: str) -> dict[str, float]:
-    """Evaluate with fixed masks (loss, perplexity, masked-token accuracy); log and save under ``prefix``."""
+def evaluate(trainer, prefix: str, earlier: dict[str, float] | None = None) -> dict[str, float]:
+    """Evaluate with fixed masks (loss, perplexity, masked-token accuracy; per named set); log the metrics and save
+    them, with the ``earlier`` evaluation's, to eval_results.json and all_results.json."""
     metrics = trainer.evaluate(metric_key_prefix=prefix)
     trainer.log_metrics(prefix, metrics)
-    trainer.save_metrics("eval", metrics, combined=True)
+    trainer.save_metrics("eval", {**(earlier or {}), **metrics}, combined=True)
     return metrics
 
 
@@ -60,14 +59,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         check_checkpoint_matches(resume_from, model_args, explicit=bool(training_args.resume_from_checkpoint))
 
     # The corpus is read and checked before the model loads, so a bad file fails fast; under torchrun the main
-    # process reads (and caches) first, the others then read the cache.
+    # process reads (and caches) first, the others then read the cache. With --streaming 'train' is a stream.
     with training_args.main_process_first(desc="reading the corpus"):
-        if data_args.streaming:  # training text streamed; evaluation text (if any) loaded whole
-            stream, text_column = open_text_stream(data_args, model_args.cache_dir)
-            raw = load_raw_datasets(replace(data_args, train_file=None, dataset_name=None), model_args.cache_dir) \
-                if data_args.validation_file else datasets.DatasetDict()
-        else:
-            raw = load_raw_datasets(data_args, model_args.cache_dir)
+        raw = read_corpus(data_args, model_args.cache_dir)
     tokenizer = load_tokenizer(model_args)
     model = load_model(model_args, tokenizer, model_class_for(model_args, nsp=data_args.nsp))
     if model_args.add_tokens:  # before tokenizing, so the corpus is cut with the new words
@@ -81,14 +75,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     report = None
     if training_args.process_index == 0:  # from the tokenized data, before any hour is spent training
         report = report_corpus(raw, tokenized, processed, tokenizer, data_args, max_seq_length,
-                               training_args.output_dir, model_name=model_args.model_name_or_path,
-                               streamed_train=data_args.streaming)
-    if data_args.streaming:
-        processed["train"] = streaming_train_dataset(data_args, tokenizer, max_seq_length, stream, text_column)
+                               training_args.output_dir, model_name=model_args.model_name_or_path)
+    eval_dataset = evaluation_sets(processed) if training_args.do_eval else None
+    if training_args.do_train and "train" not in processed:
+        if eval_dataset is None:
+            raise InputError("Training needs --train_file (or --dataset_name with a train split); to evaluate a "
+                             "checkpoint, give --validation_file with --do_train False.")
+        logger.info("No training text: evaluating %s only.", model_args.model_name_or_path)
+        training_args.do_train = False
     train_dataset = processed.get("train") if training_args.do_train else None
-    eval_dataset = processed.get("validation") if training_args.do_eval else None
-    if training_args.do_train and train_dataset is None:
-        raise InputError("Training needs --train_file (or --dataset_name with a train split).")
     if training_args.do_eval and eval_dataset is None:
         logger.warning("No evaluation text (--validation_file, or --validation_split_percentage > 0): "
                        "skipping evaluation.")
@@ -111,14 +106,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             return dict(train_result.metrics, stopped_by_signal=trainer.stopped_by_signal)
         trainer.save_model()  # model and tokenizer, loadable with AutoModelForMaskedLM / pipeline("fill-mask")
         metrics = dict(train_result.metrics)
-        if not data_args.streaming:
+        if hasattr(train_dataset, "__len__"):  # a stream has no length
             metrics["train_samples"] = len(train_dataset)
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         results.update(metrics)
     if eval_dataset is not None:
-        results.update(evaluate(trainer, "eval"))
-        results["eval_samples"] = len(eval_dataset)
+        results.update(evaluate(trainer, "eval", earlier={k: v for k, v in results.items() if k.startswith("eval_")}))
+        results.update(evaluation_sizes(eval_dataset))
     if train_dataset is not None:
         trainer.save_state()  # after the last evaluation, so plot_curves.py finds it in trainer_state.json
         if training_args.process_index == 0:

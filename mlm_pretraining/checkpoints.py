@@ -12,9 +12,14 @@ import zipfile
 from pathlib import Path
 
 from transformers import AutoConfig
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from mlm_pretraining.errors import InputError
+from mlm_pretraining.internals import (
+    OPTIMIZER_FILES,
+    PREFIX_CHECKPOINT_DIR,
+    RNG_STATE_GLOB,
+    TRAINER_STATE_FILE,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +27,7 @@ _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 # Files the Trainer writes into every checkpoint (model weights and rng state are checked separately). Optimizer,
 # scheduler and RNG states are torch.save zip archives, whose central directory sits at the end of the file: a
 # file cut short by a kill has none.
-_TORCH_FILES = ("optimizer.pt", "scheduler.pt")
+_TORCH_FILES = OPTIMIZER_FILES
 # Config keys that must agree for a checkpoint to belong to the model being trained.
 _ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers")
 
@@ -37,7 +42,7 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
     """
     folder = Path(folder)
     try:
-        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        json.loads((folder / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return "no trainer_state.json"
     except ValueError:
@@ -56,7 +61,7 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
         problem = _safetensors_problem(path)
         if problem:
             return f"{path.name}: {problem}"
-    rng = sorted(folder.glob("rng_state*.pth"))
+    rng = sorted(folder.glob(RNG_STATE_GLOB))
     if not rng:
         return "no RNG state (rng_state*.pth)"
     required = [] if sharded else [folder / name for name in _TORCH_FILES]

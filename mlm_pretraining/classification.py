@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import TrainingArguments
 
-from mlm_pretraining.data import BUILDERS, resolve_data_files
 from mlm_pretraining.errors import InputError, as_list
+from mlm_pretraining.text import (
+    load_split,
+    resolve_data_files,
+    select_text,
+    text_column,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,25 +135,18 @@ class ClassificationTrainingArguments(TrainingArguments):
 def load_labelled_datasets(args: ClassificationDataArguments, cache_dir: str | None = None) -> DatasetDict:
     """Read train/validation/test files into a DatasetDict with 'text' and 'label' (still raw labels) columns.
 
-    Without --validation_file, the dev set is a fixed random --validation_split_percentage of the training rows.
+    Each split may be its own file type (.csv/.tsv or .json/.jsonl). Without --validation_file, the dev set is a
+    fixed random --validation_split_percentage of the training rows.
     """
-    data_files = {"train": resolve_data_files(args.train_file, "--train_file")}
-    if args.validation_file:
-        data_files["validation"] = resolve_data_files(args.validation_file, "--validation_file")
-    if args.test_file:
-        data_files["test"] = resolve_data_files(args.test_file, "--test_file")
-    builders = {BUILDERS[Path(f).suffix.lower()] for files in data_files.values() for f in files}
-    if len(builders) > 1 or "text" in builders:
-        raise InputError("Labelled data must be .csv/.tsv or .json/.jsonl files (with text and label columns), "
-                         "all of one type, across --train_file, --validation_file and --test_file.")
-    builder = builders.pop()
-    options = {}
-    if builder == "csv":
-        options["encoding"] = "utf-8-sig"
-        if any(f.lower().endswith(".tsv") for files in data_files.values() for f in files):
-            options["sep"] = "\t"
-    raw = load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **options)
-    raw = DatasetDict({split: _select_columns(ds, args, split) for split, ds in raw.items()})
+    raw = {}
+    for split, flag, patterns in (("train", "--train_file", args.train_file),
+                                  ("validation", "--validation_file", args.validation_file),
+                                  ("test", "--test_file", args.test_file)):
+        if patterns:
+            files = resolve_data_files(patterns, flag)
+            raw[split] = _select_columns(load_split(files, flag, cache_dir=cache_dir, allow_text=False), args,
+                                         f"{flag} ({', '.join(files[:3])})")
+    raw = DatasetDict(raw)
     if "validation" not in raw:
         held_out = raw["train"].train_test_split(test_size=args.validation_split_percentage / 100, seed=SPLIT_SEED)
         raw["train"], raw["validation"] = held_out["train"], held_out["test"]
@@ -171,38 +168,21 @@ def take_subsets(raw: DatasetDict, args: ClassificationDataArguments) -> Dataset
     return raw
 
 
-def _select_columns(ds: Dataset, args: ClassificationDataArguments, split: str) -> Dataset:
+def _select_columns(ds: Dataset, args: ClassificationDataArguments, where: str) -> Dataset:
     """Keep the text and label columns, named 'text' and 'label'; drop rows with a blank text."""
-    columns = ", ".join(ds.column_names)
     label = args.label_column_name
     if label not in ds.column_names:
-        raise InputError(f"The {split} data has no label column '{label}'; choose one with --label_column_name. "
-                         f"Columns: {columns}.")
-    text = args.text_column_name
-    if text is None:
-        strings = [c for c, f in ds.features.items()
-                   if c != label and getattr(f, "dtype", None) in ("string", "large_string")]
-        text = "text" if "text" in ds.column_names else (strings[0] if len(strings) == 1 else None)
-        if text is None:
-            raise InputError(f"The {split} data has no 'text' column; choose one with --text_column_name. "
-                             f"Columns: {columns}.")
-    elif text not in ds.column_names:
-        raise InputError(f"--text_column_name '{text}' is not a column of the {split} data. Columns: {columns}.")
-    ds = ds.select_columns([text, label])
-    if text != "text":
-        ds = ds.rename_column(text, "text")
+        raise InputError(f"{where} has no label column '{label}'; choose one with --label_column_name. "
+                         f"Columns: {', '.join(ds.column_names)}.")
+    n = len(ds)
+    ds = select_text(ds, text_column(ds, args.text_column_name, where, exclude=(label,)), where, keep=(label,))
     if label != "label":
         ds = ds.rename_column(label, "label")
-    n = len(ds)
-    ds = ds.filter(lambda batch: [bool(t and str(t).strip()) for t in batch["text"]], batched=True,
-                   desc=f"Dropping blank {split} texts")
     if len(ds) < n:
-        logger.warning("Dropped %d %s rows with a blank text.", n - len(ds), split)
-    if len(ds) == 0:
-        raise InputError(f"The {split} data holds no text (every row is blank).")
+        logger.warning("Dropped %d rows of %s with a blank text.", n - len(ds), where)
     missing = sum(value is None for value in ds["label"])
     if missing:
-        raise InputError(f"The {split} data has {missing} row(s) without a label in column '{label}'.")
+        raise InputError(f"{where} has {missing} row(s) without a label in column '{label}'.")
     return ds
 
 

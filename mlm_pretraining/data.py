@@ -1,19 +1,24 @@
-"""Reading the corpus and turning it into model examples: files → datasets → tokens → packed blocks or lines."""
+"""Turning text into model examples: tokens (cached), then packed blocks, single lines or NSP pairs; general text
+mixed in; a streamed training split packed on the fly. Reading the text is text.py's job."""
 
 from __future__ import annotations
 
-import codecs
-import glob
-import json
 import logging
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_dataset
+from datasets import (
+    Dataset,
+    DatasetDict,
+    Features,
+    IterableDataset,
+    Sequence,
+    Value,
+    interleave_datasets,
+)
 
 from mlm_pretraining.errors import InputError
 from mlm_pretraining.sentence_pairs import build_pairs, global_word_ids
@@ -28,162 +33,6 @@ if TYPE_CHECKING:
     from arguments import DataArguments
 
 logger = logging.getLogger(__name__)
-
-# Extension → datasets builder.
-BUILDERS = {".txt": "text", ".text": "text", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
-GLOB_CHARS = set("*?[")
-
-
-def resolve_data_files(patterns: list[str], flag: str) -> list[str]:
-    """Expand files, folders and globs given to ``flag`` into a sorted list of existing, non-empty text files."""
-    files: list[str] = []
-    for pattern in patterns:
-        if GLOB_CHARS & set(pattern):
-            matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-            if not matched:
-                raise InputError(f"{flag}: the pattern '{pattern}' matches no file.")
-        elif os.path.isdir(pattern):
-            matched = sorted(str(p) for p in Path(pattern).rglob("*") if p.is_file() and p.suffix.lower() in BUILDERS)
-            if not matched:
-                raise InputError(
-                    f"{flag}: the folder '{pattern}' holds no {'/'.join(sorted(set(BUILDERS)))} file."
-                )
-        elif os.path.isfile(pattern):
-            matched = [pattern]
-        else:
-            raise InputError(f"{flag}: no such file or folder '{pattern}'. Check the path.")
-        files.extend(matched)
-    for path in files:
-        if Path(path).suffix.lower() not in BUILDERS:
-            raise InputError(
-                f"{flag}: '{path}' has an unsupported extension; use one of {', '.join(sorted(BUILDERS))} "
-                "(plain text with one text per line: rename it to .txt)."
-            )
-        if os.path.getsize(path) == 0:
-            raise InputError(f"{flag}: '{path}' is empty.")
-        check_file(path, flag)
-    builders = {BUILDERS[Path(p).suffix.lower()] for p in files}
-    if len(builders) > 1:
-        raise InputError(f"{flag}: mixes file types ({', '.join(sorted(builders))}); give files of one type.")
-    return files
-
-
-def check_file(path: str, flag: str) -> None:
-    """Fail with the byte offset of invalid UTF-8 and the line of malformed JSON, before any model loads."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as err:
-                bad = offset + err.start
-                with open(path, "rb") as again:
-                    line = again.read(bad).count(b"\n") + 1
-                raise InputError(
-                    f"{flag}: '{path}' is not valid UTF-8 at byte {bad} (line {line}). Convert it, e.g. "
-                    f"`iconv -f latin1 -t utf-8 {path} > fixed.txt`."
-                ) from None
-            offset += len(chunk)
-    if Path(path).suffix.lower() in (".json", ".jsonl"):
-        _check_json(path, flag)
-
-
-def _check_json(path: str, flag: str) -> None:
-    """A JSON array checked whole, or JSON lines checked one by one (blank lines allowed)."""
-    with open(path, encoding="utf-8-sig") as handle:
-        first = handle.read(4096).lstrip()
-    if first.startswith("["):
-        try:
-            json.loads(Path(path).read_text(encoding="utf-8-sig"))
-        except ValueError as err:
-            raise InputError(f"{flag}: '{path}' is not valid JSON (line {err.lineno}: {err.msg}).") from None
-        return
-    with open(path, encoding="utf-8-sig") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    json.loads(line)
-                except ValueError as err:
-                    raise InputError(
-                        f"{flag}: '{path}' line {line_no} is not valid JSON ({err.msg}). Each line must be one JSON "
-                        'object, e.g. {"text": "..."}.'
-                    ) from None
-
-
-def load_raw_datasets(args: DataArguments, cache_dir: str | None = None) -> DatasetDict:
-    """Load the corpus as a DatasetDict with 'train' and (when available) 'validation', one 'text' column each."""
-    if args.dataset_name:
-        raw = load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=cache_dir)
-    else:
-        if not args.train_file and not args.validation_file:
-            raise InputError("Give training text with --train_file (or a hub dataset with --dataset_name).")
-        data_files = {}
-        if args.train_file:
-            data_files["train"] = resolve_data_files(args.train_file, "--train_file")
-        if args.validation_file:
-            data_files["validation"] = resolve_data_files(args.validation_file, "--validation_file")
-        builders = {BUILDERS[Path(f).suffix.lower()] for files in data_files.values() for f in files}
-        if len(builders) > 1:
-            raise InputError("--train_file and --validation_file must be files of the same type.")
-        builder = builders.pop()
-        options = {"encoding": "utf-8-sig"} if builder in ("text", "csv") else {}
-        if builder == "csv" and any(f.lower().endswith(".tsv") for files in data_files.values() for f in files):
-            options["sep"] = "\t"
-        raw = load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **options)
-    # In .txt files blank lines separate documents (for --nsp); elsewhere each row is a document.
-    blank_lines_split_documents = not args.dataset_name and builder == "text"
-    raw = DatasetDict({split: _select_text(ds, args, split, blank_lines_split_documents) for split, ds in raw.items()
-                       if split in ("train", "validation")})
-    if "validation" not in raw and "train" in raw and args.validation_split_percentage > 0:
-        n = len(raw["train"])
-        held_out = max(1, int(n * args.validation_split_percentage / 100))
-        if n < 2:
-            raise InputError("--train_file has a single text: too few to hold some out for evaluation; give "
-                             "--validation_file or --validation_split_percentage 0.")
-        raw = DatasetDict(train=raw["train"].select(range(n - held_out)),
-                          validation=raw["train"].select(range(n - held_out, n)))
-    return raw
-
-
-def _select_text(ds: Dataset, args: DataArguments, split: str, blank_lines_split_documents: bool = False) -> Dataset:
-    """Keep the text column alone, named 'text', without blank texts; fail clearly if there is none.
-
-    With --nsp a 'document_id' column is added first, since the blank lines that separate documents are dropped.
-    """
-    column = args.text_column_name
-    if column is None:
-        strings = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
-        column = "text" if "text" in ds.column_names else (strings[0] if len(strings) == 1 else None)
-        if column is None:
-            raise InputError(
-                f"The {split} data has no 'text' column; choose one with --text_column_name. "
-                f"Columns: {', '.join(ds.column_names)}."
-            )
-    elif column not in ds.column_names:
-        raise InputError(
-            f"--text_column_name '{column}' is not a column of the {split} data. Columns: {', '.join(ds.column_names)}."
-        )
-    ds = ds.select_columns([column])
-    if column != "text":
-        ds = ds.rename_column(column, "text")
-    if args.nsp:
-        ds = ds.add_column("document_id", _document_ids(ds, blank_lines_split_documents))
-    ds = ds.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True,
-                   desc=f"Dropping blank {split} texts")
-    if len(ds) == 0:
-        raise InputError(f"The {split} data holds no text (every row is blank).")
-    return ds
-
-
-def _document_ids(ds: Dataset, blank_lines_split_documents: bool) -> np.ndarray:
-    """Per row, its document: the number of blank rows before it, or the row's own index."""
-    if not blank_lines_split_documents:
-        return np.arange(len(ds))
-    texts = pc.fill_null(ds.flatten_indices().data.table.column("text"), "")
-    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0).to_numpy(zero_copy_only=False)
-    return np.cumsum(blank)
-
 
 def special_token_template(tokenizer) -> tuple[list[int], list[int]]:
     """The ids the tokenizer puts before and after a single text, e.g. ([CLS], [SEP]) or (<s>, </s>)."""
@@ -236,8 +85,9 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
             encoded["word_ids"] = [words + [-1] for words in encoded["word_ids"]]
         return encoded
 
-    if not raw:  # --streaming without --validation_file: nothing to tokenize here
-        return DatasetDict()
+    raw = DatasetDict({split: ds for split, ds in raw.items() if isinstance(ds, Dataset)})  # streams: on the fly
+    if not raw:
+        return raw
     features = {name: feature for name, feature in next(iter(raw.values())).features.items() if name != "text"}
     features["input_ids"] = Sequence(Value("int32"))
     if word_ids:
@@ -301,10 +151,15 @@ def pack(tokenized: Dataset, max_seq_length: int, prefix: list[int], suffix: lis
 
 def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int, *,
                      whole_word_mask: bool = False, chinese_word_segmentation: str = "auto",
-                     seed: int = 42, return_tokenized: bool = False) -> DatasetDict:
-    """Tokenize, then pack (default), keep lines or build NSP pairs (--nsp, drawn with ``seed``); apply
-    --max_train_samples / --max_eval_samples. ``whole_word_mask`` adds the 'word_ids' column.
+                     seed: int = 42, return_tokenized: bool = False) -> dict:
+    """Tokenize, then pack (default), keep lines or build NSP pairs (--nsp, drawn with ``seed``); mix general
+    text into training (--mix_train_file, --mix_share); apply --max_train_samples / --max_eval_samples.
+    ``whole_word_mask`` adds the 'word_ids' column. A streamed 'train' split becomes a :class:`PackedStream`.
     ``return_tokenized`` returns ``(examples, tokenized texts)``, for the corpus report."""
+    from mlm_pretraining.streaming import (
+        PackedStream,  # streaming builds on this module's packing rules
+    )
+
     if whole_word_mask:
         check_tokenizer(tokenizer)
     segment_chinese = whole_word_mask and use_chinese_segmentation(tokenizer, chinese_word_segmentation)
@@ -320,8 +175,50 @@ def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_l
             ds = build_pairs(ds, max_seq_length, prefix, suffix, seed=seed + index, split=split)
         elif not args.line_by_line:
             ds = pack(ds, max_seq_length, prefix, suffix)
-        limit = args.max_train_samples if split == "train" else args.max_eval_samples
-        if limit is not None:
-            ds = ds.select(range(min(limit, len(ds))))
         out[split] = ds
-    return (DatasetDict(out), tokenized) if return_tokenized else DatasetDict(out)
+    if isinstance(raw.get("train"), IterableDataset):
+        out["train"] = PackedStream(raw["train"], "text", tokenizer, max_seq_length, line_by_line=args.line_by_line,
+                                    max_samples=args.max_train_samples)
+    if "mix" in out:
+        mix = out.pop("mix")
+        if "train" in out:
+            out["train"] = mix_in(out["train"], mix, args.mix_share, seed)
+    for split, ds in out.items():
+        limit = args.max_train_samples if split == "train" else args.max_eval_samples
+        if limit is not None and isinstance(ds, Dataset):
+            out[split] = ds.select(range(min(limit, len(ds))))
+    return (out, tokenized) if return_tokenized else out
+
+
+def mix_in(train: Dataset, general: Dataset, share: float, seed: int) -> Dataset:
+    """Training examples of which ``share`` come from ``general`` text (replayed to limit forgetting).
+
+    All of ``train`` is kept; general examples, shuffled with ``seed``, are added until they make up ``share`` of
+    the result (fewer if there are not enough), interleaved at random with ``seed``. The result is an ordinary
+    dataset, so epochs, shuffling and exact resume work as without mixing.
+    """
+    wanted = round(len(train) * share / (1 - share))
+    if wanted > len(general):
+        logger.warning("--mix_share %.2f wants %d general examples, --mix_train_file has %d: using them all (a share "
+                       "of %.3f).", share, wanted, len(general), len(general) / (len(train) + len(general)))
+        wanted = len(general)
+    general = general.shuffle(seed=seed).select(range(wanted)).flatten_indices()
+    mixed = interleave_datasets([train, general], probabilities=[1 - share, share], seed=seed,
+                                stopping_strategy="all_exhausted_without_replacement")
+    logger.info("Mixed %d general examples into %d training examples (%.1f %%).", wanted, len(train),
+                100 * wanted / max(len(mixed), 1))
+    return mixed
+
+
+def evaluation_sets(processed: dict):
+    """What the Trainer evaluates: the one evaluation dataset, or {name: dataset} for named sets (the Trainer then
+    reports eval_<name>_loss etc.); None when there is none."""
+    named = {split[len("validation_"):]: ds for split, ds in processed.items() if split.startswith("validation_")}
+    return named or processed.get("validation")
+
+
+def evaluation_sizes(eval_dataset) -> dict[str, int]:
+    """``eval_samples`` (or ``eval_<name>_samples`` per named set) for the results."""
+    if isinstance(eval_dataset, dict):
+        return {f"eval_{name}_samples": len(ds) for name, ds in eval_dataset.items()}
+    return {"eval_samples": len(eval_dataset)}

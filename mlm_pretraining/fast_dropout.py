@@ -21,9 +21,13 @@ import logging
 import numpy as np
 import torch
 import torch.nn as nn
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers import AttentionInterface, AttentionMaskInterface
+
+from mlm_pretraining.internals import (
+    ATTENTION_IMPLEMENTATION,
+    sdpa_attention_forward,
+    sdpa_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +118,9 @@ def enable_fast_dropout(model: nn.Module) -> int:
         if type(module) is nn.Dropout:
             module.__class__ = FastDropout
             switched += 1
-    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+    if getattr(model.config, ATTENTION_IMPLEMENTATION, None) == "sdpa":
         model.set_attn_implementation(ATTENTION_NAME)
     logger.info("Fast dropout on the CPU: %d dropout modules%s.", switched,
-                ", attention probabilities" if model.config._attn_implementation == ATTENTION_NAME else "")
+                ", attention probabilities" if getattr(model.config, ATTENTION_IMPLEMENTATION) == ATTENTION_NAME
+                else "")
     return switched

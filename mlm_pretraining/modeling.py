@@ -8,8 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
-from transformers.models.auto.modeling_auto import MODEL_FOR_PRETRAINING_MAPPING
+from transformers import (
+    MODEL_FOR_PRETRAINING_MAPPING,
+    AutoConfig,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+)
 
 from mlm_pretraining.errors import InputError
 

@@ -23,14 +23,16 @@ from mlm_pretraining.errors import InputError
 logger = logging.getLogger(__name__)
 
 CURVES_FILE = "training_curves.png"
-# eval_loss, and eval_before_loss (the score before any training, at step 0) from run_mlm.py.
-EVAL_LOSS = re.compile(r"^eval(_before)?_loss$")
+# eval_loss and eval_<set>_loss, with eval_before_... (the score before any training, at step 0) from run_mlm.py;
+# not NSP's eval_mlm_loss, a part of the loss.
+EVAL_LOSS = re.compile(r"^eval(?:_before)?(?:_(?P<set>.+?))?_loss$")
 
 
 def curves(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
-    """(step, value) points of 'train_loss', 'eval_loss' and 'eval_perplexity' from a Trainer's log history.
+    """(step, value) points of 'train_loss', 'eval_loss' and 'eval_perplexity' from a Trainer's log history, and
+    'eval_loss:<set>' / 'eval_perplexity:<set>' for each named evaluation set.
 
-    Evaluations under any ``eval*_loss`` key count, so the before-training score appears at step 0; of two
+    Evaluations under ``eval_before_*`` keys count too, so the before-training score appears at step 0; of two
     evaluations at one step the later is kept. Perplexity is exp(eval loss).
     """
     train, evals = [], {}
@@ -39,14 +41,21 @@ def curves(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
         if "loss" in entry and _finite(entry["loss"]):
             train.append((step, float(entry["loss"])))
         for key, value in entry.items():
-            if EVAL_LOSS.match(key) and _finite(value):
-                evals[step] = float(value)
-    eval_points = sorted(evals.items())
-    return {
-        "train_loss": train,
-        "eval_loss": eval_points,
-        "eval_perplexity": [(step, _exp(loss)) for step, loss in eval_points],
-    }
+            match = EVAL_LOSS.match(key)
+            name = match and (match["set"] or "")
+            if match and not (name == "mlm" or name.endswith("_mlm")) and _finite(value):
+                evals.setdefault(name, {})[step] = float(value)
+    points: dict[str, list[tuple[int, float]]] = {"train_loss": train, "eval_loss": [], "eval_perplexity": []}
+    for name, by_step in evals.items():
+        suffix = f":{name}" if name else ""
+        points[f"eval_loss{suffix}"] = sorted(by_step.items())
+        points[f"eval_perplexity{suffix}"] = [(step, _exp(loss)) for step, loss in sorted(by_step.items())]
+    return points
+
+
+def eval_series(points: dict) -> list[str]:
+    """The evaluation sets in ``curves()`` output: '' for the unnamed one, else the set names."""
+    return [key.partition(":")[2] for key in points if key.startswith("eval_loss") and points[key]]
 
 
 def _finite(value) -> bool:
@@ -71,23 +80,24 @@ def plot_runs(runs: dict[str, list[dict]], path: str | Path, title: str | None =
         if points["train_loss"]:
             steps, values = zip(*points["train_loss"])
             loss_axes.plot(steps, values, color=color, linewidth=1.2, alpha=0.8, label=f"{prefix}train loss")
-        if points["eval_loss"]:
-            steps, values = zip(*points["eval_loss"])
-            loss_axes.plot(steps, values, color=color, linestyle="--", marker="o", markersize=4,
-                           label=f"{prefix}eval loss")
-            steps, values = zip(*points["eval_perplexity"])
-            ppl_axes.plot(steps, values, color=color, linestyle="--", marker="o", markersize=4,
-                          label=name if several else "eval perplexity")
+        for j, set_name in enumerate(eval_series(points)):
+            suffix, label = (f":{set_name}", f" ({set_name})") if set_name else ("", "")
+            style = dict(color=color, linestyle=("--", ":", "-.", (0, (5, 1)))[j % 4], marker="osD^v"[j % 5],
+                         markersize=4)
+            steps, values = zip(*points[f"eval_loss{suffix}"])
+            loss_axes.plot(steps, values, label=f"{prefix}eval loss{label}", **style)
+            steps, values = zip(*points[f"eval_perplexity{suffix}"])
+            ppl_axes.plot(steps, values, label=(f"{name}{label}" if several else f"eval perplexity{label}"), **style)
             for step, value, side in ((steps[0], values[0], "left"), (steps[-1], values[-1], "right")):
                 ppl_axes.annotate(f"{value:,.0f}" if value >= 100 else f"{value:.2f}", (step, value), fontsize=8,
                                   textcoords="offset points", xytext=(4 if side == "left" else -4, 6), ha=side,
                                   color=color)
     loss_axes.set(title="Loss", xlabel="optimizer step", ylabel="cross-entropy loss (nats per masked token)")
     ppl_axes.set(title="Eval perplexity (exp of eval loss)", xlabel="optimizer step", ylabel="perplexity")
-    if any(curves(h)["eval_perplexity"] for h in runs.values()):
-        values = [v for h in runs.values() for _, v in curves(h)["eval_perplexity"] if math.isfinite(v)]
-        if values and max(values) / max(min(values), 1e-12) > 20:
-            ppl_axes.set_yscale("log")  # a fresh head starts in the thousands; the end is what matters
+    values = [v for h in runs.values() for key, series in curves(h).items() if key.startswith("eval_perplexity")
+              for _, v in series if math.isfinite(v)]
+    if values and max(values) / max(min(values), 1e-12) > 20:
+        ppl_axes.set_yscale("log")  # a fresh head starts in the thousands; the end is what matters
     for axes in (loss_axes, ppl_axes):
         axes.grid(True, alpha=0.3)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))

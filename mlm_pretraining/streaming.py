@@ -1,6 +1,6 @@
 """--streaming: read a training corpus larger than memory as a stream of texts and pack it on the fly.
 
-Files (or a hub dataset) are read by ``datasets`` in streaming mode; :class:`PackedStream` tokenizes texts in
+Files (or a hub dataset) are read by ``datasets`` in streaming mode (text.read_corpus); :class:`PackedStream` tokenizes texts in
 batches and cuts the token stream into the same blocks ``data.pack`` makes from a whole corpus (a separator after
 each text, the remainder carried across texts, only the final partial block dropped). Nothing is cached on disk.
 Texts are read in file order (shuffle big corpora once beforehand). On resume the Trainer replays the stream up
@@ -13,66 +13,14 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-from datasets import load_dataset
 
-from mlm_pretraining.data import (
-    BUILDERS,
-    resolve_data_files,
-    special_token_template,
-    text_separator,
-)
-from mlm_pretraining.errors import InputError
-
-if TYPE_CHECKING:
-    from arguments import DataArguments
+from mlm_pretraining.data import special_token_template, text_separator
 
 logger = logging.getLogger(__name__)
 
 TEXTS_PER_BATCH = 1000
-
-
-def open_text_stream(args: DataArguments, cache_dir: str | None = None):
-    """The training split as a ``datasets.IterableDataset`` and the name of its text column, checked up front."""
-    if args.dataset_name:
-        stream = load_dataset(args.dataset_name, args.dataset_config_name, split="train", streaming=True,
-                              cache_dir=cache_dir)
-        where = f"--dataset_name {args.dataset_name}"
-    else:
-        if not args.train_file:
-            raise InputError("--streaming needs training text: --train_file (or --dataset_name).")
-        files = resolve_data_files(args.train_file, "--train_file")
-        builder = BUILDERS[Path(files[0]).suffix.lower()]
-        options = {"encoding": "utf-8-sig"} if builder in ("text", "csv") else {}
-        if builder == "csv" and any(f.lower().endswith(".tsv") for f in files):
-            options["sep"] = "\t"
-        stream = load_dataset(builder, data_files={"train": files}, split="train", streaming=True,
-                              cache_dir=cache_dir, **options)
-        where = "--train_file"
-    first = next(iter(stream), None)
-    if first is None:
-        raise InputError(f"{where}: the training data holds no rows.")
-    return stream, _text_column(first, args.text_column_name, where)
-
-
-def _text_column(row: dict, requested: str | None, where: str) -> str:
-    """The text column, chosen from the first row like data._select_text does for whole datasets."""
-    columns = list(row)
-    if requested is not None:
-        if requested not in row:
-            raise InputError(f"--text_column_name '{requested}' is not a column of {where}. "
-                             f"Columns: {', '.join(columns)}.")
-        return requested
-    strings = [c for c, v in row.items() if isinstance(v, str)]
-    if "text" in row:
-        return "text"
-    if len(strings) == 1:
-        return strings[0]
-    raise InputError(f"{where} has no 'text' column; choose one with --text_column_name. "
-                     f"Columns: {', '.join(columns)}.")
 
 
 class PackedStream(torch.utils.data.IterableDataset):
@@ -133,9 +81,3 @@ class PackedStream(torch.utils.data.IterableDataset):
                 logger.warning("The training stream yields no block of --max_seq_length %d tokens.",
                                self.max_seq_length)
                 return
-
-
-def streaming_train_dataset(args: DataArguments, tokenizer, max_seq_length: int, stream, text_column: str):
-    """The packed (or line-by-line) training stream for ``--streaming``."""
-    return PackedStream(stream, text_column, tokenizer, max_seq_length, line_by_line=args.line_by_line,
-                        max_samples=args.max_train_samples)

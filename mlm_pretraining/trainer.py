@@ -12,6 +12,7 @@ from transformers import Trainer
 from collators import MLMCollator
 from mlm_pretraining.callbacks import GracefulStopCallback, MaskEpochCallback
 from mlm_pretraining.fast_dropout import enable_fast_dropout
+from mlm_pretraining.internals import TRAINER_COLLATOR, TRAINER_LOSS_KWARGS
 from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_pretraining.plotting import TrainingCurveCallback
 from mlm_pretraining.sparse_head import enable_sparse_prediction
@@ -25,36 +26,32 @@ class MLMTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator or self.data_collator
         self.graceful_stop = graceful_stop
-        # compute_loss below normalises by the step's masked-token count itself (models' own losses are means),
-        # which is what the Trainer's scaling assumes when this is True.
-        self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The model's mean loss over this batch's masked tokens, rescaled to sum / (masked tokens in the step).
+        """The mean loss over all masked tokens of the optimizer step: the one place our loss is normalised.
 
-        transformers counts ``num_items_in_batch`` over all micro-batches and (with ``average_tokens_across_devices``)
-        all processes, and scales the loss by the process count; BERT-family models ignore the count and return
-        a per-batch mean, which would weight tokens unequally (and multiply the loss by the process count). The
-        rescaling makes one optimizer step the same token-weighted mean whatever the split into processes or
-        micro-batches: 2 processes x 8 sequences train like 1 process x 16.
+        BERT-family models return the mean over their own batch's masked tokens and ignore ``num_items_in_batch``
+        (the masked tokens of all micro-batches and, with ``average_tokens_across_devices``, all processes), while
+        the Trainer treats a loss computed with that count as already normalised over the step (no division by the
+        accumulation steps) and multiplies it by the process count (DDP averages gradients). Rescaling the batch
+        mean by (masked tokens here) / ``num_items_in_batch`` makes that true, so every masked token weighs the same
+        whatever the split into processes and micro-batches: 2 processes x 8 sequences train like 1 x 16.
         """
-        if num_items_in_batch is None or "labels" not in inputs or self.args.n_gpu > 1:  # n_gpu > 1: DataParallel
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-        n_local = (inputs["labels"] != -100).sum()
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs)
-        loss, outputs = result if return_outputs else (result, None)
-        loss = loss * (n_local / num_items_in_batch).to(loss.dtype)
-        if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is already global
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if num_items_in_batch is not None and getattr(self, TRAINER_LOSS_KWARGS) and "labels" in inputs \
+                and self.args.n_gpu <= 1:  # n_gpu > 1 (DataParallel) keeps the Trainer's own handling
+            n_local = (inputs["labels"] != -100).sum()
+            loss = loss * (n_local / num_items_in_batch).to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
 
     def get_eval_dataloader(self, eval_dataset=None):
-        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        """The Trainer's evaluation dataloader, collated by the fixed-mask evaluation collator."""
+        train_collator = getattr(self, TRAINER_COLLATOR)
+        setattr(self, TRAINER_COLLATOR, self.eval_data_collator)
         try:
             return super().get_eval_dataloader(eval_dataset)
         finally:
-            self.data_collator = train_collator
+            setattr(self, TRAINER_COLLATOR, train_collator)
 
     @property
     def stopped_by_signal(self) -> int | None:

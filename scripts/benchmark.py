@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,10 +76,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preprocess_mb", type=float, default=100,
                         help="Also time preprocessing (read, tokenize, pack; uncached, then cached) of a text file of "
                         "this many MB, made by repeating --train_file, for stock and ours (0 skips it).")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="Run the variants this many times, alternating (stock, ours, stock, ours, ...), and "
+                        "report the median and the range of each figure and of each round's ratio, so that a shared "
+                        "machine's drift shows up as spread rather than as a wrong ratio.")
     parser.add_argument("--output_dir", default=None, help="Scratch folder (default: a temporary one).")
     parser.add_argument("--child", choices=VARIANTS + PREPROCESS_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--preprocess_file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}.")
     if args.warmup_steps >= args.max_steps:
         parser.error(f"--warmup_steps ({args.warmup_steps}) must be smaller than --max_steps ({args.max_steps}).")
     for flag in ("train_file", "validation_file"):
@@ -232,13 +239,14 @@ def ours_preprocess(tokenizer, data_files: dict[str, str], block: int, num_proc:
 
     ``data_files`` maps 'train' and/or 'validation' to a file."""
     from arguments import DataArguments
-    from mlm_pretraining.data import load_raw_datasets, prepare_datasets
+    from mlm_pretraining.data import prepare_datasets
+    from mlm_pretraining.text import read_corpus
 
     data_args = DataArguments(train_file=[data_files["train"]] if "train" in data_files else None,
                               validation_file=[data_files["validation"]] if "validation" in data_files else None,
                               max_seq_length=block, max_eval_samples=max_eval_samples,
                               preprocessing_num_workers=num_proc, overwrite_cache=overwrite_cache)
-    return prepare_datasets(load_raw_datasets(data_args), tokenizer, data_args, block)
+    return prepare_datasets(read_corpus(data_args), tokenizer, data_args, block)
 
 
 def build_stock(args, bf16: bool, output_dir: str):
@@ -427,6 +435,19 @@ PREPROCESS_COLUMNS = [("pipeline", "pipeline", "{}"), ("MB", "megabytes", "{:,.0
                       ("tokens", "tokens", "{:,}"), ("cached rerun s", "cached_seconds", "{:,.1f}")]
 
 
+def median_result(runs: list[dict]) -> dict:
+    """One variant's figures over its repeated runs: the median of each number, with its range as ``<key>_range``."""
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values = [run[key] for run in runs]
+            merged[key] = statistics.median(values)
+            if len(runs) > 1:
+                merged[f"{key}_range"] = [min(values), max(values)]
+    merged["repeats"] = len(runs)
+    return merged
+
+
 def table(results: list[dict], columns=TRAINING_COLUMNS) -> str:
     heads = [head for head, _, _ in columns]
     rows = [["-" if r[key] is None else fmt.format(r[key]) for _, key, fmt in columns] for r in results]
@@ -444,7 +465,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     variants, notes = choose_variants(args)
     child_argv = [a for a in argv if a != "--bf16"]
-    results = [run_child(variant, child_argv) for variant in variants]
+    rounds = [{variant: run_child(variant, child_argv) for variant in variants} for _ in range(args.repeats)]
+    results = [median_result([r[variant] for r in rounds]) for variant in variants]
     preprocessing = []
     if args.preprocess_mb > 0:
         scratch = tempfile.mkdtemp(prefix="preprocess-", dir=args.output_dir)
@@ -453,19 +475,21 @@ def main(argv: list[str] | None = None) -> dict:
             cache = tempfile.mkdtemp(prefix=f"{variant}-cache-", dir=scratch)
             preprocessing.append(run_child(variant, child_argv + ["--preprocess_file", text],
                                            env={"HF_DATASETS_CACHE": cache}))
-    by_name = {r["variant"]: r for r in results}
     training_ratios = {}
     pairs = (("ours", "stock"), ("ours_torch_dropout", "stock"), ("ours_nodropout", "stock"), ("ours_bf16", "stock"),
              ("ours_bf16", "stock_bf16"), ("stock_bf16", "stock"))
     for ours, stock in pairs:
-        if ours in by_name and stock in by_name:
-            a, b = by_name[ours], by_name[stock]
-            training_ratios[f"{ours}/{stock}"] = {
-                "train_tokens_per_s": a["train_tokens_per_s"] / b["train_tokens_per_s"],
-                "eval_tokens_per_s": a["eval_tokens_per_s"] / b["eval_tokens_per_s"],
-                "peak_memory": a["peak_memory_mb"] / b["peak_memory_mb"],
-                "eval_loss_difference": a["eval_loss"] - b["eval_loss"],
-            }
+        if ours in variants and stock in variants:  # each round's ratio (neighbouring runs), then their median
+            per_round = [{
+                "train_tokens_per_s": r[ours]["train_tokens_per_s"] / r[stock]["train_tokens_per_s"],
+                "eval_tokens_per_s": r[ours]["eval_tokens_per_s"] / r[stock]["eval_tokens_per_s"],
+                "peak_memory": r[ours]["peak_memory_mb"] / r[stock]["peak_memory_mb"],
+                "eval_loss_difference": r[ours]["eval_loss"] - r[stock]["eval_loss"],
+                "compute_share_ours": r[ours]["compute_share"],
+            } for r in rounds]
+            training_ratios[f"{ours}/{stock}"] = {key: statistics.median(x[key] for x in per_round) for key in
+                                                  per_round[0]}
+            training_ratios[f"{ours}/{stock}"]["rounds"] = per_round
     ratios = dict(training_ratios)
     if len(preprocessing) == 2:
         ratios["preprocessing ours/stock"] = {"mb_per_s": preprocessing[1]["mb_per_s"] / preprocessing[0]["mb_per_s"]}
@@ -473,7 +497,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu": cpu_name(), "cpu_native_bf16": cpu_has_native_bf16(), "notes": notes,
         "settings": {k: getattr(args, k) for k in ("model_name_or_path", "train_file", "validation_file",
                                                    "max_seq_length", "batch_size", "max_steps", "warmup_steps",
-                                                   "max_eval_samples", "seed")},
+                                                   "max_eval_samples", "seed", "repeats")},
         "results": results, "ratios": ratios, "preprocessing": preprocessing,
     }
     print(f"\nCPU: {summary['cpu']} (native bf16: {'yes' if summary['cpu_native_bf16'] else 'no'}); "
@@ -483,8 +507,13 @@ def main(argv: list[str] | None = None) -> dict:
         print("Note:", note)
     print(table(results))
     for name, ratio in training_ratios.items():
-        print(f"{name}: training {ratio['train_tokens_per_s']:.2f}×, evaluation {ratio['eval_tokens_per_s']:.2f}×, "
-              f"peak memory {ratio['peak_memory']:.2f}×, eval loss {ratio['eval_loss_difference']:+.4f}")
+        spread = lambda key: "" if args.repeats == 1 else " [{:.2f}–{:.2f}]".format(  # noqa: E731
+            min(r[key] for r in ratio["rounds"]), max(r[key] for r in ratio["rounds"]))
+        print(f"{name}: training {ratio['train_tokens_per_s']:.2f}×{spread('train_tokens_per_s')}, evaluation "
+              f"{ratio['eval_tokens_per_s']:.2f}×{spread('eval_tokens_per_s')}, peak memory "
+              f"{ratio['peak_memory']:.2f}×, eval loss {ratio['eval_loss_difference']:+.4f}"
+              + (f" (medians of {args.repeats} alternating rounds, [min–max] of the rounds)" if args.repeats > 1
+                 else ""))
     if results:
         r = results[-1]
         print(f"Training FLOPs per token: {r['train_flops_per_token'] / 1e6:.1f} M; matmul peak "

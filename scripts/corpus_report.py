@@ -13,10 +13,8 @@ it); prints the summary and writes the JSON run_mlm.py writes as output_dir/corp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import datasets
 
 from arguments import (
     DataArguments,
@@ -32,13 +30,14 @@ from mlm_pretraining.corpus_report import (
     format_report,
     write_report,
 )
-from mlm_pretraining.data import load_raw_datasets, prepare_datasets
+from mlm_pretraining.data import prepare_datasets
 from mlm_pretraining.modeling import (
     load_model,
     load_tokenizer,
     model_class_for,
     resolve_max_seq_length,
 )
+from mlm_pretraining.text import read_corpus
 from mlm_pretraining.vocab import add_domain_tokens, read_token_file
 
 
@@ -62,11 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Print the corpus report and write it as JSON; return it."""
     model_args, data_args, mask_args, report_args = parse_args(
         argv, groups=(ModelArguments, DataArguments, MaskingArguments, ReportArguments))
-    if data_args.streaming:  # as in run_mlm.py: the training stream is not read here, evaluation text is
-        raw = load_raw_datasets(replace(data_args, train_file=None, dataset_name=None), model_args.cache_dir) \
-            if data_args.validation_file else datasets.DatasetDict()
-    else:
-        raw = load_raw_datasets(data_args, model_args.cache_dir)
+    raw = read_corpus(data_args, model_args.cache_dir)  # with --streaming, 'train' is a stream: named, not read
     tokenizer = load_tokenizer(model_args)
     # The model gives the length limit and takes the --add_tokens rows, so words are cut as in training.
     model = load_model(model_args, tokenizer, model_class_for(model_args, nsp=data_args.nsp))
@@ -78,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
                                            chinese_word_segmentation=mask_args.chinese_word_segmentation,
                                            seed=report_args.seed, return_tokenized=True)
     report = corpus_report(raw, tokenized, examples, tokenizer, data_args, max_seq_length,
-                           model_name=model_args.model_name_or_path, streamed_train=data_args.streaming)
+                           model_name=model_args.model_name_or_path)
     path = write_report(report, report_args.output_file or Path(report_args.output_dir) / REPORT_FILE)
     print(format_report(report))
     print(f"\nWrote {path}")

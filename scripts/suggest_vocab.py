@@ -19,8 +19,8 @@ from arguments import (
     parse_args,
     run_cli,
 )
-from mlm_pretraining.data import load_raw_datasets
 from mlm_pretraining.modeling import load_tokenizer
+from mlm_pretraining.text import read_corpus
 from mlm_pretraining.vocab import count_words, suggest_tokens
 
 
@@ -51,7 +51,7 @@ class SuggestArguments:
 def main(argv: list[str] | None = None) -> list[tuple[str, int, list[str]]]:
     """Print the suggestions as a table (and write --output_file); return them."""
     (args,) = parse_args(argv, groups=(SuggestArguments,))
-    raw = load_raw_datasets(DataArguments(train_file=args.train_file, text_column_name=args.text_column_name,
+    raw = read_corpus(DataArguments(train_file=args.train_file, text_column_name=args.text_column_name,
                                           validation_split_percentage=0))
     tokenizer = load_tokenizer(ModelArguments(model_name_or_path=args.model_name_or_path))
     counts = count_words(raw["train"]["text"], tokenizer)

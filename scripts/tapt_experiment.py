@@ -27,10 +27,10 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from arguments import InputError, parse_args
-from mlm_pretraining.data import BUILDERS
 from mlm_pretraining.errors import run_cli
 from mlm_pretraining.logs import get_logger
 from mlm_pretraining.modeling import EMBEDDED_MODEL, resolve_model_path
+from mlm_pretraining.text import BUILDERS
 
 logger = get_logger("tapt_experiment")
 REPO = Path(__file__).resolve().parents[1]

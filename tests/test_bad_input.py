@@ -130,12 +130,12 @@ def test_corpus_shorter_than_one_block(run, tmp_path):
 def test_crlf_and_bom_are_simply_read(tmp_path):
     """Not an error: a BOM and CRLF line ends give the same texts as a plain LF file."""
     from arguments import DataArguments
-    from mlm_pretraining.data import load_raw_datasets
+    from mlm_pretraining.text import read_corpus
 
     lines = ["the city park", "he released new album"]
     plain = write(tmp_path / "lf.txt", "\n".join(lines) + "\n")
     windows = write(tmp_path / "crlf.txt", "\ufeff" + "\r\n".join(lines) + "\r\n")
-    texts = [load_raw_datasets(DataArguments(train_file=[str(p)], validation_split_percentage=0),
+    texts = [read_corpus(DataArguments(train_file=[str(p)], validation_split_percentage=0),
                                str(tmp_path / "cache"))["train"]["text"] for p in (plain, windows)]
     assert texts[0] == texts[1] == lines
 

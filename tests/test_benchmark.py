@@ -40,7 +40,8 @@ def test_benchmark_runs_stock_and_ours_and_reports_every_field(tiny_model_dir, t
     command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--model_name_or_path", str(tiny_model_dir),
                "--train_file", str(train), "--validation_file", str(held_out), "--max_seq_length", "32",
                "--batch_size", "4", "--max_steps", "3", "--warmup_steps", "1", "--max_eval_samples", "8",
-               "--preprocessing_num_workers", "1", "--preprocess_mb", "0.05", "--output_dir", str(tmp_path)]
+               "--preprocessing_num_workers", "1", "--preprocess_mb", "0.05", "--output_dir", str(tmp_path),
+               "--repeats", "2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={"OMP_NUM_THREADS": "1", "PATH": "", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -52,8 +53,18 @@ def test_benchmark_runs_stock_and_ours_and_reports_every_field(tiny_model_dir, t
                     "matmul_peak_gflops", "compute_share"):
             assert result[key] > 0, key
         assert 1 < result["eval_loss"] < 10
+    # Two alternating rounds: stock, ours, stock, ours; figures are medians of the rounds, with their range.
+    assert [line.split(":")[0] for line in done.stderr.splitlines() if line.startswith("--- ")][:4] == [
+        "--- stock", "--- ours", "--- stock", "--- ours"]
     ratio = summary["ratios"]["ours/stock"]
-    assert set(ratio) == {"train_tokens_per_s", "eval_tokens_per_s", "peak_memory", "eval_loss_difference"}
+    assert set(ratio) == {"train_tokens_per_s", "eval_tokens_per_s", "peak_memory", "eval_loss_difference",
+                          "compute_share_ours", "rounds"}
+    per_round = [r["train_tokens_per_s"] for r in ratio["rounds"]]
+    assert len(per_round) == 2 and ratio["train_tokens_per_s"] == pytest.approx(sum(per_round) / 2)
+    for result in summary["results"]:
+        low, high = result["train_tokens_per_s_range"]
+        assert result["repeats"] == 2 and low <= result["train_tokens_per_s"] <= high
+        assert result["train_tokens_per_s"] == pytest.approx((low + high) / 2)
     # Same start, same data, same masks, 3 small steps: the two pipelines end at nearly the same loss.
     assert abs(ratio["eval_loss_difference"]) < 0.05
     assert "| variant |" in done.stdout and "ours/stock: training" in done.stdout

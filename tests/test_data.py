@@ -1,96 +1,23 @@
-"""Reading every input format, and packing that loses no tokens but the final partial block."""
+"""Tokenizing and packing that loses no tokens but the final partial block; lines; limits; general text mixed in."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pytest
 
-from arguments import DataArguments, InputError
+from arguments import DataArguments
 from mlm_pretraining.data import (
-    load_raw_datasets,
+    mix_in,
     pack,
     prepare_datasets,
-    resolve_data_files,
     special_token_template,
     tokenize,
 )
-
-
-def texts(path, **kwargs):
-    raw = load_raw_datasets(DataArguments(train_file=[str(path)], validation_split_percentage=0, **kwargs))
-    return raw["train"]["text"]
-
-
-def test_txt_with_crlf_bom_and_blank_lines(tmp_path):
-    path = tmp_path / "a.txt"
-    path.write_bytes(b"\xef\xbb\xbffirst line\r\n\r\n  \r\nsecond line\r\nthird")
-    assert texts(path) == ["first line", "second line", "third"]
-
-
-def test_jsonl_csv_json_array_and_text_column(tmp_path):
-    (tmp_path / "a.jsonl").write_text('{"text": "one", "label": 1}\r\n\r\n{"text": "two", "label": 0}\n')
-    assert texts(tmp_path / "a.jsonl") == ["one", "two"]
-    (tmp_path / "b.csv").write_bytes(b'\xef\xbb\xbfid,review\r\n1,"good, clean"\r\n2,bad\r\n')
-    assert texts(tmp_path / "b.csv") == ["good, clean", "bad"]  # the only string column
-    (tmp_path / "c.json").write_text(json.dumps([{"body": "x y", "title": "t"}, {"body": "z", "title": "u"}]))
-    assert texts(tmp_path / "c.json", text_column_name="body") == ["x y", "z"]
-
-
-def test_missing_text_column_lists_the_columns(tmp_path):
-    path = tmp_path / "c.jsonl"
-    path.write_text('{"body": "x", "title": "t"}\n')
-    with pytest.raises(InputError, match=r"--text_column_name.*Columns: body, title"):
-        texts(path)
-    with pytest.raises(InputError, match=r"--text_column_name 'content' is not a column.*Columns: body, title"):
-        texts(path, text_column_name="content")
-
-
-def test_folders_and_globs(tmp_path):
-    for name in ("b.txt", "a.txt", "sub/c.txt"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text(name + "\n")
-    (tmp_path / "notes.md").write_text("ignored\n")
-    from_folder = resolve_data_files([str(tmp_path)], "--train_file")
-    assert [p.split("/")[-1] for p in from_folder] == ["a.txt", "b.txt", "c.txt"]
-    assert len(resolve_data_files([str(tmp_path / "*.txt")], "--train_file")) == 2
-    assert texts(tmp_path) == ["a.txt", "b.txt", "sub/c.txt"]
-
-
-def write(folder, name, content: bytes):
-    (folder / name).write_bytes(content)
-    return folder / name
-
-
-@pytest.mark.parametrize(
-    "setup, message",
-    [
-        (lambda d: d / "missing.txt", r"--train_file: no such file or folder .*missing.txt"),
-        (lambda d: write(d, "e.txt", b""), r"--train_file: '.*e.txt' is empty"),
-        (lambda d: write(d, "x.pdf", b"x"), r"unsupported extension.*\.jsonl"),
-        (lambda d: write(d, "bad.txt", b"ok\nfine\xff\n"), r"not valid UTF-8 at byte 7 \(line 2\)"),
-        (lambda d: write(d, "bad.jsonl", b'{"text": "a"}\n{"text": b}\n'), r"line 2 is not valid JSON"),
-        (lambda d: write(d, "blank.txt", b"\n  \n\n"), r"holds no text"),
-        (lambda d: (d / "empty").mkdir() or d / "empty", r"folder .* holds no"),
-    ],
-)
-def test_bad_files_name_the_flag_and_the_problem(tmp_path, setup, message):
-    with pytest.raises(InputError, match=message):
-        texts(setup(tmp_path))
-
-
-def test_validation_split_holds_out_the_last_texts(tmp_path):
-    path = tmp_path / "t.txt"
-    path.write_text("\n".join(f"line {i}" for i in range(100)))
-    raw = load_raw_datasets(DataArguments(train_file=[str(path)], validation_split_percentage=10))
-    assert raw["train"]["text"] == [f"line {i}" for i in range(90)]
-    assert raw["validation"]["text"] == [f"line {i}" for i in range(90, 100)]
+from mlm_pretraining.text import read_corpus
 
 
 def test_packing_loses_nothing_but_the_final_partial_block(tiny_tokenizer, corpus):
     args = DataArguments(train_file=[str(corpus)], validation_split_percentage=0, preprocessing_num_workers=1)
-    raw = load_raw_datasets(args)
+    raw = read_corpus(args)
     stream = [i for ids in tokenize(raw, tiny_tokenizer, args, 32)["train"]["input_ids"] for i in ids]
     prefix, suffix = special_token_template(tiny_tokenizer)
     assert (prefix, suffix) == ([tiny_tokenizer.cls_token_id], [tiny_tokenizer.sep_token_id])
@@ -116,7 +43,7 @@ def test_packing_is_exact_on_a_hand_made_stream():
 def test_line_by_line_keeps_each_text_truncated(tiny_tokenizer, corpus):
     args = DataArguments(train_file=[str(corpus)], validation_split_percentage=0, line_by_line=True,
                          preprocessing_num_workers=1)
-    raw = load_raw_datasets(args)
+    raw = read_corpus(args)
     rows = prepare_datasets(raw, tiny_tokenizer, args, 12)["train"]["input_ids"]
     assert len(rows) == len(raw["train"])
     assert max(len(r) for r in rows) == 12
@@ -130,7 +57,7 @@ def test_line_by_line_keeps_each_text_truncated(tiny_tokenizer, corpus):
 def test_max_samples_limit_each_split(tiny_tokenizer, corpus):
     args = DataArguments(train_file=[str(corpus)], max_train_samples=3, max_eval_samples=2,
                          preprocessing_num_workers=1)
-    processed = prepare_datasets(load_raw_datasets(args), tiny_tokenizer, args, 16)
+    processed = prepare_datasets(read_corpus(args), tiny_tokenizer, args, 16)
     assert (len(processed["train"]), len(processed["validation"])) == (3, 2)
 
 
@@ -139,9 +66,47 @@ def test_tokenization_cache_is_found_again_when_only_unrelated_flags_change(tiny
 
     args = DataArguments(train_file=[str(corpus)], validation_split_percentage=0, preprocessing_num_workers=1,
                          overwrite_cache=True)
-    raw = load_raw_datasets(args)
+    raw = read_corpus(args)
     first = tokenize(raw, tiny_tokenizer, args, 16)["train"]
     again = tokenize(raw, tiny_tokenizer, replace(args, overwrite_cache=False, max_train_samples=3), 16)["train"]
     other = tokenize(raw, tiny_tokenizer, replace(args, overwrite_cache=False, line_by_line=True), 16)["train"]
     assert first.cache_files and again.cache_files == first.cache_files
     assert other.cache_files != first.cache_files  # line by line tokenizes differently: its own entry
+
+
+def test_mix_in_gives_the_share_keeps_all_training_examples_and_repeats_under_the_seed():
+    from datasets import Dataset
+
+    train = Dataset.from_dict({"input_ids": [[i] for i in range(800)]})
+    general = Dataset.from_dict({"input_ids": [[10_000 + i] for i in range(1_000)]})
+    mixed = mix_in(train, general, 0.2, seed=3)
+    ids = [row[0] for row in mixed["input_ids"]]
+    assert len(ids) == 1_000 and sorted(i for i in ids if i < 10_000) == list(range(800))  # all of train, once
+    picked = [i for i in ids if i >= 10_000]
+    assert len(picked) == 200 and len(set(picked)) == 200
+    assert picked != sorted(picked)  # a seeded draw from the whole general set, not its first 200 rows
+    first_half = sum(i >= 10_000 for i in ids[:500])
+    assert 70 <= first_half <= 130  # spread through the data (binomial 100 ± 9), not appended at the end
+    assert mix_in(train, general, 0.2, seed=3)["input_ids"] == mixed["input_ids"]
+    assert mix_in(train, general, 0.2, seed=4)["input_ids"] != mixed["input_ids"]
+
+
+def test_mix_in_uses_all_general_examples_when_there_are_too_few():
+    from datasets import Dataset
+
+    train = Dataset.from_dict({"input_ids": [[i] for i in range(100)]})
+    general = Dataset.from_dict({"input_ids": [[10_000 + i] for i in range(10)]})
+    assert len(mix_in(train, general, 0.5, seed=0)) == 110
+
+
+def test_mix_train_file_goes_through_packing(tiny_tokenizer, corpus, tmp_path):
+    general = tmp_path / "general.txt"
+    general.write_text("\n".join("the river and the park in the north of the city ." for _ in range(400)))
+    args = DataArguments(train_file=[str(corpus)], validation_split_percentage=0, preprocessing_num_workers=1,
+                         mix_train_file=[str(general)], mix_share=0.25)
+    alone = prepare_datasets(read_corpus(DataArguments(train_file=[str(corpus)], validation_split_percentage=0,
+                                                       preprocessing_num_workers=1)), tiny_tokenizer, args, 32)
+    mixed = prepare_datasets(read_corpus(args), tiny_tokenizer, args, 32)
+    assert "mix" not in mixed
+    n = len(alone["train"])
+    assert len(mixed["train"]) == n + round(n * 0.25 / 0.75)

@@ -13,10 +13,11 @@ from transformers import EvalPrediction
 
 from arguments import DataArguments, InputError, ModelArguments
 from collators import MLMCollator
-from mlm_pretraining.data import load_raw_datasets, prepare_datasets
+from mlm_pretraining.data import prepare_datasets
 from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_pretraining.modeling import model_class_for
 from mlm_pretraining.sentence_pairs import build_pairs
+from mlm_pretraining.text import read_corpus
 
 CLS, SEP = 2, 3
 OFFSET = 100  # synthetic token ids: OFFSET + position in the flat stream, so every token says where it came from
@@ -114,22 +115,22 @@ def test_word_ids_go_through_pairs():
 def test_document_ids_from_blank_lines_and_rows(tmp_path):
     txt = tmp_path / "docs.txt"
     txt.write_text("a b c\nd e\n\n \nf g\n\nh\ni\n", encoding="utf-8")
-    raw = load_raw_datasets(DataArguments(train_file=[str(txt)], validation_split_percentage=0, nsp=True))
+    raw = read_corpus(DataArguments(train_file=[str(txt)], validation_split_percentage=0, nsp=True))
     assert raw["train"]["text"] == ["a b c", "d e", "f g", "h", "i"]
     ids = raw["train"]["document_id"]
     assert ids[0] == ids[1] != ids[2] != ids[3] == ids[4] and len(set(ids)) == 3
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text("\n".join(json.dumps({"text": t}) for t in ["one doc", "two doc", "three"]), encoding="utf-8")
-    raw = load_raw_datasets(DataArguments(train_file=[str(jsonl)], validation_split_percentage=0, nsp=True))
+    raw = read_corpus(DataArguments(train_file=[str(jsonl)], validation_split_percentage=0, nsp=True))
     assert raw["train"]["document_id"] == [0, 1, 2]
-    plain = load_raw_datasets(DataArguments(train_file=[str(txt)], validation_split_percentage=0))
+    plain = read_corpus(DataArguments(train_file=[str(txt)], validation_split_percentage=0))
     assert plain["train"].column_names == ["text"]
 
 
 def test_prepare_datasets_builds_pairs_from_a_text_file(tiny_tokenizer, corpus):
     args = DataArguments(train_file=[str(corpus)], validation_split_percentage=0, nsp=True,
                          preprocessing_num_workers=1)
-    pairs = prepare_datasets(load_raw_datasets(args), tiny_tokenizer, args, 32)["train"]
+    pairs = prepare_datasets(read_corpus(args), tiny_tokenizer, args, 32)["train"]
     assert set(pairs.column_names) == {"input_ids", "token_type_ids", "next_sentence_label"}
     labels = np.asarray(pairs["next_sentence_label"])
     assert 0.35 < labels.mean() < 0.65

@@ -103,3 +103,42 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
     assert "run_mlm.py: error: --train_file: no such file or folder" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_eval_results_keep_the_before_training_figures(trained):
+    results, out, _ = trained
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert saved["eval_before_loss"] == pytest.approx(results["eval_before_loss"])
+    assert saved["eval_loss"] == pytest.approx(results["eval_loss"])
+
+
+def test_named_validation_sets_are_each_scored_before_and_after(trained, tiny_model_dir, tmp_path):
+    from mlm_pretraining.plotting import curves, read_log_history
+
+    _, _, corpus = trained
+    general = tmp_path / "general.txt"
+    general.write_text("\n".join(f"the river in the park of the north {i % 5} ." for i in range(80)))
+    results = run(tiny_model_dir, corpus, tmp_path / "named", "--validation_file", f"domain={corpus}",
+                  f"general={general}", "--max_eval_samples", "12")
+    for name in ("domain", "general"):
+        for when in ("eval_before", "eval"):
+            assert results[f"{when}_{name}_perplexity"] == pytest.approx(math.exp(results[f"{when}_{name}_loss"]))
+            assert results[f"{when}_{name}_masked_tokens"] > 0
+        assert results[f"eval_{name}_samples"] == 12
+    assert results["eval_domain_loss"] < results["eval_before_domain_loss"]  # trained on that very text
+    assert results["eval_general_loss"] != pytest.approx(results["eval_domain_loss"])  # two sets, two scores
+    assert "eval_loss" not in results  # named sets only: no unnamed key that could be mistaken for one of them
+    points = curves(read_log_history(tmp_path / "named"))
+    assert [step for step, _ in points["eval_loss:general"]] == [0, 6]  # one line per set, from step 0
+    assert points["eval_loss:domain"][-1][1] == pytest.approx(results["eval_domain_loss"])
+    assert (tmp_path / "named" / "training_curves.png").is_file()
+
+
+def test_evaluating_a_checkpoint_without_training(trained, tmp_path):
+    results, out, corpus = trained
+    again = main(["--model_name_or_path", str(out), "--validation_file", str(corpus), "--output_dir",
+                  str(tmp_path / "eval-only"), "--max_seq_length", "32", "--per_device_eval_batch_size", "8",
+                  "--preprocessing_num_workers", "1", "--seed", "1", "--report_to", "none"])
+    assert "train_loss" not in again and "eval_before_loss" not in again
+    assert again["eval_perplexity"] == pytest.approx(math.exp(again["eval_loss"]))
+    assert again["eval_loss"] < results["eval_before_loss"]  # the trained checkpoint, not a fresh one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
@@ -12,23 +13,19 @@ from safetensors.torch import load_file
 
 import run_mlm
 from arguments import DataArguments, InputError
-from mlm_pretraining.data import (
-    load_raw_datasets,
-    pack,
-    special_token_template,
-    tokenize,
-)
-from mlm_pretraining.streaming import PackedStream, open_text_stream
+from mlm_pretraining.data import pack, special_token_template, tokenize
+from mlm_pretraining.streaming import PackedStream
+from mlm_pretraining.text import read_corpus
 
 
 def stream_of(corpus: Path, **kwargs):
-    args = DataArguments(train_file=[str(corpus)], **kwargs)
-    return args, *open_text_stream(args)
+    args = DataArguments(train_file=[str(corpus)], streaming=True, **kwargs)
+    return args, read_corpus(args)["train"], "text"
 
 
 def test_stream_blocks_equal_in_memory_packing(corpus, tiny_tokenizer, tmp_path):
     args, texts, column = stream_of(corpus, validation_split_percentage=0, preprocessing_num_workers=1)
-    raw = load_raw_datasets(args, str(tmp_path / "cache"))
+    raw = read_corpus(dataclasses.replace(args, streaming=False), str(tmp_path / "cache"))
     packed = pack(tokenize(raw, tiny_tokenizer, args, 32)["train"], 32, *special_token_template(tiny_tokenizer))
     expected = [list(row) for row in packed["input_ids"]]
     stream = PackedStream(texts, column, tiny_tokenizer, 32)
@@ -61,9 +58,9 @@ def test_line_by_line_stream_and_max_samples(corpus, tiny_tokenizer):
 def test_stream_text_column_errors(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"title": "a", "body": "b"}\n')
-    with pytest.raises(InputError, match=r"--train_file has no 'text' column.* Columns: title, body"):
+    with pytest.raises(InputError, match=r"--train_file \(.*d.jsonl\) has no 'text' column.* Columns: title, body"):
         stream_of(path)
-    with pytest.raises(InputError, match=r"--text_column_name 'content' is not a column of --train_file"):
+    with pytest.raises(InputError, match=r"--text_column_name 'content' is not a column of --train_file \(.*d.jsonl\)"):
         stream_of(path, text_column_name="content")
 
 

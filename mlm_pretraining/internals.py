@@ -1,0 +1,49 @@
+"""Every transformers internal we rely on, named once, each guarded by tests/test_internals.py.
+
+A transformers release that moves or changes one of these must turn a guard test red (naming the symbol), never
+make a run silently wrong. Everything else we use is transformers' public API (Trainer hooks and arguments,
+callbacks, ``AttentionInterface``/``AttentionMaskInterface``, ``from_pretrained``/``save_pretrained``).
+requirements.txt pins transformers to the releases these guards have passed on.
+"""
+
+from __future__ import annotations
+
+# Fast dropout delegates to transformers' own SDPA attention function and mask builder in every case it does not
+# handle itself (evaluation, GPU, causal or grouped-query attention). Not exported at the top level.
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
+
+# Checkpoint folders are named f"{PREFIX_CHECKPOINT_DIR}-{step}" by the Trainer; we find and check them ourselves.
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+__all__ = ["sdpa_attention_forward", "sdpa_mask", "PREFIX_CHECKPOINT_DIR", "TRAINER_STATE_FILE", "OPTIMIZER_FILES",
+           "RNG_STATE_GLOB", "ATTENTION_IMPLEMENTATION", "TRAINER_LOSS_KWARGS", "TRAINER_COLLATOR",
+           "MLM_HEAD_ATTRIBUTES", "MODERNBERT_SPARSE_SWITCH"]
+
+# Files a complete Trainer checkpoint holds (besides the weights and config.json); trainer_state.json is written last.
+TRAINER_STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt")
+RNG_STATE_GLOB = "rng_state*.pth"
+
+# Config attribute naming the attention function a model runs ("sdpa", ...): read to decide whether fast dropout
+# can take the attention probabilities over. transformers does not save it in config.json.
+ATTENTION_IMPLEMENTATION = "_attn_implementation"
+
+# Trainer attribute: whether the model's forward takes loss kwargs. When True the Trainer counts the masked tokens
+# of each optimizer step (num_items_in_batch), multiplies the loss by the process count and skips the division by
+# the accumulation steps; MLMTrainer.compute_loss reads it to normalise the loss exactly once.
+TRAINER_LOSS_KWARGS = "model_accepts_loss_kwargs"
+
+# Trainer attribute that get_eval_dataloader collates with: MLMTrainer swaps in its fixed-mask evaluation collator.
+TRAINER_COLLATOR = "data_collator"
+
+# Where each masked-LM class keeps its head (sparse prediction applies these modules to the masked rows only), and
+# the ModernBERT forward's own switch, an attribute set from config.sparse_prediction at init.
+MLM_HEAD_ATTRIBUTES = {
+    "BertForMaskedLM": ("cls",),
+    "RobertaForMaskedLM": ("lm_head",),
+    "XLMRobertaForMaskedLM": ("lm_head",),
+    "CamembertForMaskedLM": ("lm_head",),
+    "DistilBertForMaskedLM": ("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector"),
+}
+MODERNBERT_SPARSE_SWITCH = "sparse_prediction"

@@ -1,0 +1,274 @@
+"""The one front door for reading text: files, folders, globs or a hub dataset, in memory or streamed.
+
+Used by run_mlm.py (training, named evaluation sets, replayed general text), the streamed corpus and the
+classification scripts. Files are handed to ``datasets`` as they are (one builder per split: .txt → text,
+.csv/.tsv → csv, .json/.jsonl → json) and read once; only when ``datasets`` fails does :func:`explain_bad_file`
+read a file again to say where it is broken (the byte offset of invalid UTF-8, the line of malformed JSON).
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import json
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
+
+from mlm_pretraining.errors import InputError
+
+if TYPE_CHECKING:
+    from arguments import DataArguments
+
+# Extension → datasets builder.
+BUILDERS = {".txt": "text", ".text": "text", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
+GLOB_CHARS = set("*?[")
+SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def resolve_data_files(patterns: list[str], flag: str) -> list[str]:
+    """Expand files, folders and globs given to ``flag`` into a sorted list of existing, non-empty text files
+    of one type."""
+    files: list[str] = []
+    for pattern in patterns:
+        if GLOB_CHARS & set(pattern):
+            matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            if not matched:
+                raise InputError(f"{flag}: the pattern '{pattern}' matches no file.")
+        elif os.path.isdir(pattern):
+            matched = sorted(str(p) for p in Path(pattern).rglob("*") if p.is_file() and p.suffix.lower() in BUILDERS)
+            if not matched:
+                raise InputError(
+                    f"{flag}: the folder '{pattern}' holds no {'/'.join(sorted(set(BUILDERS)))} file."
+                )
+        elif os.path.isfile(pattern):
+            matched = [pattern]
+        else:
+            raise InputError(f"{flag}: no such file or folder '{pattern}'. Check the path.")
+        files.extend(matched)
+    for path in files:
+        if Path(path).suffix.lower() not in BUILDERS:
+            raise InputError(
+                f"{flag}: '{path}' has an unsupported extension; use one of {', '.join(sorted(BUILDERS))} "
+                "(plain text with one text per line: rename it to .txt)."
+            )
+        if os.path.getsize(path) == 0:
+            raise InputError(f"{flag}: '{path}' is empty.")
+    builders = {BUILDERS[Path(p).suffix.lower()] for p in files}
+    if len(builders) > 1:
+        raise InputError(f"{flag}: mixes file types ({', '.join(sorted(builders))}); give files of one type.")
+    return files
+
+
+def builder_for(files: list[str]) -> str:
+    """The ``datasets`` builder that reads these files (all of one type, as :func:`resolve_data_files` checks)."""
+    return BUILDERS[Path(files[0]).suffix.lower()]
+
+
+def parse_named_files(entries: list[str] | None, flag: str) -> dict[str, list[str]]:
+    """``name=path`` entries grouped by name (``domain=dev.jsonl general=wiki.txt``), or every entry under the
+    name '' when none is named. Mixing named and unnamed entries is refused."""
+    if not entries:
+        return {}
+    named: dict[str, list[str]] = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if sep and SET_NAME.match(name) and not os.path.exists(entry):
+            named.setdefault(name, []).append(path)
+        else:
+            named.setdefault("", []).append(entry)
+    if "" in named and len(named) > 1:
+        raise InputError(f"{flag}: give every set a name (name=path, e.g. domain=dev.txt general=wiki.txt) or none; "
+                         f"'{named[''][0]}' has no name.")
+    return named
+
+
+def load_split(files: list[str], flag: str, *, streaming: bool = False, cache_dir: str | None = None,
+               allow_text: bool = True) -> Dataset | IterableDataset:
+    """Read already-resolved ``files`` (one type) as one split; a broken file fails naming the file and where."""
+    builder = builder_for(files)
+    if builder == "text" and not allow_text:
+        raise InputError(f"{flag}: labelled data must be .csv/.tsv or .json/.jsonl files (a text and a label "
+                         f"column), got '{files[0]}'.")
+    options = {"encoding": "utf-8-sig"} if builder in ("text", "csv") else {}
+    if builder == "csv" and any(f.lower().endswith(".tsv") for f in files):
+        options["sep"] = "\t"
+    try:
+        ds = load_dataset(builder, data_files={"train": files}, split="train", streaming=streaming,
+                          cache_dir=cache_dir, **options)
+        if streaming:
+            next(iter(ds), None)  # the first rows now, so a broken first file fails before the model loads
+    except InputError:
+        raise
+    except Exception as err:  # datasets wraps parser errors in several types; find the file and the place
+        for path in files:
+            explain_bad_file(path, flag)
+        raise InputError(f"{flag}: could not read {', '.join(files[:3])}: {str(err).splitlines()[0]}") from None
+    return ds
+
+
+def explain_bad_file(path: str, flag: str) -> None:
+    """Raise an InputError with the byte offset of invalid UTF-8 or the line of malformed JSON, if ``path`` has
+    one; return quietly if it reads cleanly."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                bad = offset + err.start
+                with open(path, "rb") as again:
+                    line = again.read(bad).count(b"\n") + 1
+                raise InputError(
+                    f"{flag}: '{path}' is not valid UTF-8 at byte {bad} (line {line}). Convert it, e.g. "
+                    f"`iconv -f latin1 -t utf-8 {path} > fixed.txt`."
+                ) from None
+            offset += len(chunk)
+    if Path(path).suffix.lower() in (".json", ".jsonl"):
+        _explain_bad_json(path, flag)
+
+
+def _explain_bad_json(path: str, flag: str) -> None:
+    """A JSON array checked whole, or JSON lines checked one by one (blank lines allowed)."""
+    with open(path, encoding="utf-8-sig") as handle:
+        first = handle.read(4096).lstrip()
+    if first.startswith("["):
+        try:
+            json.loads(Path(path).read_text(encoding="utf-8-sig"))
+        except ValueError as err:
+            raise InputError(f"{flag}: '{path}' is not valid JSON (line {err.lineno}: {err.msg}).") from None
+        return
+    with open(path, encoding="utf-8-sig") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except ValueError as err:
+                    raise InputError(
+                        f"{flag}: '{path}' line {line_no} is not valid JSON ({err.msg}). Each line must be one JSON "
+                        'object, e.g. {"text": "..."}.'
+                    ) from None
+
+
+def load_hub_dataset(name: str, config: str | None, *, streaming: bool = False, cache_dir: str | None = None):
+    """A hub dataset's splits (needs network, or the datasets cache)."""
+    try:
+        return load_dataset(name, config, streaming=streaming, cache_dir=cache_dir)
+    except Exception as err:
+        raise InputError(f"--dataset_name {name}: could not load it ({str(err).splitlines()[0]}). Offline "
+                         "(HF_HUB_OFFLINE=1) only datasets already in the cache load; or give --train_file.") from None
+
+
+def text_column(ds: Dataset | IterableDataset, requested: str | None, where: str, exclude: tuple[str, ...] = ()) -> str:
+    """The column holding the text: ``requested``, else 'text', else the only string column (``exclude`` aside)."""
+    columns = list(ds.column_names or [])
+    strings = [c for c in columns if c not in exclude
+               and getattr((ds.features or {}).get(c), "dtype", None) in ("string", "large_string")]
+    if not columns and isinstance(ds, IterableDataset):  # a stream of JSON rows may not declare its columns
+        first = next(iter(ds), {})
+        columns = list(first)
+        strings = [c for c, value in first.items() if c not in exclude and isinstance(value, str)]
+    if requested is not None:
+        if requested not in columns:
+            raise InputError(f"--text_column_name '{requested}' is not a column of {where}. "
+                             f"Columns: {', '.join(columns)}.")
+        return requested
+    if "text" in columns:
+        return "text"
+    if len(strings) == 1:
+        return strings[0]
+    raise InputError(f"{where} has no 'text' column; choose one with --text_column_name. Columns: {', '.join(columns)}.")
+
+
+def select_text(ds: Dataset | IterableDataset, column: str, where: str, keep: tuple[str, ...] = ()):
+    """Keep ``column`` (renamed 'text') and ``keep``, without rows whose text is blank; fail if nothing is left."""
+    ds = ds.select_columns([column, *keep])
+    if column != "text":
+        ds = ds.rename_column(column, "text")
+    ds = ds.filter(lambda batch: [bool(t and str(t).strip()) for t in batch["text"]], batched=True,
+                   **({} if isinstance(ds, IterableDataset) else {"desc": f"Dropping blank texts of {where}"}))
+    if isinstance(ds, Dataset) and len(ds) == 0:
+        raise InputError(f"{where} holds no text (every row is blank).")
+    return ds
+
+
+def read_corpus(args: DataArguments, cache_dir: str | None = None) -> DatasetDict:
+    """The masked-LM text as a DatasetDict of 'text' columns: 'train' (a stream with --streaming), the evaluation
+    set(s) ('validation', or 'validation_<name>' for named --validation_file sets; held out from the training text
+    when there is none) and 'mix' (--mix_train_file, general text replayed during training).
+
+    With --nsp each in-memory split also gets a 'document_id' column (blank lines separate documents in .txt
+    files; elsewhere each row is a document), added before blank rows are dropped.
+    """
+    if not args.dataset_name and not args.train_file and not args.validation_file:
+        raise InputError("Give training text with --train_file (or a hub dataset with --dataset_name).")
+    raw: dict[str, tuple] = {}  # split -> (dataset, where, documents split by blank lines)
+    if args.dataset_name:
+        hub = load_hub_dataset(args.dataset_name, args.dataset_config_name, streaming=args.streaming,
+                               cache_dir=cache_dir)
+        where = f"--dataset_name {args.dataset_name}"
+        for split in ("train", "validation"):
+            if split in hub and not (split == "validation" and args.validation_file):
+                ds = hub[split]
+                if split == "validation" and args.streaming:  # evaluation sets are held in memory
+                    ds = load_hub_dataset(args.dataset_name, args.dataset_config_name, cache_dir=cache_dir)[split]
+                raw[split] = (ds, f"the {split} split of {where}", False)
+    elif args.train_file:
+        files = resolve_data_files(args.train_file, "--train_file")
+        raw["train"] = (load_split(files, "--train_file", streaming=args.streaming, cache_dir=cache_dir),
+                        f"--train_file ({_names(files)})", builder_for(files) == "text")
+    for name, entries in parse_named_files(args.validation_file, "--validation_file").items():
+        flag = f"--validation_file {name}=" if name else "--validation_file"
+        files = resolve_data_files(entries, flag)
+        raw[f"validation_{name}" if name else "validation"] = (
+            load_split(files, flag, cache_dir=cache_dir), f"{flag} ({_names(files)})", builder_for(files) == "text")
+    if getattr(args, "mix_train_file", None):
+        files = resolve_data_files(args.mix_train_file, "--mix_train_file")
+        raw["mix"] = (load_split(files, "--mix_train_file", cache_dir=cache_dir), f"--mix_train_file ({_names(files)})",
+                      builder_for(files) == "text")
+
+    corpus = {}
+    for split, (ds, where, plain_text) in raw.items():
+        # --text_column_name names a column of tables and JSON; a .txt file's lines are always its text.
+        column = text_column(ds, None if plain_text else args.text_column_name, where)
+        keep: tuple[str, ...] = ()
+        if args.nsp and isinstance(ds, Dataset):
+            ds = ds.add_column("document_id", _document_ids(ds, column, plain_text))
+            keep = ("document_id",)
+        corpus[split] = select_text(ds, column, where, keep)
+
+    has_evaluation = any(split.startswith("validation") for split in corpus)
+    if not has_evaluation and isinstance(corpus.get("train"), Dataset) and args.validation_split_percentage > 0:
+        train = corpus["train"]
+        n = len(train)
+        if n < 2:
+            raise InputError(f"{raw['train'][1]} has a single text: too few to hold some out for evaluation; give "
+                             "--validation_file or --validation_split_percentage 0.")
+        held_out = max(1, int(n * args.validation_split_percentage / 100))  # the last texts: documents stay whole
+        corpus["train"], corpus["validation"] = train.select(range(n - held_out)), train.select(range(n - held_out, n))
+    return DatasetDict(corpus)
+
+
+def evaluation_splits(corpus) -> dict[str, str]:
+    """Evaluation split → its set name ('' for the one unnamed set), in order."""
+    return {split: split[len("validation_"):] if split.startswith("validation_") else ""
+            for split in corpus if split == "validation" or split.startswith("validation_")}
+
+
+def _names(files: list[str], at_most: int = 3) -> str:
+    return ", ".join(files[:at_most]) + (f" and {len(files) - at_most} more" if len(files) > at_most else "")
+
+
+def _document_ids(ds: Dataset, column: str, plain_text: bool) -> np.ndarray:
+    """Per row, its document: the number of blank rows before it, or the row's own index."""
+    if not plain_text:
+        return np.arange(len(ds))
+    texts = pc.fill_null(ds.flatten_indices().data.table.column(column), "")
+    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0).to_numpy(zero_copy_only=False)
+    return np.cumsum(blank)
