@@ -88,8 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     report = None
     if training_args.process_index == 0:  # from the tokenized data, before any hour is spent training
         report = report_corpus(raw, tokenized, processed, tokenizer, data_args, max_seq_length,
-                               training_args.output_dir, model_name=model_args.model_name_or_path,
-                               streamed_train=data_args.streaming)
+                               training_args.output_dir, model_name=model_args.model_name_or_path)
     eval_dataset = evaluation_sets(processed) if training_args.do_eval else None
     if training_args.do_train and "train" not in processed:
         if eval_dataset is None:

@@ -111,7 +111,7 @@ def _flat(table, column: str) -> tuple[np.ndarray, np.ndarray]:
 def split_report(raw, tokenized, examples, tokenizer, pieces: WordPieces, *, mode: str, max_seq_length: int,
                  top_n: int = TOP_WORDS) -> dict:
     """The report of one split: ``raw`` (its 'text' column), ``tokenized`` (its 'input_ids', before packing) and
-    ``examples`` (what training or evaluation uses: blocks, lines or pairs)."""
+    ``examples`` (what training or evaluation uses: blocks, lines or pairs; None when it has none of its own)."""
     text = _arrow_table(raw).column("text")
     tokens_table = _arrow_table(tokenized)
     ids, lengths = _flat(tokens_table, "input_ids")
@@ -120,7 +120,7 @@ def split_report(raw, tokenized, examples, tokenizer, pieces: WordPieces, *, mod
         "texts": len(raw),
         "characters": int(pc.sum(pc.utf8_length(text)).as_py() or 0),
         "tokens": len(ids),
-        "examples": len(examples),
+        "examples": len(examples) if examples is not None else None,
     }
     if mode == "packed":
         prefix, suffix = special_token_template(tokenizer)
@@ -198,29 +198,32 @@ def _split_words(ids: np.ndarray, starts: np.ndarray, tokenizer, top_n: int) -> 
 
 
 def corpus_report(raw, tokenized, examples, tokenizer, args: DataArguments, max_seq_length: int, *,
-                  model_name: str | None = None, streamed_train: bool = False, top_n: int = TOP_WORDS) -> dict:
-    """The corpus report as a dict: per split of ``raw`` / ``tokenized`` / ``examples`` (``DatasetDict``s from
-    data.prepare_datasets with ``return_tokenized``) its numbers; with ``streamed_train`` the training split is
-    only named as streamed (the stream is read once, by training)."""
+                  model_name: str | None = None, top_n: int = TOP_WORDS) -> dict:
+    """The corpus report as a dict: per split of ``raw`` (text.read_corpus) and ``tokenized`` / ``examples``
+    (data.prepare_datasets with ``return_tokenized``) its numbers. A streamed split is only named as streamed
+    (the stream is read once, by training); 'mix' (--mix_train_file) counts the general blocks run_mlm.py then mixes
+    into 'train' (whose own figures are the domain text's alone)."""
     mode = "nsp" if args.nsp else "line_by_line" if args.line_by_line else "packed"
     pieces = WordPieces(tokenizer)
     splits = {}
-    if streamed_train:
-        splits["train"] = {"streamed": True}
-    for split in tokenized:
-        splits[split] = split_report(raw[split], tokenized[split], examples[split], tokenizer, pieces, mode=mode,
+    for split, ds in raw.items():
+        if split not in tokenized:  # a stream: tokenized on the fly during training
+            splits[split] = {"streamed": True}
+            continue
+        splits[split] = split_report(ds, tokenized[split], examples.get(split), tokenizer, pieces, mode=mode,
                                      max_seq_length=max_seq_length, top_n=top_n)
     report = {
         "model": model_name,
         "tokenizer": type(tokenizer).__name__,
         "max_seq_length": max_seq_length,
         "mode": mode,
-        "files": {"train": args.train_file or [], "validation": args.validation_file or []},
+        "files": {flag: getattr(args, flag) or [] for flag in ("train_file", "validation_file", "mix_train_file")
+                  if hasattr(args, flag)},
         "dataset_name": args.dataset_name,
         "splits": splits,
     }
     words = next((s["split_words"] for s in splits.values() if s.get("split_words")), [])
-    files = args.train_file or args.validation_file
+    files = args.train_file  # validation entries may be name=path, which suggest_vocab.py does not take
     if words and files:
         report["suggest_vocab_command"] = shlex.join([
             "python", "scripts/suggest_vocab.py", *(["--model_name_or_path", model_name] if model_name else []),
@@ -248,7 +251,8 @@ def summary_rows(report: dict) -> tuple[list[tuple[str, ...]], list[str]]:
             continue
         truncated = (f"{s['texts_truncated']:,} ({s['tokens_truncated']:,} tokens)" if "texts_truncated" in s
                      else "-")
-        rows.append((split, f"{s['texts']:,}", f"{s['characters']:,}", f"{s['tokens']:,}", f"{s['examples']:,}",
+        examples = "-" if s["examples"] is None else f"{s['examples']:,}"
+        rows.append((split, f"{s['texts']:,}", f"{s['characters']:,}", f"{s['tokens']:,}", examples,
                      f"{s['tokens_dropped']:,}" if "tokens_dropped" in s else "-", truncated,
                      f"{s['unk_tokens']:,} ({100 * s['unk_share']:.2f} %)", f"{s['pieces_per_word']:.3f}"))
     return rows, streamed

@@ -128,7 +128,8 @@ def model_card(*, base_model: str, license: str, model_name: str, command: str, 
     if data_args.dataset_name:
         lines.append(f"- dataset: `{data_args.dataset_name}`"
                      + (f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else ""))
-    for label, files in (("training files", data_args.train_file), ("evaluation files", data_args.validation_file)):
+    for label, files in (("training files", data_args.train_file), ("evaluation files", data_args.validation_file),
+                         ("general text mixed in", getattr(data_args, "mix_train_file", None))):
         if files:
             lines.append(f"- {label}: " + ", ".join(f"`{f}`" for f in files))
     lines.append("")

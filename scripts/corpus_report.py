@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Print the corpus report and write it as JSON; return it."""
     model_args, data_args, mask_args, report_args = parse_args(
         argv, groups=(ModelArguments, DataArguments, MaskingArguments, ReportArguments))
-    raw = read_corpus(data_args, model_args.cache_dir)  # with --streaming the training stream is not read here
+    raw = read_corpus(data_args, model_args.cache_dir)  # with --streaming, 'train' is a stream: named, not read
     tokenizer = load_tokenizer(model_args)
     # The model gives the length limit and takes the --add_tokens rows, so words are cut as in training.
     model = load_model(model_args, tokenizer, model_class_for(model_args, nsp=data_args.nsp))
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
                                            chinese_word_segmentation=mask_args.chinese_word_segmentation,
                                            seed=report_args.seed, return_tokenized=True)
     report = corpus_report(raw, tokenized, examples, tokenizer, data_args, max_seq_length,
-                           model_name=model_args.model_name_or_path, streamed_train=data_args.streaming)
+                           model_name=model_args.model_name_or_path)
     path = write_report(report, report_args.output_file or Path(report_args.output_dir) / REPORT_FILE)
     print(format_report(report))
     print(f"\nWrote {path}")

@@ -81,24 +81,32 @@ def test_words_equal_the_pre_tokenizers_count(corpus, tiny_tokenizer):
     assert train["characters"] == sum(len(t) for t in texts)
 
 
-def test_every_evaluation_split_is_reported(hand_corpus, tiny_tokenizer):
-    args = DataArguments(train_file=[str(hand_corpus)], validation_split_percentage=0, preprocessing_num_workers=1,
-                         max_eval_samples=2)
-    train = read_corpus(args)["train"]
-    raw = DatasetDict(train=train, validation_domain=train.select(range(2)))
+def test_every_evaluation_set_and_the_mix_are_reported(hand_corpus, tiny_tokenizer, tmp_path):
+    general = tmp_path / "general.txt"
+    general.write_text(f"{TEXTS[0]}\n{TEXTS[1]}\n", encoding="utf-8")
+    args = DataArguments(train_file=[str(hand_corpus)], validation_file=[f"domain={hand_corpus}",
+                                                                         f"general={general}"],
+                         mix_train_file=[str(general)], preprocessing_num_workers=1, max_eval_samples=2)
+    raw = read_corpus(args)
     examples, tokenized = prepare_datasets(raw, tiny_tokenizer, args, 8, return_tokenized=True)
     report = corpus_report(raw, tokenized, examples, tiny_tokenizer, args, 8)
-    assert list(report["splits"]) == ["train", "validation_domain"]
+    splits = report["splits"]
+    assert sorted(splits) == ["mix", "train", "validation_domain", "validation_general"]
+    domain, general_set, mix = splits["validation_domain"], splits["validation_general"], splits["mix"]
+    assert (domain["tokens"], domain["blocks"], domain["examples"]) == (32, 5, 2)  # --max_eval_samples 2
     # 'the city park' [SEP] + 'bandsly bandsly zzz .' [SEP] = 13 tokens: 2 blocks of 6, 1 dropped
-    domain = report["splits"]["validation_domain"]
-    assert (domain["texts"], domain["tokens"], domain["blocks"], domain["tokens_dropped"]) == (2, 13, 2, 1)
+    assert (general_set["texts"], general_set["tokens"], general_set["blocks"], general_set["tokens_dropped"]) == (
+        2, 13, 2, 1)
+    assert (mix["tokens"], mix["examples"]) == (13, 2)  # its blocks, which run_mlm.py mixes into 'train'
+    assert splits["train"]["examples"] == 5  # the domain text's own blocks
 
 
 def test_streamed_training_is_named_not_read(hand_corpus, tiny_tokenizer):
-    args = DataArguments(validation_file=[str(hand_corpus)], preprocessing_num_workers=1)
+    args = DataArguments(train_file=[str(hand_corpus)], validation_file=[str(hand_corpus)], streaming=True,
+                         preprocessing_num_workers=1)
     raw = read_corpus(args)
     examples, tokenized = prepare_datasets(raw, tiny_tokenizer, args, 8, return_tokenized=True)
-    report = corpus_report(raw, tokenized, examples, tiny_tokenizer, args, 8, streamed_train=True)
+    report = corpus_report(raw, tokenized, examples, tiny_tokenizer, args, 8)
     assert report["splits"]["train"] == {"streamed": True}
     assert report["splits"]["validation"]["tokens"] == 32
     assert "train: streamed, not counted" in format_report(report)

@@ -136,3 +136,23 @@ def test_run_writes_a_model_card_with_its_numbers(run, tiny_model_dir):
     assert (out / "training_curves.png").is_file() and "](training_curves.png)" in card
     assert f"--output_dir {out} " in card and "--max_steps 2" in card
     assert "| train | 90 | " in card and "`[MASK]`" in card and "is [MASK]." in card
+
+
+def test_named_evaluation_sets_in_the_card(tiny_model_dir, tmp_path):
+    domain, general = tmp_path / "domain.txt", tmp_path / "general.txt"
+    domain.write_text("\n".join(f"the band played song {i % 5} of the year ." for i in range(60)) + "\n")
+    general.write_text("\n".join(f"he was known in the city for music {i % 5} ." for i in range(60)) + "\n")
+    out = tmp_path / "out"
+    main(["--model_name_or_path", str(tiny_model_dir), "--train_file", str(domain), "--output_dir", str(out),
+          "--validation_file", f"domain={domain}", f"general={general}", "--max_seq_length", "16",
+          "--per_device_train_batch_size", "4", "--max_steps", "2", "--preprocessing_num_workers", "1",
+          "--report_to", "none", "--dataloader_num_workers", "0"])
+    saved = json.loads((out / "all_results.json").read_text())
+    card = (out / "README.md").read_text()
+    for name in ("domain", "general"):
+        for phase, prefix in (("before", f"eval_before_{name}_"), ("after", f"eval_{name}_")):
+            assert (f"| {name} | {phase} training | {saved[prefix + 'loss']:,.4f} | "
+                    f"{saved[prefix + 'perplexity']:,.2f} | {saved[prefix + 'accuracy']:,.4f} |") in card
+    report = json.loads((out / "corpus_report.json").read_text())
+    assert sorted(report["splits"]) == ["train", "validation_domain", "validation_general"]
+    assert "| validation_general | 60 |" in card
