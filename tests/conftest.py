@@ -114,3 +114,18 @@ def run(tiny_model_dir, tmp_path, monkeypatch):
         return info.value
 
     return _run
+
+
+def kill_when_saved(process, marker: Path, timeout: float = 300) -> None:
+    """SIGKILL ``process`` as soon as ``marker`` (e.g. a checkpoint's trainer_state.json) exists; fail if the run
+    ends before that or the marker never appears."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while process.poll() is None and not marker.exists():
+        assert time.time() < deadline, f"{marker} did not appear within {timeout} s"
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"

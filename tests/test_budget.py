@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import kill_when_saved
 from safetensors.torch import load_file
 
 import run_mlm
@@ -393,22 +394,14 @@ def test_streaming_token_budget_is_exact(tiny_model_dir, corpus, tmp_path):
 @pytest.mark.slow
 def test_kill9_with_a_mask_schedule_then_rerun_is_exact(scheduled_run, tiny_model_dir, tmp_path):
     """SIGKILL once checkpoint-4 is written, rerun the same command: the scheduled run ends as uninterrupted."""
-    import signal
-    import time
 
     corpus, full = scheduled_run
     out = tmp_path / "out"
     argv = [sys.executable, str(REPO / "run_mlm.py"), *flags(tiny_model_dir, corpus, out, **SCHEDULE)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     with open(tmp_path / "killed.log", "w") as log:
-        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while process.poll() is None and not (out / "checkpoint-4" / "trainer_state.json").exists():
-            assert time.time() < deadline
-            time.sleep(0.01)
-        process.kill()
-        process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+        kill_when_saved(subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT),
+                        out / "checkpoint-4" / "trainer_state.json")
     assert not (out / "model.safetensors").exists()
     rerun = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

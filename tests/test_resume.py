@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import kill_when_saved
 from safetensors.torch import load_file
 
 import run_mlm
@@ -137,14 +138,7 @@ def test_kill9_after_a_checkpoint_then_rerun_is_exact(full_run, tiny_model_dir, 
     """SIGKILL once checkpoint-4 is written, rerun the same command: same loss curve and weights as uninterrupted."""
     out = tmp_path / "out"
     argv = flags(tiny_model_dir, corpus_file, out)
-    process = _cli(argv, tmp_path / "killed.log")
-    deadline = time.time() + 300
-    while process.poll() is None and not (out / "checkpoint-4" / "trainer_state.json").exists():
-        assert time.time() < deadline
-        time.sleep(0.01)
-    process.kill()
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_when_saved(_cli(argv, tmp_path / "killed.log"), out / "checkpoint-4" / "trainer_state.json")
     assert not (out / "model.safetensors").exists()
     first_checkpoint = (out / "checkpoint-4" / "trainer_state.json").stat().st_mtime_ns
     rerun = _cli(argv, tmp_path / "rerun.log")
