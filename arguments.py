@@ -12,7 +12,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_tf32_available
 
-from mlm_pretraining.errors import InputError, as_list, run_cli  # noqa: F401  (re-exported for the scripts)
+from mlm_pretraining.errors import InputError, as_list
 from mlm_pretraining.head_warmup import parse_warmup_steps
 from mlm_pretraining.modeling import EMBEDDED_MODEL
 from mlm_pretraining.precision import has_gpu

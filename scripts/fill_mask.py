@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoModelForMaskedLM
 
-from arguments import EMBEDDED_MODEL, InputError, ModelArguments, parse_args, run_cli
+from arguments import EMBEDDED_MODEL, InputError, ModelArguments, parse_args
+from mlm_pretraining.errors import run_cli
 from mlm_pretraining.modeling import load_model, load_tokenizer
 
 MASK = "[MASK]"

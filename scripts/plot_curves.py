@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from arguments import InputError, parse_args, run_cli
+from arguments import InputError, parse_args
+from mlm_pretraining.errors import run_cli
 from mlm_pretraining.plotting import plot_runs, read_log_history
 
 

@@ -13,12 +13,13 @@ kept; accuracy, macro-F1 and micro-F1 on dev and test go to output_dir/all_resul
 
 from __future__ import annotations
 
-from arguments import ModelArguments, parse_args, run_cli
+from arguments import ModelArguments, parse_args
 from mlm_pretraining.classification import (
     ClassificationDataArguments,
     ClassificationTrainingArguments,
     fine_tune,
 )
+from mlm_pretraining.errors import run_cli
 from mlm_pretraining.logs import setup_logging
 
 ARGUMENT_GROUPS = (ModelArguments, ClassificationDataArguments, ClassificationTrainingArguments)
