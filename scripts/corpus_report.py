@@ -22,7 +22,6 @@ from arguments import (
     MaskingArguments,
     ModelArguments,
     parse_args,
-    run_cli,
 )
 from mlm_pretraining.corpus_report import (
     REPORT_FILE,
@@ -31,6 +30,7 @@ from mlm_pretraining.corpus_report import (
     write_report,
 )
 from mlm_pretraining.data import prepare_datasets
+from mlm_pretraining.errors import run_cli
 from mlm_pretraining.modeling import (
     load_model,
     load_tokenizer,

@@ -17,8 +17,8 @@ from arguments import (
     InputError,
     ModelArguments,
     parse_args,
-    run_cli,
 )
+from mlm_pretraining.errors import run_cli
 from mlm_pretraining.modeling import load_tokenizer
 from mlm_pretraining.text import read_corpus
 from mlm_pretraining.vocab import count_words, suggest_tokens
