@@ -34,6 +34,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from mlm_pretraining.precision import cpu_has_native_bf16
+from mlm_pretraining.tables import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -449,14 +450,6 @@ def median_result(runs: list[dict]) -> dict:
     return merged
 
 
-def table(results: list[dict], columns=TRAINING_COLUMNS) -> str:
-    heads = [head for head, _, _ in columns]
-    rows = [["-" if r[key] is None else fmt.format(r[key]) for _, key, fmt in columns] for r in results]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
-    line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return "\n".join([line(heads), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
-
-
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -506,7 +499,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"batch {args.batch_size} × {args.max_seq_length} tokens")
     for note in notes:
         print("Note:", note)
-    print(table(results))
+    print(markdown_table(results, TRAINING_COLUMNS))
     for name, ratio in training_ratios.items():
         spread = lambda key: "" if args.repeats == 1 else " [{:.2f}–{:.2f}]".format(  # noqa: E731
             min(r[key] for r in ratio["rounds"]), max(r[key] for r in ratio["rounds"]))
@@ -523,7 +516,7 @@ def main(argv: list[str] | None = None) -> dict:
     if preprocessing:
         print(f"\nPreprocessing (read, tokenize, pack into blocks of {args.max_seq_length}) of a "
               f"{preprocessing[0]['megabytes']:,.0f} MB text file, uncached:")
-        print(table(preprocessing, PREPROCESS_COLUMNS))
+        print(markdown_table(preprocessing, PREPROCESS_COLUMNS))
         if "preprocessing ours/stock" in ratios:
             print(f"preprocessing ours/stock: {ratios['preprocessing ours/stock']['mb_per_s']:.2f}×")
     print(json.dumps(summary))

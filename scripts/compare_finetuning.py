@@ -39,6 +39,7 @@ from transformers import TrainerCallback
 
 from mlm_pretraining.errors import InputError, run_cli
 from mlm_pretraining.modeling import EMBEDDED_MODEL
+from mlm_pretraining.tables import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = REPO.parent / "shared" / "data" / "citation_intent"
@@ -248,15 +249,6 @@ COLUMNS = [("variant", "variant", "{}"), ("seed", "seed", "{}"), ("epochs", "epo
            ("test acc", "test_accuracy", "{:.4f}")]
 
 
-def table(rows: list[dict], columns=COLUMNS) -> str:
-    """A Markdown table of ``rows`` in ``columns`` (header, key, format)."""
-    heads = [head for head, _, _ in columns]
-    cells = [[fmt.format(row[key]) for _, key, fmt in columns] for row in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
-    line = lambda values: "| " + " | ".join(v.rjust(w) for v, w in zip(values, widths)) + " |"  # noqa: E731
-    return "\n".join([line(heads), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
-
-
 def summarise(results: list[dict]) -> dict:
     """Per seed and on average: ours/stock in seconds per epoch (loop and training only) and the score differences."""
     by_key = {(r["variant"], r["seed"]): r for r in results}
@@ -305,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n{Path(args.train_file).parent.name}: {args.model_name_or_path}, up to {args.num_train_epochs:g} epochs, "
           f"lr {args.learning_rate:g}, batch {args.per_device_train_batch_size}, max length {args.max_seq_length}, "
           f"{results[0]['torch_threads']} torch threads")
-    print(table(results))
+    print(markdown_table(results, COLUMNS))
     for seed, ratio in summary["per_seed_ratio"].items():
         print(f"seed {seed}: ours/stock time per epoch {ratio['s_per_epoch']:.2f} (training only "
               f"{ratio['train_s_per_epoch']:.2f}, CPU time {ratio['cpu_s_per_epoch']:.2f}), per run "
