@@ -138,7 +138,7 @@ def build_trainer(model, tokenizer, model_args, mask_args, training_args, *, tra
     masking = dict(mlm_probability=mask_args.mlm_probability, mask_replace_prob=mask_args.mask_replace_prob,
                    random_replace_prob=mask_args.random_replace_prob, pad_to_multiple_of=pad_to_multiple_of,
                    whole_word_mask=mask_args.whole_word_mask)
-    mlm_probability_end = getattr(mask_args, "mlm_probability_end", None)
+    mlm_probability_end = mask_args.mlm_probability_end
     train_collator = MLMCollator(tokenizer, **masking, seed=training_args.seed,
                                  defer_masking=mlm_probability_end is not None)
     if mlm_probability_end is not None:
