@@ -18,6 +18,11 @@ from mlm_pretraining.modeling import EMBEDDED_MODEL
 from mlm_pretraining.precision import has_gpu
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+NSP_NEEDS_THE_WHOLE_CORPUS = (
+    "{flag} cannot be combined with --nsp: half of the NSP pairs take their second segment from a random other "
+    "document anywhere in the corpus, which needs the whole tokenized corpus at hand (random access); a stream sees "
+    "the text once, in order, and a prepared folder holds packed blocks, not documents. Train --nsp from text "
+    "without {flag} (the tokenized text is cached on disk by datasets, memory-mapped).")
 
 
 @dataclass
@@ -162,7 +167,17 @@ class DataArguments:
         default=False,
         metadata={"help": "Read the training text as a stream, tokenized and packed on the fly, never all in memory "
                   "(for corpora larger than RAM or disk cache). Needs --max_steps; evaluation text comes from "
-                  "--validation_file only. On resume the stream is replayed up to the checkpoint."},
+                  "--validation_file only. Checkpoints record where the stream stands (stream_state.json); a resume "
+                  "seeks there (a file seek for .txt/.jsonl) instead of reading and tokenizing the text before it."},
+    )
+    tokenized_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Train on a folder written by scripts/prepare_corpus.py: the training text already "
+                  "tokenized and packed, memory-mapped (no tokenizer pass over the corpus; every process of a "
+                  "torchrun job maps the same files). Instead of --train_file / --dataset_name; evaluation text "
+                  "still comes from --validation_file. --max_seq_length defaults to the folder's block length. "
+                  "Refused when it was prepared with another tokenizer, --max_seq_length, --line_by_line or without "
+                  "the word ids --whole_word_mask needs; a missing or truncated shard is named."},
     )
     nsp: bool = field(
         default=False,
@@ -200,6 +215,35 @@ class DataArguments:
         if self.nsp and self.line_by_line:
             raise InputError("--nsp builds its own sentence pairs from whole documents; it cannot be combined with "
                              "--line_by_line. Drop one of the two.")
+        if self.streaming and self.nsp:
+            raise InputError(NSP_NEEDS_THE_WHOLE_CORPUS.format(flag="--streaming"))
+        if self.tokenized_dataset is not None:
+            self._check_tokenized_dataset()
+
+    def _check_tokenized_dataset(self) -> None:
+        """--tokenized_dataset replaces the training text; its folder is checked now (metadata, every shard's
+        size) and gives the block length."""
+        from mlm_pretraining.prepared import read_metadata  # checks the folder now, before any model loads
+
+        if self.nsp:
+            raise InputError(NSP_NEEDS_THE_WHOLE_CORPUS.format(flag="--tokenized_dataset"))
+        given = [f"--{name}" for name in ("train_file", "dataset_name", "streaming") if getattr(self, name)]
+        if given:
+            raise InputError(f"--tokenized_dataset is the training data, already tokenized and memory-mapped; drop "
+                             f"{' and '.join(given)}.")
+        metadata = read_metadata(self.tokenized_dataset)
+        if self.max_seq_length is None:
+            self.max_seq_length = metadata["max_seq_length"]
+        elif self.max_seq_length != metadata["max_seq_length"]:
+            raise InputError(f"--max_seq_length {self.max_seq_length}, but --tokenized_dataset '{self.tokenized_dataset}' "
+                             f"holds blocks of {metadata['max_seq_length']} tokens. Drop --max_seq_length (the "
+                             f"folder's length is used), or prepare the corpus again with --max_seq_length "
+                             f"{self.max_seq_length}.")
+        if metadata["line_by_line"] != self.line_by_line:
+            raise InputError(f"--tokenized_dataset '{self.tokenized_dataset}' was prepared "
+                             f"{'with' if metadata['line_by_line'] else 'without'} --line_by_line; "
+                             f"{'add' if metadata['line_by_line'] else 'drop'} --line_by_line, or prepare the corpus "
+                             "again.")
 
 
 @dataclass
@@ -409,6 +453,8 @@ def parse_args(argv: list[str] | None = None, groups=ARGUMENT_GROUPS):
         for key in ("train_file", "validation_file", "mix_train_file"):
             if config.get(key):
                 config[key] = [_relative_to(base, p) for p in as_list(config[key])]
+        if config.get("tokenized_dataset"):
+            config["tokenized_dataset"] = _relative_to(base, config["tokenized_dataset"])
         parser.set_defaults(**config)
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv)
@@ -428,10 +474,13 @@ def _check_across_groups(parsed) -> None:
     data_args = next((a for a in parsed if isinstance(a, DataArguments)), None)
     training_args = next((a for a in parsed if isinstance(a, TrainingArguments)), None)
     mask_args = next((a for a in parsed if isinstance(a, MaskingArguments)), None)
-    if data_args is not None and mask_args is not None and data_args.streaming and (mask_args.whole_word_mask
-                                                                                   or data_args.nsp):
-        flag = "--whole_word_mask" if mask_args.whole_word_mask else "--nsp"
-        raise InputError(f"--streaming does not support {flag} yet; drop one of the two.")
+    if data_args is not None and mask_args is not None and data_args.tokenized_dataset and mask_args.whole_word_mask:
+        from mlm_pretraining.prepared import read_metadata
+
+        if not read_metadata(data_args.tokenized_dataset)["whole_word_mask"]:
+            raise InputError(f"--whole_word_mask, but --tokenized_dataset '{data_args.tokenized_dataset}' was prepared "
+                             "without it, so it holds no word ids to mask whole words by. Prepare the corpus again "
+                             "with --whole_word_mask, or drop --whole_word_mask.")
     budget = training_args is not None and (getattr(training_args, "max_train_tokens", None) is not None
                                             or getattr(training_args, "max_train_time", None) is not None)
     if data_args is not None and training_args is not None and data_args.streaming and training_args.max_steps <= 0 \

@@ -11,6 +11,9 @@ import torch
 
 # Keys a feature may carry that are per-token sequences, with the value used to pad them.
 _SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask", "word_ids")
+# A streamed block's position in the corpus (streaming.PackedStream), passed through as a (batch, fields) tensor for
+# the Trainer to note and remove when a training step takes the batch; never a model input.
+STREAM_POSITION = "stream_position"
 
 
 def mask_tokens(
@@ -102,7 +105,8 @@ class MLMCollator:
     """Pads a list of features and masks them for masked-LM with :func:`mask_tokens`.
 
     Features are mappings with ``input_ids`` and optionally ``attention_mask``, ``token_type_ids``,
-    ``special_tokens_mask``, ``word_ids`` (used when ``whole_word_mask``) and ``next_sentence_label``.
+    ``special_tokens_mask``, ``word_ids`` (used when ``whole_word_mask``), ``next_sentence_label`` and
+    ``stream_position`` (passed through).
     With ``seed=None`` masks are drawn afresh from torch's global generator at every call (dynamic masking,
     checkpointed with the Trainer's RNG state, but different when the same batch is split across processes). With
     an integer ``seed`` each sequence's mask is a function of the seed, :attr:`epoch` and its token ids alone: the
@@ -172,6 +176,8 @@ class MLMCollator:
                 dtype=torch.long)
         if all("next_sentence_label" in f for f in features):
             batch["next_sentence_label"] = torch.tensor([int(f["next_sentence_label"]) for f in features])
+        if all(STREAM_POSITION in f for f in features):
+            batch[STREAM_POSITION] = torch.tensor([f[STREAM_POSITION] for f in features], dtype=torch.long)
         return batch
 
     def mask(self, batch: dict[str, torch.Tensor], mlm_probability: float | None = None) -> dict[str, torch.Tensor]:

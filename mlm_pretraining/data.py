@@ -1,5 +1,7 @@
 """Turning text into model examples: tokens (cached), then packed blocks, single lines or NSP pairs; general text
-mixed in; a streamed training split packed on the fly. Reading the text is text.py's job."""
+mixed in; a streamed training split packed on the fly; a prepared (already tokenized) training split loaded.
+Reading the text is text.py's job. Texts are tokenized by :func:`encode_texts` and cut into blocks by
+:class:`Packer` on every path (in memory, streamed, prepared), so the three give the same blocks."""
 
 from __future__ import annotations
 
@@ -14,14 +16,13 @@ from datasets import (
     Dataset,
     DatasetDict,
     Features,
-    IterableDataset,
     Sequence,
     Value,
     interleave_datasets,
 )
 
 from mlm_pretraining.errors import InputError
-from mlm_pretraining.sentence_pairs import build_pairs, global_word_ids
+from mlm_pretraining.sentence_pairs import build_pairs
 from mlm_pretraining.whole_word import (
     check_tokenizer,
     dense_word_ids,
@@ -49,6 +50,34 @@ def text_separator(tokenizer) -> int | None:
     return tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
 
 
+def encode_texts(tokenizer, texts: list[str], *, max_seq_length: int, line_by_line: bool = False,
+                 separator: int | None = None, word_ids: bool = False, segment_chinese: bool = False) -> dict:
+    """Tokenize a batch of texts the way every path does: whole texts with ``separator`` after each (packing), or
+    each text truncated to ``max_seq_length`` with its special tokens and its 'length' and 'untruncated_length'
+    (``line_by_line``). With ``word_ids`` a 'word_ids' list per text (whole-word masking, see whole_word.py; -1 on
+    special tokens and separators), Chinese words from a segmenter with ``segment_chinese``."""
+    if line_by_line:
+        options = dict(truncation=True, max_length=max_seq_length)
+    else:
+        options = dict(add_special_tokens=False)
+    if word_ids:
+        encoded = encode_with_word_ids(tokenizer, texts, segment_chinese=segment_chinese, **options)
+    else:
+        encoded = tokenizer(texts, return_attention_mask=False, return_token_type_ids=False, **options)
+    if line_by_line:
+        # Stored so the group_by_length sampler does not read every example to measure it.
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        encoded["untruncated_length"] = untruncated_lengths(encoded, tokenizer)
+        return encoded
+    if separator is None:
+        return encoded
+    # A separator after each text marks text boundaries inside packed blocks.
+    encoded["input_ids"] = [ids + [separator] for ids in encoded["input_ids"]]
+    if word_ids:
+        encoded["word_ids"] = [words + [-1] for words in encoded["word_ids"]]
+    return encoded
+
+
 def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int, *, word_ids: bool = False,
              segment_chinese: bool = False) -> DatasetDict:
     """Tokenize every split (cached by ``datasets``): whole texts for packing, truncated texts line by line.
@@ -64,29 +93,11 @@ def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: i
     line_by_line = args.line_by_line
 
     def tokenize_batch(batch):
-        if line_by_line:
-            options = dict(truncation=True, max_length=max_seq_length)
-        else:
-            options = dict(add_special_tokens=False)
-        if word_ids:
-            encoded = encode_with_word_ids(tokenizer, batch["text"], segment_chinese=segment_chinese, **options)
-        else:
-            encoded = tokenizer(batch["text"], return_attention_mask=False, return_token_type_ids=False, **options)
-        if line_by_line:
-            # Stored so the group_by_length sampler does not read every example to measure it.
-            encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
-            encoded["untruncated_length"] = untruncated_lengths(encoded, tokenizer)
-            return encoded
-        if separator is None:
-            return encoded
-        # A separator after each text marks text boundaries inside packed blocks.
-        encoded["input_ids"] = [ids + [separator] for ids in encoded["input_ids"]]
-        if word_ids:
-            encoded["word_ids"] = [words + [-1] for words in encoded["word_ids"]]
-        return encoded
+        return encode_texts(tokenizer, batch["text"], max_seq_length=max_seq_length, line_by_line=line_by_line,
+                            separator=separator, word_ids=word_ids, segment_chinese=segment_chinese)
 
     raw = DatasetDict({split: ds for split, ds in raw.items() if isinstance(ds, Dataset)})  # streams: on the fly
-    if not raw:  # --streaming without --validation_file: nothing to tokenize here
+    if not raw:  # --streaming or --tokenized_dataset without --validation_file: nothing to tokenize here
         return raw
     features = {name: feature for name, feature in next(iter(raw.values())).features.items() if name != "text"}
     features["input_ids"] = Sequence(Value("int32"))
@@ -118,35 +129,106 @@ def untruncated_lengths(encoded, tokenizer) -> list[int]:
     return [len(e.ids) + sum(len(o.ids) - specials for o in e.overflowing) for e in encodings]
 
 
-def pack(tokenized: Dataset, max_seq_length: int, prefix: list[int], suffix: list[int]) -> Dataset:
+class Packer:
+    """The one packing rule: tokenized texts go in, in order, and full blocks of ``max_seq_length`` come out.
+
+    Each block is ``prefix + body + suffix``; the tokens that do not fill a block wait for the next texts, so
+    packing a corpus in any number of pieces gives the blocks of packing it whole, and only the final partial block
+    is ever dropped (by not adding more). Word ids (whole-word masking) travel with their tokens: made unique across
+    texts as they come in, then renumbered 0, 1, 2, ... per block, so a word cut by a block boundary becomes two.
+    """
+
+    def __init__(self, max_seq_length: int, prefix: list[int], suffix: list[int], word_ids: bool = False):
+        self.max_seq_length = max_seq_length
+        self.prefix = np.asarray(prefix, np.int32)
+        self.suffix = np.asarray(suffix, np.int32)
+        self.body = max_seq_length - len(prefix) - len(suffix)
+        self.word_ids = word_ids
+        self.ids = np.zeros(0, np.int32)  # the tokens waiting for a block
+        self.words = np.zeros(0, np.int64)
+        self.next_word = 0
+        self.tokens_in = 0  # tokens added so far
+        self.tokens_cut = 0  # tokens cut into blocks so far
+
+    def add(self, ids: np.ndarray, lengths: np.ndarray, words: np.ndarray | None = None):
+        """Add texts (``ids`` their tokens one after the other, ``lengths`` tokens per text, ``words`` their own
+        word ids, -1 where none); return the blocks now full: input ids ``(n, max_seq_length)`` and, with word ids,
+        theirs (-1 on the special tokens), else None."""
+        ids = np.asarray(ids, np.int32)
+        self.tokens_in += len(ids)
+        self.ids = np.concatenate([self.ids, ids])
+        if self.word_ids:
+            self.words = np.concatenate([self.words, self._unique_words(np.asarray(words, np.int64), lengths)])
+        n_blocks = len(self.ids) // self.body
+        cut = n_blocks * self.body
+        blocks = self._frame(self.ids[:cut].reshape(n_blocks, self.body), self.prefix, self.suffix)
+        words_out = None
+        if self.word_ids:
+            minus = np.full(len(self.prefix), -1), np.full(len(self.suffix), -1)
+            words_out = dense_word_ids(self._frame(self.words[:cut].reshape(n_blocks, self.body), *minus))
+            self.words = self.words[cut:]
+        self.ids = self.ids[cut:]
+        self.tokens_cut += cut
+        return blocks, words_out
+
+    @staticmethod
+    def _frame(body: np.ndarray, prefix: np.ndarray, suffix: np.ndarray) -> np.ndarray:
+        n = len(body)
+        return np.hstack([np.broadcast_to(prefix.astype(body.dtype), (n, len(prefix))), body,
+                          np.broadcast_to(suffix.astype(body.dtype), (n, len(suffix)))])
+
+    def _unique_words(self, words: np.ndarray, lengths) -> np.ndarray:
+        """Word ids that differ between texts and from every id added before (-1 stays -1)."""
+        text_start = np.zeros(len(words), dtype=bool)
+        starts = np.cumsum(np.asarray(lengths, np.int64))[:-1]
+        text_start[starts[starts < len(words)]] = True
+        if len(words):
+            text_start[0] = True
+        previous = np.concatenate([[-1], words[:-1]])
+        new_word = (words >= 0) & ((words != previous) | text_start)
+        unique = np.where(words >= 0, self.next_word + np.cumsum(new_word) - 1, -1)
+        self.next_word += int(new_word.sum())
+        return unique
+
+
+def flat_texts(batch: pa.RecordBatch | pa.Table, column: str = "input_ids") -> tuple[np.ndarray, np.ndarray]:
+    """A list column's values one after the other, and the length of each row."""
+    values = pc.list_flatten(batch.column(column)).to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.list_value_length(batch.column(column)), 0).to_numpy(zero_copy_only=False)
+    return values, lengths
+
+
+def pack(tokenized: Dataset, max_seq_length: int, prefix: list[int], suffix: list[int],
+         rows_per_piece: int = 100_000) -> Dataset:
     """Concatenate all token ids and cut them into full blocks of ``max_seq_length`` (special tokens included).
 
     Only the final partial block of the whole split is dropped. Each block is ``prefix + body + suffix``.
     A 'word_ids' column is packed alongside, renumbered per block; a word cut by a block boundary becomes two.
+    The texts are read ``rows_per_piece`` at a time (:class:`Packer` carries what is left over).
     """
-    body = max_seq_length - len(prefix) - len(suffix)
-    column = tokenized.flatten_indices().data.column("input_ids")
-    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    n_blocks = len(flat) // body
-    if n_blocks == 0:
+    with_words = "word_ids" in tokenized.column_names
+    packer = Packer(max_seq_length, prefix, suffix, word_ids=with_words)
+    blocks, words = [], []
+    for piece in tokenized.flatten_indices().data.table.to_batches(max_chunksize=rows_per_piece):
+        ids, lengths = flat_texts(piece)
+        new_blocks, new_words = packer.add(ids, lengths, flat_texts(piece, "word_ids")[0] if with_words else None)
+        blocks.append(new_blocks)
+        words.append(new_words)
+    if packer.tokens_cut == 0:
         raise InputError(
-            f"The text has {len(flat)} tokens, fewer than one block of --max_seq_length {max_seq_length}; "
+            f"The text has {packer.tokens_in} tokens, fewer than one block of --max_seq_length {max_seq_length}; "
             "give more text, a smaller --max_seq_length, or --line_by_line."
         )
-    blocks = flat[: n_blocks * body].reshape(n_blocks, body)
-    blocks = np.hstack([
-        np.broadcast_to(np.asarray(prefix, np.int32), (n_blocks, len(prefix))),
-        blocks,
-        np.broadcast_to(np.asarray(suffix, np.int32), (n_blocks, len(suffix))),
-    ])
-    array = pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel()), max_seq_length)
-    columns = {"input_ids": array}
-    if "word_ids" in tokenized.column_names:
-        words = global_word_ids(tokenized.flatten_indices().data.table)[: n_blocks * body].reshape(n_blocks, body)
-        words = np.hstack([np.full((n_blocks, len(prefix)), -1), words, np.full((n_blocks, len(suffix)), -1)])
-        columns["word_ids"] = pa.FixedSizeListArray.from_arrays(pa.array(dense_word_ids(words).ravel()),
-                                                                max_seq_length)
-    return Dataset(pa.table(columns))
+    return Dataset(blocks_table(np.concatenate(blocks), np.concatenate(words) if with_words else None))
+
+
+def blocks_table(blocks: np.ndarray, words: np.ndarray | None = None) -> pa.Table:
+    """Packed blocks (and their word ids) as an Arrow table of fixed-size lists, the one layout of packed data."""
+    length = blocks.shape[1]
+    columns = {"input_ids": pa.FixedSizeListArray.from_arrays(pa.array(blocks.astype(np.int32).ravel()), length)}
+    if words is not None:
+        columns["word_ids"] = pa.FixedSizeListArray.from_arrays(pa.array(words.astype(np.int32).ravel()), length)
+    return pa.table(columns)
 
 
 def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int, *,
@@ -154,11 +236,14 @@ def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_l
                      seed: int = 42, return_tokenized: bool = False):
     """Tokenize, then pack (default), keep lines or build NSP pairs (--nsp, drawn with ``seed``), every split
     (general text to mix in, 'mix', too: see :func:`mix_in`); apply --max_train_samples / --max_eval_samples.
-    ``whole_word_mask`` adds the 'word_ids' column. A streamed 'train' split becomes a :class:`PackedStream`.
+    ``whole_word_mask`` adds the 'word_ids' column. A streamed 'train' split becomes a :class:`PackedStream`;
+    with --tokenized_dataset 'train' is the prepared folder, memory-mapped (checked against this tokenizer,
+    length and masking first: see prepared.py).
     Returns {split: examples}, or ``(that, tokenized texts)`` with ``return_tokenized`` (for the corpus report)."""
-    from mlm_pretraining.streaming import (
-        PackedStream,  # streaming builds on this module's packing rules
-    )
+    # Both build on this module's tokenizing and packing rules, so they are imported here.
+    from mlm_pretraining.prepared import load_prepared
+    from mlm_pretraining.streaming import PackedStream
+    from mlm_pretraining.text import TextStream
 
     if whole_word_mask:
         check_tokenizer(tokenizer)
@@ -176,9 +261,13 @@ def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_l
         elif not args.line_by_line:
             ds = pack(ds, max_seq_length, prefix, suffix)
         out[split] = ds
-    if isinstance(raw.get("train"), IterableDataset):
-        out["train"] = PackedStream(raw["train"], "text", tokenizer, max_seq_length, line_by_line=args.line_by_line,
-                                    max_samples=args.max_train_samples)
+    if isinstance(raw.get("train"), TextStream):
+        out["train"] = PackedStream(raw["train"], tokenizer, max_seq_length, line_by_line=args.line_by_line,
+                                    max_samples=args.max_train_samples, word_ids=whole_word_mask,
+                                    segment_chinese=segment_chinese)
+    elif getattr(args, "tokenized_dataset", None):
+        out["train"] = load_prepared(args.tokenized_dataset, tokenizer, max_seq_length, line_by_line=args.line_by_line,
+                                     whole_word_mask=whole_word_mask, segment_chinese=segment_chinese)
     for split, ds in out.items():
         limit = args.max_train_samples if split == "train" else args.max_eval_samples
         if limit is not None and isinstance(ds, Dataset):

@@ -18,7 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 __all__ = ["sdpa_attention_forward", "sdpa_mask", "PREFIX_CHECKPOINT_DIR", "TRAINER_STATE_FILE", "OPTIMIZER_FILES",
            "RNG_STATE_GLOB", "ATTENTION_IMPLEMENTATION", "TRAINER_LOSS_KWARGS", "TRAINER_COLLATOR",
-           "TRAINER_COUNT_ITEMS", "TRAINER_CREATED_SCHEDULER", "TRAINER_EVAL_SAMPLER",
+           "TRAINER_COUNT_ITEMS", "TRAINER_CREATED_SCHEDULER", "TRAINER_EVAL_SAMPLER", "TRAINER_LOAD_RNG_STATE",
            "MLM_HEAD_ATTRIBUTES", "MODERNBERT_SPARSE_SWITCH"]
 
 # Files a complete Trainer checkpoint holds (besides the weights and config.json); trainer_state.json is written last.
@@ -46,6 +46,15 @@ TRAINER_CREATED_SCHEDULER = "_created_lr_scheduler"
 # Trainer method get_eval_dataloader takes its sampler from; classification.ClassificationTrainer overrides it to
 # read dev and test shortest first (transformers 5 length-groups small evaluation sets at random).
 TRAINER_EVAL_SAMPLER = "_get_eval_sampler"
+
+# Trainer method that restores the RNG states of a checkpoint. A streamed run resumed by position sets the public
+# TrainingArguments.ignore_data_skip (the stream itself starts at the checkpoint's block, so the Trainer must not skip
+# batches too); the Trainer then restores the RNG states before it creates the dataloader iterator, which draws from
+# torch's generator. MLMTrainer.get_batch_samples restores them again after the first batch is fetched, where the
+# Trainer's own batch-skipping resume does (its rng_to_sync), so dropout draws continue as in an uninterrupted run.
+# The same path makes the Trainer count micro-steps from 0 again: for a stream (no length) its epoch is
+# micro-steps / (max_steps x accumulation), which streaming.StreamPositionCallback puts right after each step.
+TRAINER_LOAD_RNG_STATE = "_load_rng_state"
 
 # Trainer attribute that get_eval_dataloader collates with: MLMTrainer swaps in its fixed-mask evaluation collator.
 TRAINER_COLLATOR = "data_collator"

@@ -1,18 +1,22 @@
 """The one front door for reading text: files, folders, globs or a hub dataset, in memory or streamed.
 
-Used by run_mlm.py (training, named evaluation sets, replayed general text), the streamed corpus and the
-classification scripts. Files are handed to ``datasets`` as they are (one builder per split: .txt → text,
-.csv/.tsv → csv, .json/.jsonl → json) and read once; only when ``datasets`` fails does :func:`explain_bad_file`
-read a file again to say where it is broken (the byte offset of invalid UTF-8, the line of malformed JSON).
+Used by run_mlm.py (training, named evaluation sets, replayed general text), the streamed corpus, the corpus
+preparation and the classification scripts. Files are handed to ``datasets`` as they are (one builder per split:
+.txt → text, .csv/.tsv → csv, .json/.jsonl → json) and read once; only when ``datasets`` fails does
+:func:`explain_bad_file` read a file again to say where it is broken (the byte offset of invalid UTF-8, the line
+of malformed JSON). A streamed training split is a :class:`TextStream`: texts in order, each with its place in the
+corpus, so that reading can start again at a place (resume by position) instead of from the beginning.
 """
 
 from __future__ import annotations
 
 import codecs
 import glob
+import itertools
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -198,6 +202,105 @@ def select_text(ds: Dataset | IterableDataset, column: str, where: str, keep: tu
     return ds
 
 
+# A place in a streamed corpus: (file index, offset, part). For .txt and .jsonl files the offset is the byte offset
+# of a line and part the piece of that line a lone carriage return splits off (universal newlines, as datasets
+# reads .txt); for other files the offset is the row in the file; for a hub dataset, the row of the whole stream.
+Place = tuple[int, int, int]
+START: Place = (0, 0, 0)
+_BOM = codecs.BOM_UTF8
+
+
+class TextStream:
+    """The training text of --streaming: its non-blank texts in order, each with its :data:`Place`, so that
+    reading can start again at any place.
+
+    How far a start at a place has to read first depends on the files: .txt and .jsonl files are read here, line by
+    line, and a place is a byte offset, so starting there is a ``file.seek`` (nothing before it is read);
+    .csv/.tsv/.json files are read by ``datasets`` one file at a time, so the files before the place are skipped
+    unread and the rows of its own file before it are read (not tokenized); a hub dataset's rows before the place
+    are read. Texts are the ones the in-memory path trains on: lines split at \\n, \\r\\n and \\r, a UTF-8 BOM
+    dropped, blank texts skipped.
+    """
+
+    def __init__(self, files: list[str], column: str, where: str, *, hub: IterableDataset | None = None,
+                 cache_dir: str | None = None):
+        self.files = list(files)
+        self.column = column
+        self.where = where
+        self.hub = hub
+        self.cache_dir = cache_dir
+        self.builder = "hub" if hub is not None else builder_for(self.files)
+        # .txt and .jsonl hold one text (or JSON object) per line: places are byte offsets.
+        self.by_line = hub is None and (self.builder == "text"
+                                        or all(f.lower().endswith(".jsonl") for f in self.files))
+
+    def __iter__(self) -> Iterator[str]:
+        return (text for _, text, _ in self.texts())
+
+    def texts(self, start: Place = START) -> Iterator[tuple[Place, str, Place]]:
+        """``(place, text, next place)`` for every non-blank text from ``start`` on; the next place is where
+        reading would continue after this text."""
+        if self.hub is not None:
+            rows = itertools.islice(self.hub, start[1], None)
+            for row_index, row in enumerate(rows, start=start[1]):
+                text = row.get(self.column)
+                if text is not None and str(text).strip():
+                    yield (0, row_index, 0), str(text), (0, row_index + 1, 0)
+            return
+        for index in range(start[0], len(self.files)):
+            offset, part = (start[1], start[2]) if index == start[0] else (0, 0)
+            if self.by_line:
+                yield from self._line_texts(index, offset, part)
+            else:
+                yield from self._row_texts(index, offset)
+
+    def _line_texts(self, index: int, offset: int, part: int) -> Iterator[tuple[Place, str, Place]]:
+        path = self.files[index]
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            for line in handle:
+                start, offset = offset, offset + len(line)
+                if start == 0 and line.startswith(_BOM):
+                    line = line[len(_BOM):]
+                line = line.rstrip(b"\n")
+                pieces = line.split(b"\r") if self.builder == "text" else [line]
+                for k in range(part, len(pieces)):
+                    text = self._decode(pieces[k], path, start)
+                    if text is not None and text.strip():
+                        after = (index, start, k + 1) if k + 1 < len(pieces) else (index, offset, 0)
+                        yield (index, start, k), text, after
+                part = 0
+
+    def _decode(self, raw: bytes, path: str, offset: int) -> str | None:
+        """A .txt line's text, or a JSON line's text column (None when it is missing or null)."""
+        try:
+            if self.builder == "text":
+                return raw.decode("utf-8")
+            if not raw.strip():
+                return None
+            row = json.loads(raw)
+        except UnicodeDecodeError as err:
+            raise InputError(f"--train_file: '{path}' is not valid UTF-8 at byte {offset + err.start}. Convert it, "
+                             f"e.g. `iconv -f latin1 -t utf-8 {path} > fixed.txt`.") from None
+        except ValueError as err:
+            raise InputError(f"--train_file: '{path}' has a line that is not valid JSON at byte {offset} ({err}). "
+                             'Each line must be one JSON object, e.g. {"text": "..."}.') from None
+        if not isinstance(row, dict):
+            raise InputError(f"--train_file: '{path}' has a line that is not a JSON object at byte {offset}.")
+        text = row.get(self.column)
+        if text is not None and not isinstance(text, str):
+            raise InputError(f"--train_file: '{path}': the '{self.column}' value of the line at byte {offset} is not "
+                             f"text ({type(text).__name__}).")
+        return text
+
+    def _row_texts(self, index: int, skip: int) -> Iterator[tuple[Place, str, Place]]:
+        rows = load_split([self.files[index]], "--train_file", streaming=True, cache_dir=self.cache_dir)
+        for row_index, row in enumerate(itertools.islice(rows, skip, None), start=skip):
+            text = row.get(self.column)
+            if text is not None and str(text).strip():
+                yield (index, row_index, 0), str(text), (index, row_index + 1, 0)
+
+
 def read_corpus(args: DataArguments, cache_dir: str | None = None) -> DatasetDict:
     """The masked-LM text as a DatasetDict of 'text' columns: 'train' (a stream with --streaming), the evaluation
     set(s) ('validation', or 'validation_<name>' for named --validation_file sets; held out from the training text
@@ -206,9 +309,11 @@ def read_corpus(args: DataArguments, cache_dir: str | None = None) -> DatasetDic
     With --nsp each in-memory split also gets a 'document_id' column (blank lines separate documents in .txt
     files; elsewhere each row is a document), added before blank rows are dropped.
     """
-    if not args.dataset_name and not args.train_file and not args.validation_file:
+    if not args.dataset_name and not args.train_file and not args.validation_file \
+            and not getattr(args, "tokenized_dataset", None):
         raise InputError("Give training text with --train_file (or a hub dataset with --dataset_name).")
     raw: dict[str, tuple] = {}  # split -> (dataset, where, documents split by blank lines)
+    train_files: list[str] = []
     if args.dataset_name:
         hub = load_hub_dataset(args.dataset_name, args.dataset_config_name, streaming=args.streaming,
                                cache_dir=cache_dir)
@@ -220,7 +325,7 @@ def read_corpus(args: DataArguments, cache_dir: str | None = None) -> DatasetDic
                     ds = load_hub_dataset(args.dataset_name, args.dataset_config_name, cache_dir=cache_dir)[split]
                 raw[split] = (ds, f"the {split} split of {where}", False)
     elif args.train_file:
-        files = resolve_data_files(args.train_file, "--train_file")
+        files = train_files = resolve_data_files(args.train_file, "--train_file")
         raw["train"] = (load_split(files, "--train_file", streaming=args.streaming, cache_dir=cache_dir),
                         f"--train_file ({_names(files)})", builder_for(files) == "text")
     for name, entries in parse_named_files(args.validation_file, "--validation_file").items():
@@ -237,6 +342,10 @@ def read_corpus(args: DataArguments, cache_dir: str | None = None) -> DatasetDic
     for split, (ds, where, plain_text) in raw.items():
         # --text_column_name names a column of tables and JSON; a .txt file's lines are always its text.
         column = text_column(ds, None if plain_text else args.text_column_name, where)
+        if isinstance(ds, IterableDataset):  # the streamed training text: read by place, blank texts skipped
+            corpus[split] = TextStream(train_files, column, where, hub=None if train_files else ds,
+                                       cache_dir=cache_dir)
+            continue
         keep: tuple[str, ...] = ()
         if args.nsp and isinstance(ds, Dataset):
             ds = ds.add_column("document_id", _document_ids(ds, column, plain_text))

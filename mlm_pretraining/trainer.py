@@ -1,8 +1,10 @@
 """Our Trainer and the one function that builds it, used by run_mlm.py and scripts/benchmark.py alike.
 
-Two changes to transformers' ``Trainer``: evaluation batches come from their own collator (fixed masks), and the
+Three changes to transformers' ``Trainer``: evaluation batches come from their own collator (fixed masks); the
 training loss is averaged over all masked tokens of the optimizer step, across processes and gradient-accumulation
-steps. :func:`build_trainer` adds the masking collators, our callbacks and the model-side speed-ups.
+steps; a streamed training set resumes by position (where a step takes its batches, their stream positions are
+noted; on resume the stream seeks and the Trainer does not skip batches). :func:`build_trainer` adds the masking
+collators, our callbacks and the model-side speed-ups.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 
 from transformers import Trainer
 
-from collators import MLMCollator
+from collators import STREAM_POSITION, MLMCollator
 from mlm_pretraining.budget import BudgetCallback, mask_rate, progress_scheduler
 from mlm_pretraining.callbacks import GracefulStopCallback, MaskEpochCallback
 from mlm_pretraining.fast_dropout import enable_fast_dropout
@@ -20,11 +22,13 @@ from mlm_pretraining.internals import (
     TRAINER_COLLATOR,
     TRAINER_COUNT_ITEMS,
     TRAINER_CREATED_SCHEDULER,
+    TRAINER_LOAD_RNG_STATE,
     TRAINER_LOSS_KWARGS,
 )
 from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_pretraining.plotting import TrainingCurveCallback
 from mlm_pretraining.sparse_head import enable_sparse_prediction
+from mlm_pretraining.streaming import PackedStream, StreamPositionCallback
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,22 @@ class MLMTrainer(Trainer):
         # A mask-rate schedule: the training collator only pads, get_batch_samples masks at the step's rate.
         self.mlm_probability_end = mlm_probability_end
         self.current_mlm_probability: float | None = None
+        self._rng_checkpoint: str | None = None  # restore its RNG states after the first batch (resume by position)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """Train; a streamed run resuming from a checkpoint with a stream position starts the stream there (see
+        streaming.py) instead of letting the Trainer replay it."""
+        positions = self.stream_positions
+        if positions is not None and isinstance(resume_from_checkpoint, str) \
+                and positions.resume(resume_from_checkpoint, self.args):
+            self.args.ignore_data_skip = True  # the stream is already at the checkpoint's block
+            self._rng_checkpoint = resume_from_checkpoint
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    @property
+    def stream_positions(self) -> StreamPositionCallback | None:
+        """The callback keeping a streamed run's position, if the training set is a stream."""
+        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, StreamPositionCallback)), None)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The mean loss over all masked tokens of the optimizer step: the one place our loss is normalised.
@@ -81,11 +101,19 @@ class MLMTrainer(Trainer):
         return self.state.global_step / max(1, self.state.max_steps)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """With a mask-rate schedule, mask the step's batches at the rate for this step. They are masked here, in
+        """Note a stream's positions (and drop them from the batches). With a mask-rate schedule, mask the step's
+        batches at the rate for this step. They are masked here, in
         the main process, after the Trainer picked the step (the collator may run ahead of it, prefetching, or
         in worker processes); masks stay functions of (seed, epoch, tokens) and the step, so resumed and
         multi-process runs mask as an uninterrupted single process does."""
         batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        positions = self.stream_positions
+        if positions is not None:  # the blocks this step trains on: the stream stands after them
+            for batch in batches:
+                positions.consume(batch.pop(STREAM_POSITION, None))
+        if self._rng_checkpoint is not None:  # see internals.TRAINER_LOAD_RNG_STATE
+            getattr(self, TRAINER_LOAD_RNG_STATE)(self._rng_checkpoint)
+            self._rng_checkpoint = None
         if self.mlm_probability_end is None:
             return batches, num_items_in_batch
         self.current_mlm_probability = mask_rate(self.data_collator.mlm_probability, self.mlm_probability_end,
@@ -126,8 +154,8 @@ class MLMTrainer(Trainer):
 def build_trainer(model, tokenizer, model_args, mask_args, training_args, *, train_dataset=None, eval_dataset=None,
                   pad_to_multiple_of: int | None = None, callbacks=(), new_weights=None) -> MLMTrainer:
     """Our Trainer for ``model``: masking collators (training masks new each epoch, evaluation masks fixed, both
-    functions of (seed, [epoch,] tokens)), metrics, callbacks (mask epoch, graceful stop, training-curve PNG, plus
-    ``callbacks``, e.g. budget.BudgetCallback) and the speed-ups the flags ask for (sparse prediction head, fast CPU
+    functions of (seed, [epoch,] tokens)), metrics, callbacks (mask epoch, graceful stop, training-curve PNG, the
+    stream position of a streamed ``train_dataset``, plus ``callbacks``, e.g. budget.BudgetCallback) and the speed-ups the flags ask for (sparse prediction head, fast CPU
     dropout). With --mlm_probability_end training masks follow the schedule and evaluation masks use the end rate,
     so perplexities stay comparable over a run. ``new_weights`` (:func:`mlm_pretraining.head_warmup.find_new_weights`)
     adds the head warm-up of --head_warmup_steps."""
@@ -144,6 +172,8 @@ def build_trainer(model, tokenizer, model_args, mask_args, training_args, *, tra
     if mlm_probability_end is not None:
         masking["mlm_probability"] = mlm_probability_end
     graceful_stop = GracefulStopCallback()
+    if isinstance(train_dataset, PackedStream):
+        callbacks = [*callbacks, StreamPositionCallback(train_dataset)]
     if new_weights is not None:
         callbacks = [*callbacks, HeadWarmupCallback(model, new_weights, training_args.head_warmup_steps,
                                                     evaluate_at_end=eval_dataset is not None)]

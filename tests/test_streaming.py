@@ -21,15 +21,15 @@ from mlm_pretraining.text import read_corpus
 
 def stream_of(corpus: Path, **kwargs):
     args = DataArguments(train_file=[str(corpus)], streaming=True, **kwargs)
-    return args, read_corpus(args)["train"], "text"
+    return args, read_corpus(args)["train"]
 
 
 def test_stream_blocks_equal_in_memory_packing(corpus, tiny_tokenizer, tmp_path):
-    args, texts, column = stream_of(corpus, validation_split_percentage=0, preprocessing_num_workers=1)
+    args, texts = stream_of(corpus, validation_split_percentage=0, preprocessing_num_workers=1)
     raw = read_corpus(dataclasses.replace(args, streaming=False), str(tmp_path / "cache"))
     packed = pack(tokenize(raw, tiny_tokenizer, args, 32)["train"], 32, *special_token_template(tiny_tokenizer))
     expected = [list(row) for row in packed["input_ids"]]
-    stream = PackedStream(texts, column, tiny_tokenizer, 32)
+    stream = PackedStream(texts, tiny_tokenizer, 32)
     first_two_passes = list(itertools.islice(iter(stream), 2 * len(expected)))
     assert [b["input_ids"] for b in first_two_passes] == expected * 2  # the same blocks, pass after pass
     assert [b["mask_epoch"] for b in first_two_passes] == [0] * len(expected) + [1] * len(expected)
@@ -40,16 +40,16 @@ def test_stream_carries_the_remainder_across_text_batches(corpus, tiny_tokenizer
     """Tokenizing 7 texts at a time gives the same blocks: the remainder of a batch starts the next block."""
     from mlm_pretraining import streaming
 
-    _, texts, column = stream_of(corpus)
-    whole = [b["input_ids"] for b in itertools.islice(iter(PackedStream(texts, column, tiny_tokenizer, 32)), 60)]
+    _, texts = stream_of(corpus)
+    whole = [b["input_ids"] for b in itertools.islice(iter(PackedStream(texts, tiny_tokenizer, 32)), 60)]
     monkeypatch.setattr(streaming, "TEXTS_PER_BATCH", 7)
-    small = [b["input_ids"] for b in itertools.islice(iter(PackedStream(texts, column, tiny_tokenizer, 32)), 60)]
+    small = [b["input_ids"] for b in itertools.islice(iter(PackedStream(texts, tiny_tokenizer, 32)), 60)]
     assert small == whole
 
 
 def test_line_by_line_stream_and_max_samples(corpus, tiny_tokenizer):
-    _, texts, column = stream_of(corpus)
-    stream = PackedStream(texts, column, tiny_tokenizer, 16, line_by_line=True, max_samples=3)
+    _, texts = stream_of(corpus)
+    stream = PackedStream(texts, tiny_tokenizer, 16, line_by_line=True, max_samples=3)
     rows = list(itertools.islice(iter(stream), 6))
     assert [r["mask_epoch"] for r in rows] == [0, 0, 0, 1, 1, 1]
     assert all(r["input_ids"][0] == tiny_tokenizer.cls_token_id and len(r["input_ids"]) <= 16 for r in rows)
