@@ -212,6 +212,8 @@ def corpus_report(raw, tokenized, examples, tokenizer, args: DataArguments, max_
             continue
         splits[split] = split_report(ds, tokenized[split], examples.get(split), tokenizer, pieces, mode=mode,
                                      max_seq_length=max_seq_length, top_n=top_n)
+    if getattr(args, "tokenized_dataset", None) and "train" in examples:  # counted when it was prepared
+        splits = {"train": {"prepared": args.tokenized_dataset, "examples": len(examples["train"])}, **splits}
     report = {
         "model": model_name,
         "tokenizer": type(tokenizer).__name__,
@@ -243,10 +245,11 @@ SUMMARY_NOTE = ("tokens: special tokens and text separators included; examples: 
 
 
 def summary_rows(report: dict) -> tuple[list[tuple[str, ...]], list[str]]:
-    """The report's totals as rows of strings under SUMMARY_HEADER, and the names of streamed (uncounted) splits."""
+    """The report's totals as rows of strings under SUMMARY_HEADER, and the names of streamed or prepared (uncounted
+    here) splits."""
     rows, streamed = [], []
     for split, s in report["splits"].items():
-        if s.get("streamed"):
+        if s.get("streamed") or s.get("prepared"):
             streamed.append(split)
             continue
         truncated = (f"{s['texts_truncated']:,} ({s['tokens_truncated']:,} tokens)" if "texts_truncated" in s
@@ -258,6 +261,14 @@ def summary_rows(report: dict) -> tuple[list[tuple[str, ...]], list[str]]:
     return rows, streamed
 
 
+def uncounted(split_report: dict) -> str:
+    """Why a split has no counts: streamed (read once, by training) or prepared (counted when prepared)."""
+    if split_report.get("prepared"):
+        return (f"prepared in {split_report['prepared']}, {split_report['examples']:,} examples (its counts are in "
+                "its prepared_corpus.json)")
+    return "streamed, not counted (the stream is read once, by training)"
+
+
 def format_report(report: dict) -> str:
     """The report as a readable table, with the shattered words and the command that adds them."""
     lines = [(f"Corpus report ({report['mode'].replace('_', ' ')}, max_seq_length {report['max_seq_length']}, "
@@ -267,7 +278,7 @@ def format_report(report: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(SUMMARY_HEADER))]
     lines += ["  " + "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
               for r in rows]
-    lines += [f"  {split}: streamed, not counted (the stream is read once, by training)" for split in streamed]
+    lines += [f"  {split}: {uncounted(report['splits'][split])}" for split in streamed]
     lines.append(f"  {SUMMARY_NOTE}")
     for split, s in report["splits"].items():
         if s.get("split_words"):

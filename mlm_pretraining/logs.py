@@ -16,11 +16,13 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"{PARENT}.{name}")
 
 
-def setup_logging(training_args) -> None:
-    """One log format for us, transformers and datasets; replicas of a distributed run log warnings only."""
+def setup_logging(training_args=None) -> None:
+    """One log format for us, transformers and datasets; replicas of a distributed run log warnings only. Without
+    ``training_args`` (a script that does not train): our information, the libraries' warnings."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)])
-    level = training_args.get_process_log_level()
-    logging.getLogger(PARENT).setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    level = training_args.get_process_log_level() if training_args is not None else logging.WARNING
+    logging.getLogger(PARENT).setLevel(logging.INFO if training_args is None or training_args.should_log
+                                       else logging.WARNING)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)

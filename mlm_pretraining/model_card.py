@@ -140,7 +140,9 @@ def model_card(*, base_model: str, license: str, model_name: str, command: str, 
                   "| " + " | ".join(SUMMARY_HEADER) + " |", "|---" + "|---:" * (len(SUMMARY_HEADER) - 1) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in table]
         lines += ["", SUMMARY_NOTE]
-        lines += [f"The {split} text was streamed and not counted." for split in streamed]
+        lines += [f"The {split} text was prepared beforehand (`--tokenized_dataset`): "
+                  f"{report['splits'][split]['examples']:,} examples." if report["splits"][split].get("prepared")
+                  else f"The {split} text was streamed and not counted." for split in streamed]
         lines.append("")
 
     lines += ["## Training procedure", "", "Command:", "", "```bash", command, "```", ""]

@@ -94,14 +94,18 @@ class ShardWriter:
         self._rows = 0
 
     def write(self, table: pa.Table) -> None:
-        if self._writer is None:
-            self._sink = pa.OSFile(str(self.folder / SHARD_NAME.format(len(self.shards))), "wb")
-            self._writer = pa.ipc.new_stream(self._sink, table.schema)
-            self._rows = 0
-        self._writer.write_table(table)
-        self._rows += table.num_rows
-        if self._sink.tell() >= self.max_bytes:
-            self._close_shard()
+        row_bytes = max(1, table.nbytes // max(1, table.num_rows))
+        while table.num_rows:
+            if self._writer is None:
+                self._sink = pa.OSFile(str(self.folder / SHARD_NAME.format(len(self.shards))), "wb")
+                self._writer = pa.ipc.new_stream(self._sink, table.schema)
+                self._rows = 0
+            fits = max(1, (self.max_bytes - self._sink.tell()) // row_bytes)
+            self._writer.write_table(table.slice(0, fits))
+            self._rows += min(fits, table.num_rows)
+            table = table.slice(fits)
+            if self._sink.tell() >= self.max_bytes:
+                self._close_shard()
 
     def _close_shard(self) -> None:
         self._writer.close()
