@@ -135,6 +135,16 @@ def test_streaming_needs_max_steps(tmp_path):
         parse_args(["--output_dir", str(tmp_path), "--train_file", "a.txt", "--streaming"])
 
 
+def test_streaming_nsp_is_refused_saying_why_and_whole_words_stream(tmp_path):
+    base = ["--output_dir", str(tmp_path), "--train_file", "a.txt", "--streaming", "--max_steps", "10"]
+    with pytest.raises(InputError, match=r"--streaming cannot be combined with --nsp: half of the NSP pairs take their "
+                                         r"second segment from a random other document anywhere in the corpus, which "
+                                         r"needs the whole tokenized corpus at hand \(random access\); a stream sees "
+                                         r"the text once, in order.* Train --nsp from text without --streaming"):
+        parse_args([*base, "--nsp"])
+    assert parse_args([*base, "--whole_word_mask"])[2].whole_word_mask  # word ids travel with the stream
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(InputError, match=r"Config file .*nope\.yaml does not exist"):
         parse_args([str(tmp_path / "nope.yaml")])

@@ -4,6 +4,7 @@ symbol, if a transformers release moves it or changes what we rely on."""
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 
 import pytest
@@ -164,3 +165,73 @@ def test_modernbert_forward_reads_its_sparse_prediction_switch():
     logits = model(input_ids=ids, labels=labels).logits
     guard(logits.shape[0] == 2, "ModernBertForMaskedLM.forward",
           f"ignores self.{internals.MODERNBERT_SPARSE_SWITCH} (logits {tuple(logits.shape)})")
+
+
+class _Counting(torch.utils.data.IterableDataset):
+    """An endless stream of distinct tiny examples that records which it has handed out."""
+
+    def __init__(self):
+        self.fetched = []
+
+    def __iter__(self):
+        for i in itertools.count():
+            self.fetched.append(i)
+            ids = torch.tensor([5 + i % 50, 6 + i % 40, 7])
+            yield {"input_ids": ids, "labels": ids}
+
+
+def test_a_stream_resumed_with_ignore_data_skip_is_not_skipped_and_its_epoch_restarts(tmp_path, monkeypatch):
+    """What resume by position (streaming.py) relies on: with TrainingArguments.ignore_data_skip the Trainer starts
+    the stream where it stands (no batch skipped) and restores the RNG states with
+    Trainer._load_rng_state (internals.TRAINER_LOAD_RNG_STATE); for a stream, epoch = micro-steps / (max_steps x accumulation), counted
+    from 0 again after such a resume; checkpoints are complete when on_save runs."""
+    from transformers import TrainerCallback
+
+    saved = []
+
+    class SeesCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            saved.append((tmp_path / f"{internals.PREFIX_CHECKPOINT_DIR}-{state.global_step}" /
+                          internals.TRAINER_STATE_FILE).is_file())
+
+    def trainer(**extra):
+        torch.manual_seed(0)
+        args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, save_steps=2, logging_steps=1,
+                                 per_device_train_batch_size=2, gradient_accumulation_steps=2, report_to="none",
+                                 use_cpu=True, **extra)
+        return Trainer(model=BertForMaskedLM(BertConfig(**SMALL)), args=args, train_dataset=_Counting(),
+                       callbacks=[SeesCheckpoint()])
+
+    full = trainer()
+    full.train()
+    guard(saved == [True, True], "Trainer._save_checkpoint", "has not finished the checkpoint when on_save runs")
+    epochs = [e["epoch"] for e in full.state.log_history if "loss" in e]
+    guard(epochs == [g / 4 for g in (1, 2, 3, 4)], "Trainer._run_epoch",
+          f"no longer gives a stream the epoch steps / max_steps ({epochs})")
+    loads = []
+    monkeypatch.setattr(Trainer, internals.TRAINER_LOAD_RNG_STATE,
+                        lambda self, checkpoint: loads.append(checkpoint))
+    resumed = trainer(ignore_data_skip=True)
+    resumed.train(resume_from_checkpoint=str(tmp_path / f"{internals.PREFIX_CHECKPOINT_DIR}-2"))
+    guard(resumed.train_dataset.fetched[:4] == [0, 1, 2, 3] and len(resumed.train_dataset.fetched) <= 14,
+          "TrainingArguments.ignore_data_skip", "no longer starts a stream where it stands")
+    guard(loads and loads[0].endswith("-2"), f"Trainer.{internals.TRAINER_LOAD_RNG_STATE}",
+          "is no longer how a resume restores the RNG states")
+    epochs = [e["epoch"] for e in resumed.state.log_history if "loss" in e][-2:]
+    guard(epochs == [1 / 4, 2 / 4], "Trainer._run_epoch", f"counts a resumed stream's epoch otherwise ({epochs}); "
+          "see streaming.StreamPositionCallback.on_step_end")
+
+
+def test_accelerate_reads_a_stream_on_process_zero_and_dispatches_it():
+    """A stream's batches are read by process 0 and sliced for the others (accelerate's default for an
+    IterableDataset): blocks used = steps x batch x accumulation x processes, in stream order, and the dataloader
+    batches of process 0 are blocks / batch size (streaming.StreamPositionCallback.resume)."""
+    import accelerate.data_loader as accelerate_data_loader
+
+    source = inspect.getsource(accelerate_data_loader.prepare_data_loader)
+    guard("dispatch_batches = isinstance(dataloader.dataset, IterableDataset)" in source,
+          "accelerate.data_loader.prepare_data_loader", "no longer dispatches an IterableDataset's batches by default")
+    from transformers.trainer_pt_utils import AcceleratorConfig
+
+    guard(AcceleratorConfig().dispatch_batches is None and AcceleratorConfig().split_batches is False,
+          "transformers AcceleratorConfig", "changed the dispatch_batches/split_batches defaults")
