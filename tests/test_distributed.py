@@ -92,6 +92,36 @@ def test_torchrun_two_processes_match_one(no_dropout_model, corpus, tmp_path):
     assert max((one[k] - two[k]).abs().max().item() for k in one) <= 1e-6
 
 
+@pytest.mark.slow
+def test_torchrun_stream_resumed_by_position_matches_the_uninterrupted_run(tiny_model_dir, corpus, tmp_path):
+    """A streamed 2-process run (gloo, dropout on, each process its own RNG state) resumed from its checkpoint-6 by
+    position: process 0 reads the stream and hands each process its slice, the positions of both are gathered into
+    stream_state.json, and the rerun ends with the losses and weights of the uninterrupted run."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", HF_DATASETS_CACHE=str(tmp_path / "cache"))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "run_mlm.py"]
+
+    def run(out):
+        done = subprocess.run([*torchrun, *flags(tiny_model_dir, corpus, out, streaming=True, max_steps=8,
+                                                 save_strategy="steps", save_steps=3,
+                                                 per_device_train_batch_size=4)],
+                              cwd=REPO, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    run(tmp_path / "full")
+    state = json.loads((tmp_path / "full" / "checkpoint-6" / "stream_state.json").read_text())
+    assert state["blocks_consumed"] == 6 * 4 * 2 and state["blocks_per_step"] == 8
+    import shutil
+
+    shutil.copytree(tmp_path / "full" / "checkpoint-6", tmp_path / "resumed" / "checkpoint-6")
+    resumed = run(tmp_path / "resumed")
+    assert "Resuming the stream by position: pass 0, block 48" in resumed.stdout + resumed.stderr
+    assert len(losses(tmp_path / "full")) == 8
+    assert losses(tmp_path / "resumed") == pytest.approx(losses(tmp_path / "full"), abs=1e-6)
+    full, again = (load_file(tmp_path / d / "model.safetensors") for d in ("full", "resumed"))
+    assert max((full[k] - again[k]).abs().max().item() for k in full) <= 1e-6
+
+
 def test_fsdp_example_parses_into_training_arguments(tmp_path):
     training_args = parse_args([str(REPO / "examples" / "fsdp.yaml"), "--output_dir", str(tmp_path),
                                 "--bf16", "False"])[3]
