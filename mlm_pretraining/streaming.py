@@ -313,6 +313,7 @@ def corpus_description(stream: PackedStream) -> dict:
         "line_by_line": stream.line_by_line,
         "max_samples": stream.max_samples,
         "word_ids": stream.word_ids,
+        "texts_per_batch": TEXTS_PER_BATCH,  # dataloader workers share the text by batches of texts
     }
 
 
