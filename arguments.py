@@ -235,8 +235,8 @@ class DataArguments:
         if self.max_seq_length is None:
             self.max_seq_length = metadata["max_seq_length"]
         elif self.max_seq_length != metadata["max_seq_length"]:
-            raise InputError(f"--max_seq_length {self.max_seq_length}, but --tokenized_dataset '{self.tokenized_dataset}' "
-                             f"holds blocks of {metadata['max_seq_length']} tokens. Drop --max_seq_length (the "
+            raise InputError(f"--max_seq_length {self.max_seq_length}, but --tokenized_dataset "
+                             f"'{self.tokenized_dataset}' holds blocks of {metadata['max_seq_length']} tokens. Drop --max_seq_length (the "
                              f"folder's length is used), or prepare the corpus again with --max_seq_length "
                              f"{self.max_seq_length}.")
         if metadata["line_by_line"] != self.line_by_line:
@@ -274,7 +274,8 @@ class MaskingArguments:
         metadata={"help": "Choose whole words instead of word pieces: every piece of a chosen word is masked, "
                   "with the 80/10/10 rule applied per word. Words come from the fast tokenizer (WordPiece ##, "
                   "BPE Ġ, SentencePiece ▁ alike); Chinese words from a segmenter (see "
-                  "--chinese_word_segmentation). Works with packing, --line_by_line and --nsp."},
+                  "--chinese_word_segmentation). Works with packing, --line_by_line, --nsp, --streaming and "
+                  "--tokenized_dataset (prepared with --whole_word_mask)."},
     )
     chinese_word_segmentation: str = field(
         default="auto",

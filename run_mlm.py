@@ -4,6 +4,7 @@
     python run_mlm.py --model_name_or_path bert-base-uncased --train_file corpus.txt --output_dir out
     python run_mlm.py examples/quickstart.yaml                 # every flag from one YAML/JSON file
     torchrun --nproc_per_node 8 run_mlm.py ...                 # several GPUs
+    python run_mlm.py --tokenized_dataset prepared/ ...        # a corpus tokenized once by scripts/prepare_corpus.py
 
 Rerunning the same command resumes from the last complete checkpoint in --output_dir. SIGTERM or Ctrl-C saves a
 checkpoint at the current step and exits with status 128 + the signal number (143 or 130); rerun to continue.

@@ -197,8 +197,8 @@ def read_metadata(folder: str, flag: str = "--tokenized_dataset") -> dict:
         raise InputError(f"{flag} '{folder}' is not a folder. Give a folder written by scripts/prepare_corpus.py.")
     meta_path = path / METADATA_FILE
     if not meta_path.is_file():
-        raise InputError(f"{flag} '{folder}' holds no {METADATA_FILE}: it was not written by scripts/prepare_corpus.py, "
-                         "or the preparation did not finish (the file is written last). Run scripts/prepare_corpus.py "
+        raise InputError(f"{flag} '{folder}' holds no {METADATA_FILE}: it was not written by "
+                         "scripts/prepare_corpus.py, or the preparation did not finish (the file is written last). Run scripts/prepare_corpus.py "
                          f"--output_dir {folder} with the model, data and masking flags of the training run.")
     try:
         metadata = json.loads(meta_path.read_text(encoding="utf-8"))

@@ -155,9 +155,9 @@ def build_trainer(model, tokenizer, model_args, mask_args, training_args, *, tra
                   pad_to_multiple_of: int | None = None, callbacks=(), new_weights=None) -> MLMTrainer:
     """Our Trainer for ``model``: masking collators (training masks new each epoch, evaluation masks fixed, both
     functions of (seed, [epoch,] tokens)), metrics, callbacks (mask epoch, graceful stop, training-curve PNG, the
-    stream position of a streamed ``train_dataset``, plus ``callbacks``, e.g. budget.BudgetCallback) and the speed-ups the flags ask for (sparse prediction head, fast CPU
-    dropout). With --mlm_probability_end training masks follow the schedule and evaluation masks use the end rate,
-    so perplexities stay comparable over a run. ``new_weights`` (:func:`mlm_pretraining.head_warmup.find_new_weights`)
+    stream position of a streamed ``train_dataset``, plus ``callbacks``, e.g. budget.BudgetCallback) and the
+    speed-ups the flags ask for (sparse prediction head, fast CPU dropout). With --mlm_probability_end training
+    masks follow the schedule and evaluation masks use the end rate, so perplexities stay comparable over a run. ``new_weights`` (:func:`mlm_pretraining.head_warmup.find_new_weights`)
     adds the head warm-up of --head_warmup_steps."""
     if model_args.sparse_prediction:
         enable_sparse_prediction(model)

@@ -66,8 +66,8 @@ class PrepareArguments:
             raise InputError(f"--max_shard_mb must be positive, got {self.max_shard_mb}.")
         earlier = _prepared_files(folder)
         if earlier and not self.overwrite_output_dir:
-            raise InputError(f"--output_dir '{self.output_dir}' already holds a prepared corpus ({earlier[0].name}, ...). "
-                             "Choose another folder, or pass --overwrite_output_dir to replace it.")
+            raise InputError(f"--output_dir '{self.output_dir}' already holds a prepared corpus "
+                             f"({earlier[0].name}, ...). Choose another folder, or pass --overwrite_output_dir to replace it.")
 
 
 def _prepared_files(folder: Path) -> list[Path]:

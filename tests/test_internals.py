@@ -183,8 +183,8 @@ class _Counting(torch.utils.data.IterableDataset):
 def test_a_stream_resumed_with_ignore_data_skip_is_not_skipped_and_its_epoch_restarts(tmp_path, monkeypatch):
     """What resume by position (streaming.py) relies on: with TrainingArguments.ignore_data_skip the Trainer starts
     the stream where it stands (no batch skipped) and restores the RNG states with
-    Trainer._load_rng_state (internals.TRAINER_LOAD_RNG_STATE); for a stream, epoch = micro-steps / (max_steps x accumulation), counted
-    from 0 again after such a resume; checkpoints are complete when on_save runs."""
+    Trainer._load_rng_state (internals.TRAINER_LOAD_RNG_STATE); for a stream, epoch = micro-steps / (max_steps x
+    accumulation), counted from 0 again after such a resume; checkpoints are complete when on_save runs."""
     from transformers import TrainerCallback
 
     saved = []

@@ -117,8 +117,8 @@ def test_another_tokenizer_is_refused(prepared, tiny_model_dir, text_file, tmp_p
     config["do_lower_case"] = False  # the same vocabulary, cut differently
     (cased / "tokenizer_config.json").write_text(json.dumps(config))
     error = run(["--tokenized_dataset", str(prepared), "--whole_word_mask"],
-                r"--tokenized_dataset '.*' was prepared with the tokenizer of .*tiny-bert.* \(fingerprint [0-9a-f]{16}, "
-                r"\d+ tokens\); this run's tokenizer .* gives other token ids\. Prepare the corpus again with this "
+                r"--tokenized_dataset '.*' was prepared with the tokenizer of .*tiny-bert.* "
+                r"\(fingerprint [0-9a-f]{16}, \d+ tokens\); this run's tokenizer .* gives other token ids\. Prepare the corpus again with this "
                 r"run's --model_name_or_path", before_model=False, model=cased)
     assert str(cased) in str(error)
     words = tmp_path / "words.txt"

@@ -228,13 +228,16 @@ def test_resume_by_position_is_exact(tiny_model_dir, stream_corpus, tmp_path, ex
 
 def test_text_stream_reads_the_texts_datasets_reads(tmp_path):
     """CRLF, lone CR, a BOM, blank and whitespace-only lines, a line separator inside a line: the same texts as the
-    in-memory path (datasets' text builder, universal newlines); JSON lines likewise, null and blank lines skipped."""
+    in-memory path (datasets' text builder, universal newlines); JSON lines and a JSON array likewise, null and
+    blank texts skipped."""
     txt = tmp_path / "odd.txt"
     txt.write_bytes("\ufeffone\r\ntwo\rthree\n\n   \nfour\u2028still four\r\n\rfive".encode("utf-8"))
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text('{"text": "alpha"}\n\n{"text": null}\n{"text": "  "}\n{"text": "beta\\r\\ngamma"}\r\n',
                      encoding="utf-8")
-    for path in (txt, jsonl):
+    array = tmp_path / "rows.json"  # read by datasets, file by file: places are rows
+    array.write_text(json.dumps([{"text": "first"}, {"text": None}, {"text": "second"}, {"text": " "}]))
+    for path in (txt, jsonl, array):
         args = DataArguments(train_file=[str(path)], validation_split_percentage=0)
         in_memory = read_corpus(args)["train"]["text"]
         streamed = read_corpus(dataclasses.replace(args, streaming=True))["train"]
@@ -244,7 +247,7 @@ def test_text_stream_reads_the_texts_datasets_reads(tmp_path):
         for k, (place, text, after) in enumerate(places):
             assert [t for _, t, _ in streamed.texts(place)] == in_memory[k:]
             assert [t for _, t, _ in streamed.texts(after)] == in_memory[k + 1:]
-    assert in_memory == ["alpha", "beta\r\ngamma"]
+    assert in_memory == ["first", "second"]
 
 
 def test_bad_utf8_in_a_stream_names_the_file_and_byte(tmp_path):
