@@ -258,6 +258,7 @@ class StreamPositionCallback(TrainerCallback):
             "blocks_consumed": consumed,
             "blocks_per_step": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
             "workers": max(1, args.dataloader_num_workers),
+            "per_device_train_batch_size": args.per_device_train_batch_size,
             "corpus": corpus_description(self.stream),
             "positions": [dict(zip(POSITION_FIELDS, self.latest[w])) for w in sorted(self.latest)],
         }
@@ -290,9 +291,14 @@ class StreamPositionCallback(TrainerCallback):
             raise InputError(f"{checkpoint} was written with --dataloader_num_workers {saved['workers']} (each worker "
                              f"packs its own share of the text, and has its own position), this run has {workers}. "
                              f"Resume with --dataloader_num_workers {saved['workers']}.")
+        batch = saved.get("per_device_train_batch_size", args.per_device_train_batch_size)
+        if workers > 1 and batch != args.per_device_train_batch_size:
+            raise InputError(f"{checkpoint} was written with --per_device_train_batch_size {batch} and "
+                             f"--dataloader_num_workers {workers}: the workers' turns follow the batches, so resume with "
+                             f"--per_device_train_batch_size {batch}.")
         # The dataloader takes batches from its workers in turn; the next one is due from this worker. (Process 0
         # reads every batch of a torchrun job, accelerate's default for a stream, so batches are blocks / batch size.)
-        rotation = int(saved["blocks_consumed"]) // args.per_device_train_batch_size % workers
+        rotation = int(saved["blocks_consumed"]) // batch % workers
         self.stream.seek(positions, rotation)
         self.latest = positions
         self.consumed_before = int(saved["blocks_consumed"])
