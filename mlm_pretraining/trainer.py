@@ -101,11 +101,11 @@ class MLMTrainer(Trainer):
         return self.state.global_step / max(1, self.state.max_steps)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """Note a stream's positions (and drop them from the batches). With a mask-rate schedule, mask the step's
-        batches at the rate for this step. They are masked here, in
-        the main process, after the Trainer picked the step (the collator may run ahead of it, prefetching, or
-        in worker processes); masks stay functions of (seed, epoch, tokens) and the step, so resumed and
-        multi-process runs mask as an uninterrupted single process does."""
+        """Note a stream's positions (and drop them from the batches): these are the blocks the step trains on, the
+        dataloader may have read further. With a mask-rate schedule, mask the step's batches at the rate for this
+        step. They are masked here, in the main process, after the Trainer picked the step (the collator may run
+        ahead of it, prefetching, or in worker processes); masks stay functions of (seed, epoch, tokens) and the
+        step, so resumed and multi-process runs mask as an uninterrupted single process does."""
         batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         positions = self.stream_positions
         if positions is not None:  # the blocks this step trains on: the stream stands after them
