@@ -49,6 +49,7 @@ COLUMNS = (("eval_macro_f1", "dev macro-F1"), ("test_macro_f1", "test macro-F1")
 CONFIDENCE = 0.95
 SECONDS_FILE = "wall_seconds.json"  # beside each run's all_results.json: what the run cost, kept for reruns
 FLAGS_FILE = "experiment_flags.json"  # the flags a run was launched with, checked before its results are reused
+ARMS = ("base", "tapt")
 
 
 @dataclass
@@ -105,6 +106,11 @@ class TaptArguments:
     mix_train_file: list[str] | None = field(default=None, metadata={"help": "Passed to run_mlm.py: general text "
                                                                       "mixed into TAPT's training text."})
     mix_share: float | None = field(default=None, metadata={"help": "Passed to run_mlm.py with --mix_train_file."})
+    arms: list[str] = field(default_factory=lambda: list(ARMS),
+                            metadata={"help": "Fine-tune only these arms ('base', 'tapt'): split one experiment across "
+                                      "processes or machines sharing --output_dir (e.g. one process --arms base, "
+                                      "another --arms tapt). The result table needs both: rerun with both, which "
+                                      "reuses every finished run."})
     keep_models: bool = field(default=False, metadata={"help": "Keep every fine-tuned model's weights (large); by "
                                                        "default only their results are kept."})
 
@@ -130,6 +136,8 @@ class TaptArguments:
             raise InputError(f"--general_text '{self.general_text}' is not a file; give a text file, or 'none'.")
         if self.general_text is not None:
             self.general_text = str(Path(self.general_text).resolve())
+        if not self.arms or set(self.arms) - set(ARMS):
+            raise InputError(f"--arms must name one or both of {', '.join(ARMS)}, got {self.arms}.")
         if self.mix_share is not None and not self.mix_train_file:
             raise InputError("--mix_share needs --mix_train_file (the general text to mix in).")
         from mlm_pretraining.head_warmup import parse_warmup_steps
@@ -355,22 +363,25 @@ def main(argv: list[str] | None = None) -> dict:
     launched: list[str] = []
 
     tapt_dir = out / "tapt"
-    flags = pretrain_flags(args, files, tapt_dir)
-    tapt_results = finished(tapt_dir, flags)
-    if tapt_results is None:
-        logger.info("(b) masked-LM on %s's training text -> %s", Path(args.task_dir).name, tapt_dir)
-        tapt_results = run_script("run_mlm.py", flags, tapt_dir)
-        launched.append("tapt")
-    perplexity, perplexities = perplexity_table(tapt_results, warmup_evaluation(tapt_dir))
-    for name, values in perplexities.items():
-        logger.info("TAPT %s perplexity: %s before, %s after head warm-up, %.2f after", name,
-                    *(f"{values[k]:.2f}" if values[k] is not None else "–" for k in ("before", "after_head_warmup")),
-                    values["after"])
+    if "tapt" in args.arms:  # the base arm alone needs no TAPT run: it can fine-tune meanwhile
+        flags = pretrain_flags(args, files, tapt_dir)
+        tapt_results = finished(tapt_dir, flags)
+        if tapt_results is None:
+            logger.info("(b) masked-LM on %s's training text -> %s", Path(args.task_dir).name, tapt_dir)
+            tapt_results = run_script("run_mlm.py", flags, tapt_dir)
+            launched.append("tapt")
+        perplexity, perplexities = perplexity_table(tapt_results, warmup_evaluation(tapt_dir))
+        for name, values in perplexities.items():
+            logger.info("TAPT %s perplexity: %s before, %s after head warm-up, %.2f after", name,
+                        *(f"{values[k]:.2f}" if values[k] is not None else "–" for k in ("before", "after_head_warmup")),
+                        values["after"])
 
     runs: dict[str, dict[int, dict]] = {"base": {}, "tapt": {}}
     fine_tune_minutes: dict[str, dict[str, float | None]] = {"base": {}, "tapt": {}}
     for seed in args.seeds:
         for arm, model in (("base", args.model_name_or_path), ("tapt", str(tapt_dir))):
+            if arm not in args.arms:
+                continue
             run_dir = out / f"{arm}-finetune" / f"seed{seed}"
             flags = fine_tune_flags(args, files, model, seed, run_dir)
             results = finished(run_dir, flags)
@@ -384,6 +395,10 @@ def main(argv: list[str] | None = None) -> dict:
             logger.info("%s seed %d: dev macro-F1 %.4f, test macro-F1 %.4f", arm, seed, results["eval_macro_f1"],
                         results["test_macro_f1"])
 
+    if set(args.arms) != set(ARMS):  # a share of the experiment: the table waits for a run with both arms
+        logger.info("Finished the %s arm's runs; rerun with both arms for the table (finished runs are reused).",
+                    " and ".join(args.arms))
+        return {"runs": {arm: {str(s): r for s, r in runs[arm].items()} for arm in args.arms}, "launched": launched}
     tapt_seconds = wall_seconds(tapt_dir)
     minutes = {}
     for arm in ("base", "tapt"):

@@ -160,3 +160,24 @@ def test_task_dir_must_hold_the_three_splits(tmp_path):
         main(["--task_dir", str(tmp_path), "--output_dir", "x", "--general_text", "nowhere.txt"])
     with pytest.raises(InputError, match="--head_warmup_steps must be 'auto'"):
         main(["--task_dir", str(tmp_path), "--output_dir", "x", "--head_warmup_steps", "-2"])
+
+
+def test_arms_split_an_experiment_and_a_run_with_both_reuses_them(tmp_path, headless_model_dir, task_dir, corpus):
+    out = tmp_path / "exp"
+    argv = ["--task_dir", str(task_dir), "--output_dir", str(out), "--model_name_or_path", str(headless_model_dir),
+            "--seeds", "1", "--max_steps", "2", "--per_device_train_batch_size", "4", "--tapt_max_steps", "2",
+            "--tapt_batch_size", "4", "--tapt_max_seq_length", "32", "--tapt_max_eval_samples", "4",
+            "--general_text", "none", "--head_warmup_steps", "1"]
+    base_only = main([*argv, "--arms", "base"])
+    assert base_only["launched"] == ["base-finetune-seed1"]  # no TAPT run: the base arm does not need one
+    assert not (out / "tapt").exists() and not (out / "results.md").exists()
+    tapt_only = main([*argv, "--arms", "tapt"])
+    assert tapt_only["launched"] == ["tapt", "tapt-finetune-seed1"]
+    both = main(argv)
+    assert both["launched"] == [] and (out / "results.md").is_file()
+    assert both["runs"]["base"]["1"] == base_only["runs"]["base"]["1"]
+
+
+def test_arms_must_name_known_arms(tmp_path, task_dir):
+    with pytest.raises(InputError, match="--arms must name one or both of base, tapt"):
+        main(["--task_dir", str(task_dir), "--output_dir", str(tmp_path), "--arms", "stock"])
