@@ -28,6 +28,7 @@ from mlm_pretraining.internals import (
     sdpa_attention_forward,
     sdpa_mask,
 )
+from mlm_pretraining.profiling import DROPOUT_SCOPE
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return nn.functional.dropout(x, p, training=True)
     # A float multiplier (0 or 1 / (1 − p)): one multiply forward and one backward, where a bool mask would be
     # converted to float in both.
-    return x * keep_mask(x.shape, p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    with torch.profiler.record_function(DROPOUT_SCOPE):
+        return x * keep_mask(x.shape, p).to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
 class FastDropout(nn.Dropout):
@@ -97,7 +99,8 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
         else:
             scores = scores + attention_mask
     probs = torch.softmax(scores, dim=-1)
-    probs = probs * keep_mask(probs.shape, dropout).to(probs.dtype)
+    with torch.profiler.record_function(DROPOUT_SCOPE):
+        probs = probs * keep_mask(probs.shape, dropout).to(probs.dtype)
     output = torch.bmm(probs.view(batch * heads, q_len, k_len), v).mul_(1.0 / (1.0 - dropout))
     return output.view(batch, heads, q_len, -1).transpose(1, 2).contiguous(), None
 

@@ -4,6 +4,7 @@
     python scripts/benchmark.py                          # shipped MiniLM, wikitext-2, length 128, batch 32
     python scripts/benchmark.py --bf16                   # adds ours in bf16 (GPU, or CPU with AMX / AVX-512 BF16)
     python scripts/benchmark.py --model_name_or_path bert-base-uncased --max_steps 60 --variants stock,ours
+    python scripts/benchmark.py --profile                # where a step's time goes, per op class, stock and ours
 
 Stock is transformers' examples/pytorch/language-modeling/run_mlm.py: tokenize every line with special tokens,
 ``group_texts`` into blocks, ``DataCollatorForLanguageModeling(mlm_probability=0.15)``, ``AutoModelForMaskedLM``,
@@ -15,6 +16,10 @@ variants), and the share of the compute limit: training FLOPs per token (encoder
 positions, the work MLM needs) × tokens/s ÷ a matmul peak measured in the same process and precision. Then
 preprocessing: MB/s of reading, tokenizing and packing a --preprocess_mb file (default 100 MB) for both pipelines
 from an empty cache, and ours again from its cache. The last line printed is one JSON object with all of it.
+
+With --profile each variant instead trains --warmup_steps steps, then --profile_steps steps under torch.profiler
+(mlm_pretraining.profiling), and the table gives each op class's share of those steps' time and milliseconds per
+step (the profiler's own overhead included, so read shares, not speeds, from it).
 """
 
 from __future__ import annotations
@@ -81,12 +86,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Run the variants this many times, alternating (stock, ours, stock, ours, ...), and "
                         "report the median and the range of each figure and of each round's ratio, so that a shared "
                         "machine's drift shows up as spread rather than as a wrong ratio.")
+    parser.add_argument("--profile", action="store_true",
+                        help="Instead of timing, profile --profile_steps training steps after --warmup_steps and "
+                        "print each op class's share of the step time (matmul, attention, softmax, cross-entropy, "
+                        "dropout, elementwise, copies, optimizer, other) per variant.")
+    parser.add_argument("--profile_steps", type=int, default=3, help="Steps to profile with --profile.")
     parser.add_argument("--output_dir", default=None, help="Scratch folder (default: a temporary one).")
     parser.add_argument("--child", choices=VARIANTS + PREPROCESS_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--preprocess_file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}.")
+    if args.profile_steps < 1:
+        parser.error(f"--profile_steps must be at least 1, got {args.profile_steps}.")
+    if args.profile:  # warm-up, then the profiled steps, nothing else
+        args.max_steps = args.warmup_steps + args.profile_steps
     if args.warmup_steps >= args.max_steps:
         parser.error(f"--warmup_steps ({args.warmup_steps}) must be smaller than --max_steps ({args.max_steps}).")
     for flag in ("train_file", "validation_file"):
@@ -320,6 +334,8 @@ def run_variant(args) -> dict:
     build = build_stock if variant.startswith("stock") else build_ours
     trainer, tokenizer, collator, timer = build(args, bf16, output_dir)
     device = trainer.args.device
+    if args.profile:
+        return profile_variant(args, trainer)
 
     trainer.train()
     steps = len(timer.times)
@@ -352,6 +368,21 @@ def run_variant(args) -> dict:
         "compute_limit_tokens_per_s": peak_flops / flops, "compute_share": train_tps * flops / peak_flops,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def profile_variant(args, trainer) -> dict:
+    """Train --warmup_steps steps, then profile --profile_steps steps; seconds per step in each op class."""
+    import torch
+
+    from mlm_pretraining.profiling import StepProfiler
+
+    profiler = StepProfiler(first_step=args.warmup_steps, steps=args.profile_steps)
+    trainer.add_callback(profiler)
+    trainer.train()
+    return {"variant": args.child, "precision": "bf16" if args.child.endswith("bf16") else "fp32",
+            "device": str(trainer.args.device), "profiled_steps": args.profile_steps,
+            "step_seconds": profiler.wall_seconds / args.profile_steps, "op_class_seconds": profiler.per_step(),
+            "torch_threads": torch.get_num_threads()}
 
 
 def run_preprocessing(args) -> dict:
@@ -450,6 +481,26 @@ def median_result(runs: list[dict]) -> dict:
     return merged
 
 
+def profile_table(results: list[dict]) -> str:
+    """Op classes down, variants across: each class's share of the profiled step time and its ms per step."""
+    from mlm_pretraining.profiling import OP_CLASSES, shares
+
+    rows = []
+    for name in (*OP_CLASSES, "total"):
+        row = {"op class": name}
+        for result in results:
+            seconds = result["op_class_seconds"]
+            share = shares(seconds)
+            row[f"{result['variant']} share"] = 1.0 if name == "total" else share[name]
+            row[f"{result['variant']} ms/step"] = 1e3 * (sum(seconds.values()) if name == "total" else seconds[name])
+        rows.append(row)
+    columns = [("op class", "op class", "{}")]
+    for result in results:
+        columns += [(f"{result['variant']} share", f"{result['variant']} share", "{:.1%}"),
+                    (f"{result['variant']} ms/step", f"{result['variant']} ms/step", "{:,.0f}")]
+    return markdown_table(rows, columns)
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -459,6 +510,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     variants, notes = choose_variants(args)
     child_argv = [a for a in argv if a != "--bf16"]
+    if args.profile:
+        return profile_main(args, variants, child_argv)
     rounds = [{variant: run_child(variant, child_argv) for variant in variants} for _ in range(args.repeats)]
     results = [median_result([r[variant] for r in rounds]) for variant in variants]
     preprocessing = []
@@ -519,6 +572,20 @@ def main(argv: list[str] | None = None) -> dict:
         print(markdown_table(preprocessing, PREPROCESS_COLUMNS))
         if "preprocessing ours/stock" in ratios:
             print(f"preprocessing ours/stock: {ratios['preprocessing ours/stock']['mb_per_s']:.2f}×")
+    print(json.dumps(summary))
+    return summary
+
+
+def profile_main(args, variants: list[str], child_argv: list[str]) -> dict:
+    """--profile: each variant's op-class shares of its profiled steps, as a table and one JSON line."""
+    results = [run_child(variant, child_argv) for variant in variants]
+    print(f"\nCPU: {cpu_name()}; device: {results[0]['device']}; {results[0]['torch_threads']} torch threads; "
+          f"{args.profile_steps} steps profiled after {args.warmup_steps} warm-up, batch {args.batch_size} × "
+          f"{args.max_seq_length} tokens; share of the profiled steps' wall-clock time (profiler overhead included)")
+    print(profile_table(results))
+    summary = {"cpu": cpu_name(), "settings": {k: getattr(args, k) for k in (
+        "model_name_or_path", "max_seq_length", "batch_size", "warmup_steps", "profile_steps", "seed")},
+        "profiles": results}
     print(json.dumps(summary))
     return summary
 
