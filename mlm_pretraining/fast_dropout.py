@@ -4,9 +4,10 @@ On a CPU, PyTorch's dropout draws one random number per element with ``bernoulli
 AVX2 core); in BERT training that is ~15 % of a step, most of it in the attention probabilities (batch × heads ×
 length² elements per layer). Here a mask is 32 random bits per element from NumPy's SFC64 generator
 (~2 ns), compared with ``round(keep × 2³²)``: each element is kept with probability ``1 − p`` to within 2⁻³²
-and scaled by ``1 / (1 − p)``, as ``torch.nn.functional.dropout`` does. Each mask's generator is seeded from
-torch's default generator, so ``torch.manual_seed``/``set_seed`` make runs repeatable and the Trainer's saved RNG
-state resumes them exactly.
+and scaled by ``1 / (1 − p)``, as ``torch.nn.functional.dropout`` does; the mask is made directly as that float
+multiplier (0 or ``1 / (1 − p)``) in one NumPy pass, and applied by one multiply forward and one backward. Each
+mask's generator is seeded from torch's default generator, so ``torch.manual_seed``/``set_seed`` make runs
+repeatable and the Trainer's saved RNG state resumes them exactly.
 
 :func:`enable_fast_dropout` applies it to a model without touching its code, weights or saved config: its
 ``nn.Dropout`` modules get this forward, and attention goes through :func:`attention_forward`, registered with
@@ -36,18 +37,35 @@ ATTENTION_NAME = "sdpa_fast_dropout"
 _SEED_HIGH = 2**63 - 1
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A bool CPU tensor of ``shape`` whose elements are True with probability ``1 − p``, independently.
-
-    The bits come from NumPy's SFC64, seeded by one draw from ``generator`` (torch's default CPU generator if None).
-    """
-    numel = int(np.prod(shape))
+def _kept(numel: int, p: float, generator: torch.Generator | None) -> np.ndarray | None:
+    """``numel`` booleans, each True with probability ``1 − p``; None when every element is kept. The bits come
+    from NumPy's SFC64, seeded by one draw from ``generator`` (torch's default CPU generator if None)."""
     seed = int(torch.randint(0, _SEED_HIGH, (), generator=generator))
     threshold = round((1.0 - p) * 2**32)
     if threshold >= 2**32:  # p so small that every element is kept
-        return torch.ones(shape, dtype=torch.bool)
+        return None
     bits = np.random.SFC64(seed).random_raw((numel + 1) // 2).view(np.uint32)[:numel]
-    return torch.from_numpy(bits < np.uint32(threshold)).view(shape)
+    return bits < np.uint32(threshold)
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A bool CPU tensor of ``shape`` whose elements are True with probability ``1 − p``, independently."""
+    kept = _kept(int(np.prod(shape)), p, generator)
+    return torch.ones(shape, dtype=torch.bool) if kept is None else torch.from_numpy(kept).view(shape)
+
+
+def keep_multiplier(shape: torch.Size | tuple[int, ...], p: float,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """A float32 CPU tensor of ``shape``: ``1 / (1 − p)`` where :func:`keep_mask` would be True from the same
+    generator state, else 0: dropout's mask and scaling in one tensor, made in one NumPy pass (converting a bool
+    mask in torch and scaling it cost about three times as much)."""
+    kept = _kept(int(np.prod(shape)), p, generator)
+    scale = np.float32(1.0 / (1.0 - p))
+    if kept is None:
+        return torch.full(tuple(shape), float(scale))
+    multiplier = np.empty(kept.shape, dtype=np.float32)
+    np.multiply(kept, scale, out=multiplier)
+    return torch.from_numpy(multiplier).view(shape)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -59,7 +77,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     # A float multiplier (0 or 1 / (1 − p)): one multiply forward and one backward, where a bool mask would be
     # converted to float in both.
     with torch.profiler.record_function(DROPOUT_SCOPE):
-        return x * keep_mask(x.shape, p).to(x.dtype).mul_(1.0 / (1.0 - p))
+        return x * keep_multiplier(x.shape, p).to(x.dtype)
 
 
 class FastDropout(nn.Dropout):
@@ -72,12 +90,11 @@ class FastDropout(nn.Dropout):
 
 
 def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """Scaled dot-product attention with dropout on the probabilities drawn by :func:`keep_mask`.
+    """Scaled dot-product attention with dropout on the probabilities drawn by :func:`keep_multiplier`.
 
     Inputs and output as transformers' ``sdpa_attention_forward`` (queries ``[batch, heads, q, d]``, output
     ``[batch, q, heads, d]``); without dropout, off the CPU, or for causal, grouped-query or position-biased
-    attention, it *is* that function. The dropout scale
-    ``1 / (1 − p)`` is applied to the (smaller) output instead of the probabilities: the same numbers.
+    attention, it *is* that function.
     """
     is_causal = kwargs.get("is_causal")
     causal = attention_mask is None and (is_causal if is_causal is not None else getattr(module, "is_causal", True))
@@ -100,8 +117,8 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
             scores = scores + attention_mask
     probs = torch.softmax(scores, dim=-1)
     with torch.profiler.record_function(DROPOUT_SCOPE):
-        probs = probs * keep_mask(probs.shape, dropout).to(probs.dtype)
-    output = torch.bmm(probs.view(batch * heads, q_len, k_len), v).mul_(1.0 / (1.0 - dropout))
+        probs = probs * keep_multiplier(probs.shape, dropout).to(probs.dtype)
+    output = torch.bmm(probs.view(batch * heads, q_len, k_len), v)
     return output.view(batch, heads, q_len, -1).transpose(1, 2).contiguous(), None
 
 
