@@ -577,14 +577,23 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def profile_main(args, variants: list[str], child_argv: list[str]) -> dict:
-    """--profile: each variant's op-class shares of its profiled steps, as a table and one JSON line."""
-    results = [run_child(variant, child_argv) for variant in variants]
+    """--profile: each variant's op-class shares of its profiled steps, as a table and one JSON line. With
+    --repeats the variants alternate and each class's seconds per step are the median over the repeats."""
+    rounds = [[run_child(variant, child_argv) for variant in variants] for _ in range(args.repeats)]
+    results = []
+    for runs in zip(*rounds):
+        merged = dict(runs[0], repeats=len(runs), runs=list(runs))
+        merged["op_class_seconds"] = {name: statistics.median(run["op_class_seconds"][name] for run in runs)
+                                      for name in runs[0]["op_class_seconds"]}
+        merged["step_seconds"] = statistics.median(run["step_seconds"] for run in runs)
+        results.append(merged)
     print(f"\nCPU: {cpu_name()}; device: {results[0]['device']}; {results[0]['torch_threads']} torch threads; "
           f"{args.profile_steps} steps profiled after {args.warmup_steps} warm-up, batch {args.batch_size} × "
-          f"{args.max_seq_length} tokens; share of the profiled steps' wall-clock time (profiler overhead included)")
+          f"{args.max_seq_length} tokens; share of the profiled steps' wall-clock time (profiler overhead included)"
+          + (f"; medians of {args.repeats} alternating runs" if args.repeats > 1 else ""))
     print(profile_table(results))
     summary = {"cpu": cpu_name(), "settings": {k: getattr(args, k) for k in (
-        "model_name_or_path", "max_seq_length", "batch_size", "warmup_steps", "profile_steps", "seed")},
+        "model_name_or_path", "max_seq_length", "batch_size", "warmup_steps", "profile_steps", "seed", "repeats")},
         "profiles": results}
     print(json.dumps(summary))
     return summary
