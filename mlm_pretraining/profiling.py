@@ -93,12 +93,16 @@ def _is_backward(event) -> bool:
 def op_class_seconds(events, wall_seconds: float) -> dict[str, float]:
     """Seconds per op class in ``events`` (torch.profiler FunctionEvents of the main thread) over ``wall_seconds``;
     the time in no op goes to "other", and the classes sum to ``max(wall_seconds, time in ops)``."""
-    events = list(events)
-    # A forward op's scope (itself and what encloses it), by autograd sequence number, for its backward ops.
+    events = sorted(events, key=lambda e: e.time_range.start)
+    # A forward op's scope (itself and what encloses it), by autograd sequence number, for its backward ops. Ops
+    # that create no autograd node carry the number the next node will get, so the last outermost op with a number
+    # is the one that made the node.
     forward_scope: dict[int, list[str]] = {}
     for event in events:
-        if getattr(event, "sequence_nr", -1) >= 0 and not _is_backward(event):
-            forward_scope.setdefault(event.sequence_nr, [event.name] + _forward_scopes(event))
+        number = getattr(event, "sequence_nr", -1)
+        parent = event.cpu_parent
+        if number >= 0 and not _is_backward(event) and (parent is None or parent.sequence_nr != number):
+            forward_scope[number] = [event.name] + _forward_scopes(event)
     seconds = dict.fromkeys(OP_CLASSES, 0.0)
     for event in events:
         scopes = _forward_scopes(event)
@@ -155,3 +159,22 @@ class StepProfiler(TrainerCallback):
     def per_step(self) -> dict[str, float]:
         """Seconds per op class per profiled step."""
         return {name: value / self.steps for name, value in (self.seconds or {}).items()}
+
+
+def op_class_table(profiles: dict[str, dict[str, float]]) -> str:
+    """A Markdown table, op classes down and the named profiles across (``{name: seconds per class per step}``):
+    each class's share of its profile's time and its milliseconds per step, then the totals."""
+    from mlm_pretraining.tables import markdown_table
+
+    rows = []
+    for name in (*OP_CLASSES, "total"):
+        row = {"op class": name}
+        for label, seconds in profiles.items():
+            total = sum(seconds.values())
+            row[f"{label} share"] = 1.0 if name == "total" else shares(seconds)[name]
+            row[f"{label} ms/step"] = 1e3 * (total if name == "total" else seconds[name])
+        rows.append(row)
+    columns = [("op class", "op class", "{}")]
+    for label in profiles:
+        columns += [(f"{label} share", f"{label} share", "{:.1%}"), (f"{label} ms/step", f"{label} ms/step", "{:,.0f}")]
+    return markdown_table(rows, columns)
