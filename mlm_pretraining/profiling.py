@@ -53,7 +53,8 @@ def classify_op(name: str, scopes: Iterable[str] = ()) -> str:
     backward op those of its forward op, itself included)."""
     lowered = name.lower()
     scopes = [s.lower() for s in scopes]
-    if _matches(lowered, _OPTIMIZER_NAMES) or any(s.startswith(_OPTIMIZER_SCOPES) for s in scopes):
+    if _matches(lowered, _OPTIMIZER_NAMES) or any(s.startswith(_OPTIMIZER_SCOPES) or _matches(s, _OPTIMIZER_NAMES)
+                                                  for s in scopes):
         return OPTIMIZER
     if _matches(lowered, _DROPOUT_NAMES) or any(_matches(s, _DROPOUT_NAMES) or s == DROPOUT_SCOPE for s in scopes):
         return DROPOUT
@@ -90,9 +91,8 @@ def _is_backward(event) -> bool:
                n.endswith("Backward1") for n in names)
 
 
-def op_class_seconds(events, wall_seconds: float) -> dict[str, float]:
-    """Seconds per op class in ``events`` (torch.profiler FunctionEvents of the main thread) over ``wall_seconds``;
-    the time in no op goes to "other", and the classes sum to ``max(wall_seconds, time in ops)``."""
+def classify_events(events) -> list[tuple[object, str]]:
+    """Each of ``events`` (torch.profiler FunctionEvents of one thread) with its op class."""
     events = sorted(events, key=lambda e: e.time_range.start)
     # A forward op's scope (itself and what encloses it), by autograd sequence number, for its backward ops. Ops
     # that create no autograd node carry the number the next node will get, so the last outermost op with a number
@@ -103,13 +103,22 @@ def op_class_seconds(events, wall_seconds: float) -> dict[str, float]:
         parent = event.cpu_parent
         if number >= 0 and not _is_backward(event) and (parent is None or parent.sequence_nr != number):
             forward_scope[number] = [event.name] + _forward_scopes(event)
-    seconds = dict.fromkeys(OP_CLASSES, 0.0)
+    classified = []
     for event in events:
         scopes = _forward_scopes(event)
         if _is_backward(event):
             node = next((e for e in [event, *_ancestors(event)] if getattr(e, "sequence_nr", -1) >= 0), None)
             scopes = scopes + forward_scope.get(node.sequence_nr, []) if node is not None else scopes
-        seconds[classify_op(event.name, scopes)] += event.self_cpu_time_total / 1e6
+        classified.append((event, classify_op(event.name, scopes)))
+    return classified
+
+
+def op_class_seconds(events, wall_seconds: float) -> dict[str, float]:
+    """Seconds per op class in ``events`` (torch.profiler FunctionEvents of the main thread) over ``wall_seconds``;
+    the time in no op goes to "other", and the classes sum to ``max(wall_seconds, time in ops)``."""
+    seconds = dict.fromkeys(OP_CLASSES, 0.0)
+    for event, name in classify_events(events):
+        seconds[name] += event.self_cpu_time_total / 1e6
     seconds[OTHER] += max(0.0, wall_seconds - sum(seconds.values()))
     return seconds
 
