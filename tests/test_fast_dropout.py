@@ -204,3 +204,19 @@ def test_run_mlm_uses_it_unless_switched_off(tiny_model_dir, corpus, tmp_path, m
     assert switched == []
     run_mlm.main(flags + ["--output_dir", str(tmp_path / "on")])
     assert switched == [7]
+
+
+def test_masks_do_not_depend_on_the_thread_count_and_blocks_differ():
+    numel = fast_dropout.BLOCK * 2 + 12345  # three blocks, the last one partial
+    threads = torch.get_num_threads()
+    try:
+        masks = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            masks.append(keep_multiplier((numel,), 0.1, generator=torch.Generator().manual_seed(11)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(masks[0], masks[1])
+    first, second = masks[0][:fast_dropout.BLOCK], masks[0][fast_dropout.BLOCK:2 * fast_dropout.BLOCK]
+    assert not torch.equal(first, second)  # each block has its own stream
+    assert abs((masks[0] > 0).float().mean().item() - 0.9) < 0.002
