@@ -21,6 +21,7 @@ from transformers import (
     set_seed,
 )
 
+from mlm_pretraining.cpu_memory import keep_freed_memory
 from mlm_pretraining.errors import InputError, as_list
 from mlm_pretraining.fast_dropout import enable_fast_dropout
 from mlm_pretraining.internals import PREFIX_CHECKPOINT_DIR
@@ -397,6 +398,8 @@ def fine_tune(model_args, data_args: ClassificationDataArguments, training_args:
         add_domain_tokens(tokenizer, model, read_token_file(model_args.add_tokens))
     if model_args.fast_dropout:
         enable_fast_dropout(model)
+    if model_args.keep_freed_memory and training_args.device.type == "cpu":
+        keep_freed_memory()
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = tokenize_labelled(encoded, tokenizer, max_seq_length)

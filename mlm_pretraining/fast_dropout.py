@@ -4,9 +4,11 @@ On a CPU, PyTorch's dropout draws one random number per element with ``bernoulli
 AVX2 core); in BERT training that is ~15 % of a step, most of it in the attention probabilities (batch × heads ×
 length² elements per layer). Here a mask is 32 random bits per element from NumPy's SFC64 generator
 (~2 ns), compared with ``round(keep × 2³²)``: each element is kept with probability ``1 − p`` to within 2⁻³²
-and scaled by ``1 / (1 − p)``, as ``torch.nn.functional.dropout`` does. Each mask's generator is seeded from
-torch's default generator, so ``torch.manual_seed``/``set_seed`` make runs repeatable and the Trainer's saved RNG
-state resumes them exactly.
+and scaled by ``1 / (1 − p)``, as ``torch.nn.functional.dropout`` does; the mask is made directly as that float
+multiplier (0 or ``1 / (1 − p)``) in one NumPy pass, in blocks drawn in parallel by as many threads as torch's
+own, and applied by one multiply forward and one backward. Each mask's generators are seeded from torch's default
+generator, so ``torch.manual_seed``/``set_seed`` make runs repeatable and the Trainer's saved RNG state resumes
+them exactly; the mask does not depend on the number of threads.
 
 :func:`enable_fast_dropout` applies it to a model without touching its code, weights or saved config: its
 ``nn.Dropout`` modules get this forward, and attention goes through :func:`attention_forward`, registered with
@@ -17,6 +19,8 @@ kernels (SDPA), which are already fast there.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -28,6 +32,7 @@ from mlm_pretraining.internals import (
     sdpa_attention_forward,
     sdpa_mask,
 )
+from mlm_pretraining.profiling import DROPOUT_SCOPE
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +40,77 @@ ATTENTION_NAME = "sdpa_fast_dropout"
 _SEED_HIGH = 2**63 - 1
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A bool CPU tensor of ``shape`` whose elements are True with probability ``1 − p``, independently.
+# Masks are drawn in blocks of this many elements, block i from its own SFC64 stream (SeedSequence(seed, (i,))),
+# so that torch's intra-op threads can draw the blocks in parallel (NumPy releases the GIL while it draws and
+# compares) and the mask is the same whatever the number of threads.
+BLOCK = 2**20
+_pool: tuple[int, ThreadPoolExecutor] | None = None
 
-    The bits come from NumPy's SFC64, seeded by one draw from ``generator`` (torch's default CPU generator if None).
-    """
-    numel = int(np.prod(shape))
+
+def _threads() -> ThreadPoolExecutor:
+    """A pool with torch's intra-op thread count (idle while the mask is drawn), made again if that count changed."""
+    global _pool
+    size = torch.get_num_threads()
+    if _pool is None or _pool[0] != size:
+        if _pool is not None:
+            _pool[1].shutdown(wait=False)
+        _pool = (size, ThreadPoolExecutor(max_workers=size, thread_name_prefix="fast_dropout"))
+    return _pool[1]
+
+
+def _forget_pool_after_fork() -> None:  # a forked child (a DataLoader worker) has none of the parent's threads
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def _draw(numel: int, p: float, generator: torch.Generator | None, scale: float | None) -> np.ndarray | None:
+    """``numel`` keep decisions, each True with probability ``1 − p`` (bool), or with ``scale`` as multipliers
+    (float32: ``scale`` where kept, else 0); None when every element is kept. One draw from ``generator``
+    (torch's default CPU generator if None) seeds the SFC64 streams of the blocks."""
     seed = int(torch.randint(0, _SEED_HIGH, (), generator=generator))
     threshold = round((1.0 - p) * 2**32)
     if threshold >= 2**32:  # p so small that every element is kept
-        return torch.ones(shape, dtype=torch.bool)
-    bits = np.random.SFC64(seed).random_raw((numel + 1) // 2).view(np.uint32)[:numel]
-    return torch.from_numpy(bits < np.uint32(threshold)).view(shape)
+        return None
+    threshold = np.uint32(threshold)
+    out = np.empty(numel, dtype=np.bool_ if scale is None else np.float32)
+
+    def fill(block: int) -> None:
+        start, stop = block * BLOCK, min(numel, (block + 1) * BLOCK)
+        stream = np.random.SFC64(np.random.SeedSequence(seed, spawn_key=(block,)))
+        bits = stream.random_raw((stop - start + 1) // 2).view(np.uint32)[:stop - start]
+        if scale is None:
+            np.less(bits, threshold, out=out[start:stop])
+        else:
+            np.multiply(bits < threshold, np.float32(scale), out=out[start:stop])
+
+    blocks = range(-(-numel // BLOCK))
+    if len(blocks) > 1 and torch.get_num_threads() > 1:
+        list(_threads().map(fill, blocks))
+    else:
+        for block in blocks:
+            fill(block)
+    return out
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A bool CPU tensor of ``shape`` whose elements are True with probability ``1 − p``, independently."""
+    kept = _draw(int(np.prod(shape)), p, generator, scale=None)
+    return torch.ones(shape, dtype=torch.bool) if kept is None else torch.from_numpy(kept).view(shape)
+
+
+def keep_multiplier(shape: torch.Size | tuple[int, ...], p: float,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """A float32 CPU tensor of ``shape``: ``1 / (1 − p)`` where :func:`keep_mask` would be True from the same
+    generator state, else 0: dropout's mask and scaling in one tensor, made in one NumPy pass (converting a bool
+    mask in torch and scaling it cost about three times as much)."""
+    scale = 1.0 / (1.0 - p)
+    multiplier = _draw(int(np.prod(shape)), p, generator, scale=scale)
+    if multiplier is None:
+        return torch.full(tuple(shape), float(np.float32(scale)))
+    return torch.from_numpy(multiplier).view(shape)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -57,7 +121,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return nn.functional.dropout(x, p, training=True)
     # A float multiplier (0 or 1 / (1 − p)): one multiply forward and one backward, where a bool mask would be
     # converted to float in both.
-    return x * keep_mask(x.shape, p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    with torch.profiler.record_function(DROPOUT_SCOPE):
+        return x * keep_multiplier(x.shape, p).to(x.dtype)
 
 
 class FastDropout(nn.Dropout):
@@ -70,12 +135,11 @@ class FastDropout(nn.Dropout):
 
 
 def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """Scaled dot-product attention with dropout on the probabilities drawn by :func:`keep_mask`.
+    """Scaled dot-product attention with dropout on the probabilities drawn by :func:`keep_multiplier`.
 
     Inputs and output as transformers' ``sdpa_attention_forward`` (queries ``[batch, heads, q, d]``, output
     ``[batch, q, heads, d]``); without dropout, off the CPU, or for causal, grouped-query or position-biased
-    attention, it *is* that function. The dropout scale
-    ``1 / (1 − p)`` is applied to the (smaller) output instead of the probabilities: the same numbers.
+    attention, it *is* that function.
     """
     is_causal = kwargs.get("is_causal")
     causal = attention_mask is None and (is_causal if is_causal is not None else getattr(module, "is_causal", True))
@@ -97,8 +161,9 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
         else:
             scores = scores + attention_mask
     probs = torch.softmax(scores, dim=-1)
-    probs = probs * keep_mask(probs.shape, dropout).to(probs.dtype)
-    output = torch.bmm(probs.view(batch * heads, q_len, k_len), v).mul_(1.0 / (1.0 - dropout))
+    with torch.profiler.record_function(DROPOUT_SCOPE):
+        probs = probs * keep_multiplier(probs.shape, dropout).to(probs.dtype)
+    output = torch.bmm(probs.view(batch * heads, q_len, k_len), v)
     return output.view(batch, heads, q_len, -1).transpose(1, 2).contiguous(), None
 
 

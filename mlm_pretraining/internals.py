@@ -19,7 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 __all__ = ["sdpa_attention_forward", "sdpa_mask", "PREFIX_CHECKPOINT_DIR", "TRAINER_STATE_FILE", "OPTIMIZER_FILES",
            "RNG_STATE_GLOB", "ATTENTION_IMPLEMENTATION", "TRAINER_LOSS_KWARGS", "TRAINER_COLLATOR",
            "TRAINER_COUNT_ITEMS", "TRAINER_CREATED_SCHEDULER", "TRAINER_EVAL_SAMPLER", "TRAINER_LOAD_RNG_STATE",
-           "MLM_HEAD_ATTRIBUTES", "MODERNBERT_SPARSE_SWITCH"]
+           "MLM_HEAD_ATTRIBUTES", "MLM_DECODER_ATTRIBUTES", "MODERNBERT_SPARSE_SWITCH"]
 
 # Files a complete Trainer checkpoint holds (besides the weights and config.json); trainer_state.json is written last.
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -67,5 +67,15 @@ MLM_HEAD_ATTRIBUTES = {
     "XLMRobertaForMaskedLM": ("lm_head",),
     "CamembertForMaskedLM": ("lm_head",),
     "DistilBertForMaskedLM": ("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector"),
+}
+# The head's last step, the vocabulary projection (an nn.Linear whose weight is tied to the input embeddings), by
+# dotted path: in training the sparse head runs the head without it and fuses it with the loss
+# (linear_cross_entropy.py), so the head must end with exactly ``decoder(features)``.
+MLM_DECODER_ATTRIBUTES = {
+    "BertForMaskedLM": "cls.predictions.decoder",
+    "RobertaForMaskedLM": "lm_head.decoder",
+    "XLMRobertaForMaskedLM": "lm_head.decoder",
+    "CamembertForMaskedLM": "lm_head.decoder",
+    "DistilBertForMaskedLM": "vocab_projector",
 }
 MODERNBERT_SPARSE_SWITCH = "sparse_prediction"

@@ -6,19 +6,27 @@ instance a forward that runs the encoder, gathers the hidden states at the label
 model's *own* head modules to those rows only. The loss is the same cross-entropy over the same tokens, the
 parameters and the state dict are untouched (``save_pretrained`` writes a normal ``AutoModelForMaskedLM``
 checkpoint), and a call without ``labels`` (inference, fill-mask) runs the original forward and returns full logits.
+
+In training (gradients on, ``model.training``) the head runs without its vocabulary projection, and the projection
+and the cross-entropy are done together by :func:`~mlm_pretraining.linear_cross_entropy.linear_cross_entropy`
+(chunked, gradients in the forward pass), so no [masked tokens, vocab] logits block is kept; such a call returns
+no logits. In evaluation the head runs whole and returns the masked rows' logits, for the accuracy metric.
 """
 
 from __future__ import annotations
 
 import logging
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from transformers.modeling_outputs import MaskedLMOutput
 
-from mlm_pretraining.internals import MLM_HEAD_ATTRIBUTES, MODERNBERT_SPARSE_SWITCH
+from mlm_pretraining.internals import MLM_DECODER_ATTRIBUTES, MLM_HEAD_ATTRIBUTES, MODERNBERT_SPARSE_SWITCH
+from mlm_pretraining.linear_cross_entropy import linear_cross_entropy
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +34,30 @@ IGNORE_INDEX = -100
 
 
 def _head(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model's head as one function of hidden states: its modules (internals.MLM_HEAD_ATTRIBUTES) in order."""
-    modules = [getattr(model, name) for name in MLM_HEAD_ATTRIBUTES[type(model).__name__]]
+    """The model's head as one function of hidden states: its modules (internals.MLM_HEAD_ATTRIBUTES) in order,
+    looked up at each call (so :func:`_without_decoder` can take the projection out)."""
+    names = MLM_HEAD_ATTRIBUTES[type(model).__name__]
 
     def head(hidden: torch.Tensor) -> torch.Tensor:
-        for module in modules:
-            hidden = module(hidden)
+        for name in names:
+            hidden = getattr(model, name)(hidden)
         return hidden
 
     return head
+
+
+@contextmanager
+def _without_decoder(model) -> Iterator[nn.Module]:
+    """While open, the head's vocabulary projection (internals.MLM_DECODER_ATTRIBUTES) is an identity, so the head
+    returns the features the projection would take; yields the projection module."""
+    parent_path, _, name = MLM_DECODER_ATTRIBUTES[type(model).__name__].rpartition(".")
+    parent = model.get_submodule(parent_path)
+    decoder = getattr(parent, name)
+    setattr(parent, name, nn.Identity())
+    try:
+        yield decoder
+    finally:
+        setattr(parent, name, decoder)
 
 
 # Masked-LM classes whose head maps each position's hidden state independently to vocabulary logits.
@@ -84,7 +107,8 @@ def disable_sparse_prediction(model) -> None:
 
 def _sparse_forward_for(head: Callable[[torch.Tensor], torch.Tensor]):
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
-        """Encoder on every position, head and loss on the labelled ones; logits are ``(n_labelled, vocab)``.
+        """Encoder on every position, head and loss on the labelled ones; logits are ``(n_labelled, vocab)`` in
+        evaluation, None in training (the projection is fused with the loss).
 
         The loss is the mean over this batch's labelled tokens, as the full head's; MLMTrainer.compute_loss
         turns it into the mean over the optimizer step (the one place the loss is normalised)."""
@@ -96,9 +120,20 @@ def _sparse_forward_for(head: Callable[[torch.Tensor], torch.Tensor]):
         hidden = outputs[0]
         labels = labels.to(hidden.device)
         chosen = labels != IGNORE_INDEX
-        logits = head(hidden[chosen])
         targets = labels[chosen]
-        loss = F.cross_entropy(logits, targets, reduction="sum") / max(targets.numel(), 1)
+        logits = None
+        if self.training and torch.is_grad_enabled():
+            with _without_decoder(self) as decoder:
+                features = head(hidden[chosen])
+            weight = decoder.weight
+            if weight.dim() == 2 and weight.shape[1] == features.shape[-1]:
+                loss = linear_cross_entropy(features, weight, decoder.bias, targets)
+            else:  # a weight only its module can use (e.g. partitioned by DeepSpeed ZeRO-3): the plain way
+                loss = F.cross_entropy(decoder(features), targets, reduction="sum")
+        else:
+            logits = head(hidden[chosen])
+            loss = F.cross_entropy(logits, targets, reduction="sum")
+        loss = loss / max(targets.numel(), 1)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                               attentions=outputs.attentions)
 

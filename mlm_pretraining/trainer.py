@@ -16,6 +16,7 @@ from transformers import Trainer
 from collators import STREAM_POSITION, MLMCollator
 from mlm_pretraining.budget import BudgetCallback, mask_rate, progress_scheduler
 from mlm_pretraining.callbacks import GracefulStopCallback, MaskEpochCallback
+from mlm_pretraining.cpu_memory import keep_freed_memory
 from mlm_pretraining.fast_dropout import enable_fast_dropout
 from mlm_pretraining.head_warmup import HeadWarmupCallback
 from mlm_pretraining.internals import (
@@ -156,13 +157,16 @@ def build_trainer(model, tokenizer, model_args, mask_args, training_args, *, tra
     """Our Trainer for ``model``: masking collators (training masks new each epoch, evaluation masks fixed, both
     functions of (seed, [epoch,] tokens)), metrics, callbacks (mask epoch, graceful stop, training-curve PNG, the
     stream position of a streamed ``train_dataset``, plus ``callbacks``, e.g. budget.BudgetCallback) and the
-    speed-ups the flags ask for (sparse prediction head, fast CPU dropout). With --mlm_probability_end training
-    masks follow the schedule and evaluation masks use the end rate, so perplexities stay comparable over a run. ``new_weights`` (:func:`mlm_pretraining.head_warmup.find_new_weights`)
-    adds the head warm-up of --head_warmup_steps."""
+    speed-ups the flags ask for (sparse prediction head, fast CPU dropout, freed CPU memory kept for reuse). With
+    --mlm_probability_end training masks follow the schedule and evaluation masks use the end rate, so perplexities
+    stay comparable over a run. ``new_weights`` (:func:`mlm_pretraining.head_warmup.find_new_weights`) adds the head
+    warm-up of --head_warmup_steps."""
     if model_args.sparse_prediction:
         enable_sparse_prediction(model)
     if model_args.fast_dropout:
         enable_fast_dropout(model)
+    if model_args.keep_freed_memory and training_args.device.type == "cpu":
+        keep_freed_memory()
     masking = dict(mlm_probability=mask_args.mlm_probability, mask_replace_prob=mask_args.mask_replace_prob,
                    random_replace_prob=mask_args.random_replace_prob, pad_to_multiple_of=pad_to_multiple_of,
                    whole_word_mask=mask_args.whole_word_mask)

@@ -3,7 +3,9 @@
 
     python scripts/benchmark.py                          # shipped MiniLM, wikitext-2, length 128, batch 32
     python scripts/benchmark.py --bf16                   # adds ours in bf16 (GPU, or CPU with AMX / AVX-512 BF16)
+    python scripts/benchmark.py --variants stock_fp16,ours_fp16 --torch_compile      # a GPU, fp16, compiled
     python scripts/benchmark.py --model_name_or_path bert-base-uncased --max_steps 60 --variants stock,ours
+    python scripts/benchmark.py --profile                # where a step's time goes, per op class, stock and ours
 
 Stock is transformers' examples/pytorch/language-modeling/run_mlm.py: tokenize every line with special tokens,
 ``group_texts`` into blocks, ``DataCollatorForLanguageModeling(mlm_probability=0.15)``, ``AutoModelForMaskedLM``,
@@ -15,6 +17,10 @@ variants), and the share of the compute limit: training FLOPs per token (encoder
 positions, the work MLM needs) × tokens/s ÷ a matmul peak measured in the same process and precision. Then
 preprocessing: MB/s of reading, tokenizing and packing a --preprocess_mb file (default 100 MB) for both pipelines
 from an empty cache, and ours again from its cache. The last line printed is one JSON object with all of it.
+
+With --profile each variant instead trains --warmup_steps steps, then --profile_steps steps under torch.profiler
+(mlm_pretraining.profiling), and the table gives each op class's share of those steps' time and milliseconds per
+step (the profiler's own overhead included, so read shares, not speeds, from it).
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA = REPO.parent / "shared" / "data" / "wikitext-2"
-VARIANTS = ("stock", "ours", "stock_bf16", "ours_bf16", "ours_nodropout", "ours_torch_dropout")
+VARIANTS = ("stock", "ours", "stock_bf16", "ours_bf16", "stock_fp16", "ours_fp16", "ours_nodropout",
+            "ours_bf16_nodropout", "ours_torch_dropout")
+# *_bf16 / *_fp16: mixed precision (autocast); fp16 needs a GPU.
 # ours_nodropout: ours with dropout switched off (--config_overrides), as cramming and ModernBERT pretrain; a change
 # of the training recipe, so it is reported beside, not instead of, the like-for-like "ours".
 # ours_torch_dropout: ours with --fast_dropout False (torch's bernoulli_ masks), to show what fast dropout adds.
@@ -69,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true",
                         help="Also run ours in bf16 mixed precision (on a CPU without native bf16 this is skipped "
                         "with a note: it would be emulated and slow).")
+    parser.add_argument("--torch_compile", action="store_true",
+                        help="Train every variant with torch.compile (TrainingArguments.torch_compile); the compile "
+                        "time falls in the warm-up steps, so give --warmup_steps enough of them.")
     parser.add_argument("--variants", default=None,
                         help=f"Comma-separated subset of {', '.join(VARIANTS)} (default: stock,ours, plus ours_bf16 "
                         "with --bf16).")
@@ -81,12 +92,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Run the variants this many times, alternating (stock, ours, stock, ours, ...), and "
                         "report the median and the range of each figure and of each round's ratio, so that a shared "
                         "machine's drift shows up as spread rather than as a wrong ratio.")
+    parser.add_argument("--profile", action="store_true",
+                        help="Instead of timing, profile --profile_steps training steps after --warmup_steps and "
+                        "print each op class's share of the step time (matmul, attention, softmax, cross-entropy, "
+                        "dropout, elementwise, copies, optimizer, other) per variant.")
+    parser.add_argument("--profile_steps", type=int, default=3, help="Steps to profile with --profile.")
     parser.add_argument("--output_dir", default=None, help="Scratch folder (default: a temporary one).")
     parser.add_argument("--child", choices=VARIANTS + PREPROCESS_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--preprocess_file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}.")
+    if args.profile_steps < 1:
+        parser.error(f"--profile_steps must be at least 1, got {args.profile_steps}.")
+    if args.profile:  # warm-up, then the profiled steps, nothing else
+        args.max_steps = args.warmup_steps + args.profile_steps
     if args.warmup_steps >= args.max_steps:
         parser.error(f"--warmup_steps ({args.warmup_steps}) must be smaller than --max_steps ({args.max_steps}).")
     for flag in ("train_file", "validation_file"):
@@ -104,8 +124,11 @@ def choose_variants(args) -> tuple[list[str], list[str]]:
         sys.exit(f"benchmark.py: error: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}.")
     import torch
 
-    if any(v.endswith("bf16") for v in variants) and not torch.cuda.is_available() and not cpu_has_native_bf16():
-        variants = [v for v in variants if not v.endswith("bf16")]
+    if any(precision_of(v) == "fp16" for v in variants) and not torch.cuda.is_available():
+        variants = [v for v in variants if precision_of(v) != "fp16"]
+        notes.append("No GPU: the fp16 variants were left out (fp16 mixed precision is for GPUs).")
+    if any(precision_of(v) == "bf16" for v in variants) and not torch.cuda.is_available() and not cpu_has_native_bf16():
+        variants = [v for v in variants if precision_of(v) != "bf16"]
         notes.append("This CPU has no native bf16 (no amx_bf16/avx512_bf16 in /proc/cpuinfo): bf16 would be emulated "
                      "and slower than fp32, so the comparison is in fp32 only.")
     return variants, notes
@@ -210,10 +233,16 @@ def fixed_mask_eval_loss(model, tokenizer, args, device) -> float:
     return total / max(count, 1)
 
 
-def training_arguments(cls, args, output_dir: str, bf16: bool, **extra):
+def precision_of(variant: str) -> str:
+    """'bf16', 'fp16' or 'fp32', from the variant's name."""
+    return next((p for p in ("bf16", "fp16") if f"_{p}" in variant), "fp32")
+
+
+def training_arguments(cls, args, output_dir: str, precision: str, **extra):
     return cls(output_dir=output_dir, per_device_train_batch_size=args.batch_size,
                per_device_eval_batch_size=args.batch_size, max_steps=args.max_steps, learning_rate=args.learning_rate,
-               seed=args.seed, bf16=bf16, report_to="none", save_strategy="no", logging_strategy="no",
+               seed=args.seed, bf16=precision == "bf16", fp16=precision == "fp16", torch_compile=args.torch_compile,
+               report_to="none", save_strategy="no", logging_strategy="no",
                disable_tqdm=True, dataloader_num_workers=0, **extra)
 
 
@@ -250,7 +279,7 @@ def ours_preprocess(tokenizer, data_files: dict[str, str], block: int, num_proc:
     return prepare_datasets(read_corpus(data_args), tokenizer, data_args, block)
 
 
-def build_stock(args, bf16: bool, output_dir: str):
+def build_stock(args, precision: str, output_dir: str):
     """transformers' run_mlm.py, as its README runs it on text files (packed blocks), fp32 by default."""
     import numpy as np
     from transformers import (
@@ -276,7 +305,7 @@ def build_stock(args, bf16: bool, output_dir: str):
 
     collator = CountingCollator(DataCollatorForLanguageModeling(tokenizer, mlm_probability=MLM_PROBABILITY))
     timer = StepTimer()
-    trainer = Trainer(model=model, args=training_arguments(TrainingArguments, args, output_dir, bf16),
+    trainer = Trainer(model=model, args=training_arguments(TrainingArguments, args, output_dir, precision),
                       train_dataset=grouped["train"],
                       eval_dataset=grouped["validation"].select(range(min(args.max_eval_samples,
                                                                            len(grouped["validation"])))),
@@ -286,14 +315,14 @@ def build_stock(args, bf16: bool, output_dir: str):
     return trainer, tokenizer, collator, timer
 
 
-def build_ours(args, bf16: bool, output_dir: str):
+def build_ours(args, precision: str, output_dir: str):
     """Our recipe, built by the same function as run_mlm.py (mlm_pretraining.trainer.build_trainer)."""
     from arguments import MaskingArguments, MLMTrainingArguments, ModelArguments
     from mlm_pretraining.modeling import load_model, load_tokenizer
     from mlm_pretraining.trainer import build_trainer
 
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path,
-                                config_overrides=NO_DROPOUT if args.child == "ours_nodropout" else None,
+                                config_overrides=NO_DROPOUT if args.child.endswith("nodropout") else None,
                                 fast_dropout=args.child != "ours_torch_dropout")
     tokenizer = load_tokenizer(model_args)
     processed = ours_preprocess(tokenizer, {"train": args.train_file, "validation": args.validation_file},
@@ -302,7 +331,7 @@ def build_ours(args, bf16: bool, output_dir: str):
     model = load_model(model_args, tokenizer)
     timer = StepTimer()
     trainer = build_trainer(model, tokenizer, model_args, MaskingArguments(mlm_probability=MLM_PROBABILITY),
-                            training_arguments(MLMTrainingArguments, args, output_dir, bf16),
+                            training_arguments(MLMTrainingArguments, args, output_dir, precision),
                             train_dataset=processed["train"], eval_dataset=processed["validation"], callbacks=[timer])
     collator = trainer.data_collator = CountingCollator(trainer.data_collator)
     return trainer, tokenizer, collator, timer
@@ -314,12 +343,14 @@ def run_variant(args) -> dict:
     from transformers import set_seed
 
     variant = args.child
-    bf16 = variant.endswith("bf16")
+    precision = precision_of(variant)
     set_seed(args.seed)
     output_dir = tempfile.mkdtemp(prefix=f"{variant}-", dir=args.output_dir)
     build = build_stock if variant.startswith("stock") else build_ours
-    trainer, tokenizer, collator, timer = build(args, bf16, output_dir)
+    trainer, tokenizer, collator, timer = build(args, precision, output_dir)
     device = trainer.args.device
+    if args.profile:
+        return profile_variant(args, trainer)
 
     trainer.train()
     steps = len(timer.times)
@@ -339,12 +370,13 @@ def run_variant(args) -> dict:
 
     model = trainer.model
     flops = training_flops_per_token(model, args.max_seq_length)
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     peak_flops = matmul_peak_flops(dtype, device)
     eval_loss = fixed_mask_eval_loss(model, tokenizer, args, device)
     train_tps = timed_tokens / train_s
     return {
-        "variant": variant, "precision": "bf16" if bf16 else ("tf32" if _tf32_on() else "fp32"),
+        "variant": variant, "precision": precision if precision != "fp32" else ("tf32" if _tf32_on() else "fp32"),
+        "torch_compile": args.torch_compile,
         "device": str(device), "steps": steps, "timed_steps": steps - max(args.warmup_steps, 1),
         "train_tokens_per_s": train_tps, "eval_tokens_per_s": eval_tokens / eval_s,
         "peak_memory_mb": peak / 2**20, "eval_loss": eval_loss, "pipeline_eval_loss": pipeline_metrics["eval_loss"],
@@ -352,6 +384,21 @@ def run_variant(args) -> dict:
         "compute_limit_tokens_per_s": peak_flops / flops, "compute_share": train_tps * flops / peak_flops,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def profile_variant(args, trainer) -> dict:
+    """Train --warmup_steps steps, then profile --profile_steps steps; seconds per step in each op class."""
+    import torch
+
+    from mlm_pretraining.profiling import StepProfiler
+
+    profiler = StepProfiler(first_step=args.warmup_steps, steps=args.profile_steps)
+    trainer.add_callback(profiler)
+    trainer.train()
+    return {"variant": args.child, "precision": precision_of(args.child),
+            "device": str(trainer.args.device), "profiled_steps": args.profile_steps,
+            "step_seconds": profiler.wall_seconds / args.profile_steps, "op_class_seconds": profiler.per_step(),
+            "torch_threads": torch.get_num_threads()}
 
 
 def run_preprocessing(args) -> dict:
@@ -436,6 +483,19 @@ PREPROCESS_COLUMNS = [("pipeline", "pipeline", "{}"), ("MB", "megabytes", "{:,.0
                       ("tokens", "tokens", "{:,}"), ("cached rerun s", "cached_seconds", "{:,.1f}")]
 
 
+def with_ranges(result: dict) -> dict:
+    """The table's cells of ``result`` as text: each figure, and 'median [min–max]' for a median of repeats."""
+    shown = {}
+    for _, key, fmt in TRAINING_COLUMNS:
+        if result.get(key) is None:
+            continue
+        shown[key] = fmt.format(result[key])
+        if f"{key}_range" in result:
+            low, high = result[f"{key}_range"]
+            shown[key] += f" [{fmt.format(low)}–{fmt.format(high)}]"
+    return shown
+
+
 def median_result(runs: list[dict]) -> dict:
     """One variant's figures over its repeated runs: the median of each number, with its range as ``<key>_range``."""
     merged = dict(runs[0])
@@ -459,6 +519,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     variants, notes = choose_variants(args)
     child_argv = [a for a in argv if a != "--bf16"]
+    if args.profile:
+        return profile_main(args, variants, child_argv)
     rounds = [{variant: run_child(variant, child_argv) for variant in variants} for _ in range(args.repeats)]
     results = [median_result([r[variant] for r in rounds]) for variant in variants]
     preprocessing = []
@@ -471,7 +533,8 @@ def main(argv: list[str] | None = None) -> dict:
                                            env={"HF_DATASETS_CACHE": cache}))
     training_ratios = {}
     pairs = (("ours", "stock"), ("ours_torch_dropout", "stock"), ("ours_nodropout", "stock"), ("ours_bf16", "stock"),
-             ("ours_bf16", "stock_bf16"), ("stock_bf16", "stock"))
+             ("ours_bf16", "stock_bf16"), ("stock_bf16", "stock"), ("ours_fp16", "stock_fp16"),
+             ("ours_bf16_nodropout", "ours_bf16"))
     for ours, stock in pairs:
         if ours in variants and stock in variants:  # each round's ratio (neighbouring runs), then their median
             per_round = [{
@@ -491,7 +554,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu": cpu_name(), "cpu_native_bf16": cpu_has_native_bf16(), "notes": notes,
         "settings": {k: getattr(args, k) for k in ("model_name_or_path", "train_file", "validation_file",
                                                    "max_seq_length", "batch_size", "max_steps", "warmup_steps",
-                                                   "max_eval_samples", "seed", "repeats")},
+                                                   "max_eval_samples", "seed", "repeats", "torch_compile")},
         "results": results, "ratios": ratios, "preprocessing": preprocessing,
     }
     print(f"\nCPU: {summary['cpu']} (native bf16: {'yes' if summary['cpu_native_bf16'] else 'no'}); "
@@ -499,13 +562,18 @@ def main(argv: list[str] | None = None) -> dict:
           f"batch {args.batch_size} × {args.max_seq_length} tokens")
     for note in notes:
         print("Note:", note)
-    print(markdown_table(results, TRAINING_COLUMNS))
+    print(markdown_table([with_ranges(r) for r in results], [(head, key, "{}") for head, key, _ in TRAINING_COLUMNS]))
+    if args.repeats > 1:
+        print(f"Each figure: the median of {args.repeats} alternating runs [min–max].")
     for name, ratio in training_ratios.items():
-        spread = lambda key: "" if args.repeats == 1 else " [{:.2f}–{:.2f}]".format(  # noqa: E731
-            min(r[key] for r in ratio["rounds"]), max(r[key] for r in ratio["rounds"]))
+        def spread(key, fmt="{:.2f}"):
+            values = [r[key] for r in ratio["rounds"]]
+            return "" if args.repeats == 1 else f" [{fmt.format(min(values))}–{fmt.format(max(values))}]"
+
         print(f"{name}: training {ratio['train_tokens_per_s']:.2f}×{spread('train_tokens_per_s')}, evaluation "
               f"{ratio['eval_tokens_per_s']:.2f}×{spread('eval_tokens_per_s')}, peak memory "
-              f"{ratio['peak_memory']:.2f}×, eval loss {ratio['eval_loss_difference']:+.4f}"
+              f"{ratio['peak_memory']:.2f}×{spread('peak_memory')}, eval loss "
+              f"{ratio['eval_loss_difference']:+.4f}{spread('eval_loss_difference', '{:+.4f}')}"
               + (f" (medians of {args.repeats} alternating rounds, [min–max] of the rounds)" if args.repeats > 1
                  else ""))
     if results:
@@ -519,6 +587,31 @@ def main(argv: list[str] | None = None) -> dict:
         print(markdown_table(preprocessing, PREPROCESS_COLUMNS))
         if "preprocessing ours/stock" in ratios:
             print(f"preprocessing ours/stock: {ratios['preprocessing ours/stock']['mb_per_s']:.2f}×")
+    print(json.dumps(summary))
+    return summary
+
+
+def profile_main(args, variants: list[str], child_argv: list[str]) -> dict:
+    """--profile: each variant's op-class shares of its profiled steps, as a table and one JSON line. With
+    --repeats the variants alternate and each class's seconds per step are the median over the repeats."""
+    from mlm_pretraining.profiling import op_class_table
+
+    rounds = [[run_child(variant, child_argv) for variant in variants] for _ in range(args.repeats)]
+    results = []
+    for runs in zip(*rounds):
+        merged = dict(runs[0], repeats=len(runs), runs=list(runs))
+        merged["op_class_seconds"] = {name: statistics.median(run["op_class_seconds"][name] for run in runs)
+                                      for name in runs[0]["op_class_seconds"]}
+        merged["step_seconds"] = statistics.median(run["step_seconds"] for run in runs)
+        results.append(merged)
+    print(f"\nCPU: {cpu_name()}; device: {results[0]['device']}; {results[0]['torch_threads']} torch threads; "
+          f"{args.profile_steps} steps profiled after {args.warmup_steps} warm-up, batch {args.batch_size} × "
+          f"{args.max_seq_length} tokens; share of the profiled steps' wall-clock time (profiler overhead included)"
+          + (f"; medians of {args.repeats} alternating runs" if args.repeats > 1 else ""))
+    print(op_class_table({r['variant']: r['op_class_seconds'] for r in results}))
+    summary = {"cpu": cpu_name(), "settings": {k: getattr(args, k) for k in (
+        "model_name_or_path", "max_seq_length", "batch_size", "warmup_steps", "profile_steps", "seed", "repeats")},
+        "profiles": results}
     print(json.dumps(summary))
     return summary
 

@@ -5,6 +5,7 @@ maximum length and seeds.
     python scripts/compare_finetuning.py                                   # citation intent, MiniLM, 10 epochs, seed 1
     python scripts/compare_finetuning.py --seeds 1 2 3 --num_train_epochs 10
     python scripts/compare_finetuning.py --max_train_samples 200 --num_train_epochs 1   # a quick check
+    python scripts/compare_finetuning.py --profile      # where a fine-tuning step's time goes, stock and ours
 
 Stock is transformers' examples/pytorch/text-classification/run_classification.py as it runs by default: every text
 tokenized with ``padding="max_length"`` to --max_seq_length, ``default_data_collator``,
@@ -21,6 +22,9 @@ Printed: minutes per run (the whole process: loading, tokenizing, training, fina
 training loop (each epoch's training, dev scoring and checkpoint; then training alone; then the loop's CPU time, all
 threads, a steadier measure on a shared machine), dev and test macro-F1 and accuracy, and ours/stock in time per
 epoch. The last line printed is one JSON object with all of it.
+
+With --profile each pipeline instead trains --profile_warmup_steps steps, then --profile_steps steps under
+torch.profiler (mlm_pretraining.profiling), and the table gives each op class's share of those steps' time.
 """
 
 from __future__ import annotations
@@ -75,6 +79,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Train on a fixed random subset of N rows (the same for both and every seed).")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Score a fixed random dev subset.")
     parser.add_argument("--max_test_samples", type=int, default=None, help="Score a fixed random test subset.")
+    parser.add_argument("--max_steps", type=int, default=None,
+                        help="Stop both pipelines after this many optimizer steps (a quick check; overrides "
+                        "--num_train_epochs).")
+    parser.add_argument("--profile", action="store_true",
+                        help="Instead of timing epochs, profile --profile_steps training steps of each pipeline "
+                        "after --profile_warmup_steps and print each op class's share of the step time.")
+    parser.add_argument("--profile_steps", type=int, default=10, help="Steps to profile with --profile.")
+    parser.add_argument("--profile_warmup_steps", type=int, default=3,
+                        help="Steps trained before profiling with --profile.")
     parser.add_argument("--output_dir", default=None,
                         help="Keep every run's model and results here (default: a temporary folder, removed).")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -93,9 +106,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise InputError(f"--max_seq_length must be at least 8, got {args.max_seq_length}.")
     if len(set(args.seeds)) != len(args.seeds):
         raise InputError(f"--seeds must be distinct integers, got {' '.join(map(str, args.seeds))}.")
-    for flag in ("max_train_samples", "max_eval_samples", "max_test_samples"):
+    for flag in ("max_train_samples", "max_eval_samples", "max_test_samples", "max_steps"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise InputError(f"--{flag} must be a positive integer, got {getattr(args, flag)}.")
+    if args.profile_steps < 1 or args.profile_warmup_steps < 0:
+        raise InputError(f"--profile_steps must be at least 1 and --profile_warmup_steps at least 0, got "
+                         f"{args.profile_steps} and {args.profile_warmup_steps}.")
+    if args.profile:  # warm-up and profiled steps only
+        args.max_steps = args.profile_warmup_steps + args.profile_steps
     return args
 
 
@@ -143,7 +161,7 @@ def data_arguments(args):
                                        max_eval_samples=args.max_eval_samples, max_test_samples=args.max_test_samples)
 
 
-def run_stock(args, run_dir: str, timer: EpochTimer) -> dict:
+def run_stock(args, run_dir: str, timer: EpochTimer, callbacks=()) -> dict:
     """transformers' run_classification.py by default (pad to max_length, default_data_collator, plain Trainer)."""
     from transformers import (
         AutoModelForSequenceClassification,
@@ -182,17 +200,18 @@ def run_stock(args, run_dir: str, timer: EpochTimer) -> dict:
         per_device_train_batch_size=args.per_device_train_batch_size, warmup_steps=args.warmup_ratio,
         eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model=METRIC,
         save_total_limit=1,  # keeps the disk bounded; stock keeps every checkpoint, which costs time too
-        logging_strategy="epoch", report_to="none", disable_tqdm=True)
+        logging_strategy="epoch", report_to="none", disable_tqdm=True, max_steps=args.max_steps or -1)
     trainer = Trainer(model=model, args=training_args, train_dataset=tokenized["train"],
                       eval_dataset=tokenized["validation"], processing_class=tokenizer,
-                      data_collator=default_data_collator, compute_metrics=compute_metrics, callbacks=[timer])
+                      data_collator=default_data_collator, compute_metrics=compute_metrics,
+                      callbacks=[timer, *callbacks])
     trainer.train()
     results = trainer.evaluate()  # stock's do_eval after training
     results.update(trainer.evaluate(tokenized["test"], metric_key_prefix="test"))
     return results
 
 
-def run_ours(args, run_dir: str, timer: EpochTimer) -> dict:
+def run_ours(args, run_dir: str, timer: EpochTimer, callbacks=()) -> dict:
     """scripts/run_classification.py's code path with its defaults and the shared settings."""
     from arguments import ModelArguments
     from mlm_pretraining.classification import (
@@ -203,22 +222,28 @@ def run_ours(args, run_dir: str, timer: EpochTimer) -> dict:
     training_args = ClassificationTrainingArguments(
         output_dir=run_dir, seed=args.seed, learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
         per_device_train_batch_size=args.per_device_train_batch_size, warmup_steps=args.warmup_ratio,
-        disable_tqdm=True)
+        disable_tqdm=True, max_steps=args.max_steps or -1)
     return fine_tune(ModelArguments(model_name_or_path=args.model_name_or_path), data_arguments(args), training_args,
-                     callbacks=[timer])
+                     callbacks=[timer, *callbacks])
 
 
 def run_variant(args) -> dict:
     """Fine-tune one pipeline for one seed in this process; return its times and scores."""
     import torch
 
+    from mlm_pretraining.profiling import StepProfiler
+
     timer = EpochTimer()
+    profiler = StepProfiler(args.profile_warmup_steps, args.profile_steps) if args.profile else None
     run = run_stock if args.child == "stock" else run_ours
-    results = run(args, args.run_dir, timer)
+    results = run(args, args.run_dir, timer, callbacks=[profiler] if profiler else [])
     scores = {f"{split}_{name}": results[f"{split}_{name}"] for split in ("eval", "test")
               for name in (METRIC, "accuracy")}
-    return {"variant": args.child, "seed": args.seed, **timer.summary(), **scores,
-            "torch_threads": torch.get_num_threads()}
+    result = {"variant": args.child, "seed": args.seed, **timer.summary(), **scores,
+              "torch_threads": torch.get_num_threads()}
+    if profiler is not None:
+        result.update(op_class_seconds=profiler.per_step(), step_seconds=profiler.wall_seconds / args.profile_steps)
+    return result
 
 
 # ---------------------------------------------------------------- orchestration (parent process)
@@ -274,6 +299,20 @@ def summarise(results: list[dict]) -> dict:
     }
 
 
+def print_profiles(args, settings: dict, results: list[dict]) -> dict:
+    """--profile: the op-class table of both pipelines' profiled steps, and one JSON line."""
+    from mlm_pretraining.profiling import op_class_table
+
+    print(f"\n{Path(args.train_file).parent.name}: {args.model_name_or_path}, "
+          f"batch {args.per_device_train_batch_size}, max length {args.max_seq_length}, {results[0]['torch_threads']} torch threads; {args.profile_steps} steps "
+          f"profiled after {args.profile_warmup_steps}; share of the profiled steps' wall-clock time (profiler "
+          "overhead included)")
+    print(op_class_table({r["variant"]: r["op_class_seconds"] for r in results}))
+    output = {"settings": settings, "profiles": results}
+    print(json.dumps(output))
+    return output
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run both pipelines for every seed (or, with --child, one run in this process) and print the comparison."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -281,6 +320,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         print(RESULT_PREFIX + json.dumps(run_variant(args)), flush=True)
         return {}
+    if args.profile:
+        args.seeds = args.seeds[:1]
     scratch = Path(args.output_dir or tempfile.mkdtemp(prefix="compare-finetuning-"))
     try:
         results = []
@@ -290,10 +331,12 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if not args.output_dir:
             shutil.rmtree(scratch, ignore_errors=True)
-    summary = summarise(results)
     settings = {k: getattr(args, k) for k in ("model_name_or_path", "train_file", "num_train_epochs", "learning_rate",
                                                "warmup_ratio", "per_device_train_batch_size", "max_seq_length",
-                                               "seeds", "max_train_samples")}
+                                               "seeds", "max_train_samples", "max_steps")}
+    if args.profile:
+        return print_profiles(args, settings, results)
+    summary = summarise(results)
     print(f"\n{Path(args.train_file).parent.name}: {args.model_name_or_path}, up to {args.num_train_epochs:g} epochs, "
           f"lr {args.learning_rate:g}, batch {args.per_device_train_batch_size}, max length {args.max_seq_length}, "
           f"{results[0]['torch_threads']} torch threads")

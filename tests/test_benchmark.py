@@ -93,3 +93,49 @@ def test_benchmark_runs_stock_and_ours_and_reports_every_field(tiny_model_dir, t
     speedup = summary["ratios"]["preprocessing ours/stock"]["mb_per_s"]
     assert speedup == pytest.approx(ours["mb_per_s"] / stock["mb_per_s"])
     assert "| pipeline |" in done.stdout
+
+
+def test_repeated_figures_are_shown_as_median_and_range():
+    runs = [{"variant": "ours", "precision": "fp32", "train_tokens_per_s": tps, "eval_tokens_per_s": 3000.0,
+             "peak_memory_mb": 2000.0, "eval_loss": loss, "compute_share": 0.7}
+            for tps, loss in ((1000.0, 6.5), (1300.0, 6.6), (1100.0, 6.55))]
+    shown = benchmark.with_ranges(benchmark.median_result(runs))
+    assert shown["train_tokens_per_s"] == "1,100 [1,000–1,300]"
+    assert shown["eval_loss"] == "6.5500 [6.5000–6.6000]"
+    assert shown["eval_tokens_per_s"] == "3,000 [3,000–3,000]"
+    assert benchmark.with_ranges(runs[0])["train_tokens_per_s"] == "1,000"  # a single run: no range
+
+
+def test_precision_comes_from_the_variant_name():
+    assert [benchmark.precision_of(v) for v in ("stock", "ours_bf16", "stock_fp16", "ours_bf16_nodropout")] == [
+        "fp32", "bf16", "fp16", "bf16"]
+    args = benchmark.parse_args(["--variants", "stock_fp16,ours_fp16,ours"])
+    if not torch.cuda.is_available():
+        variants, notes = benchmark.choose_variants(args)
+        assert variants == ["ours"] and "fp16 variants were left out" in notes[0]
+
+
+@pytest.mark.slow
+def test_profile_mode_reports_each_variants_op_classes(tiny_model_dir, tmp_path):
+    train, held_out = tmp_path / "train.txt", tmp_path / "test.txt"
+    train.write_text((SHARED_DATA / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")[:12000], encoding="utf-8")
+    held_out.write_text((SHARED_DATA / "wikitext-2" / "test.txt").read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--model_name_or_path", str(tiny_model_dir),
+               "--train_file", str(train), "--validation_file", str(held_out), "--max_seq_length", "32",
+               "--batch_size", "4", "--warmup_steps", "1", "--profile", "--profile_steps", "2",
+               "--preprocessing_num_workers", "1", "--output_dir", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path),
+                               "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    from mlm_pretraining.profiling import MATMUL, OP_CLASSES
+
+    assert [p["variant"] for p in summary["profiles"]] == ["stock", "ours"]
+    for profile in summary["profiles"]:
+        seconds = profile["op_class_seconds"]
+        assert set(seconds) == set(OP_CLASSES) and profile["profiled_steps"] == 2
+        assert sum(seconds.values()) == pytest.approx(profile["step_seconds"], rel=1e-6)  # shares sum to 100 %
+        assert seconds[MATMUL] > 0
+    total = next(line for line in done.stdout.splitlines() if line.startswith("|") and "total" in line)
+    assert total.count("100.0%") == 2

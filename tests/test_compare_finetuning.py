@@ -68,9 +68,32 @@ def test_summary_ratios_and_differences():
         (["--warmup_ratio", "1"], r"--warmup_ratio must be in \[0, 1\)"),
         (["--max_seq_length", "4"], "--max_seq_length must be at least 8"),
         (["--max_train_samples", "0"], "--max_train_samples must be a positive integer"),
+        (["--max_steps", "0"], "--max_steps must be a positive integer"),
+        (["--profile_steps", "0"], "--profile_steps must be at least 1"),
         (["--test_file", "missing.jsonl"], "--test_file: no such file 'missing.jsonl'"),
     ],
 )
 def test_bad_flags_name_the_flag(task_files, extra, message):
     with pytest.raises(InputError, match=message):
         parse_args([*task_files, *extra])
+
+
+def test_profile_trains_warm_up_and_profiled_steps_only(task_files):
+    args = parse_args([*task_files, "--profile", "--profile_warmup_steps", "2", "--profile_steps", "5"])
+    assert args.max_steps == 7
+
+
+@pytest.mark.slow  # two Python processes, each importing transformers
+def test_profile_reports_both_pipelines_op_classes(tmp_path, tiny_model_dir, task_files, capsys):
+    from mlm_pretraining.profiling import MATMUL, OP_CLASSES
+
+    summary = main(["--model_name_or_path", str(tiny_model_dir), *task_files, "--per_device_train_batch_size", "4",
+                    "--max_seq_length", "32", "--profile", "--profile_warmup_steps", "1", "--profile_steps", "2",
+                    "--seeds", "1", "2"])
+    assert [p["variant"] for p in summary["profiles"]] == ["stock", "ours"]  # one seed is enough to profile
+    for profile in summary["profiles"]:
+        seconds = profile["op_class_seconds"]
+        assert set(seconds) == set(OP_CLASSES) and seconds[MATMUL] > 0
+        assert sum(seconds.values()) == pytest.approx(profile["step_seconds"], rel=1e-6)
+    printed = capsys.readouterr().out
+    assert next(line for line in printed.splitlines() if "total" in line).count("100.0%") == 2

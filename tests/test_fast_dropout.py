@@ -18,6 +18,7 @@ from mlm_pretraining.fast_dropout import (
     dropout,
     enable_fast_dropout,
     keep_mask,
+    keep_multiplier,
 )
 
 N = 2_000_000
@@ -50,6 +51,17 @@ def test_keep_mask_follows_torchs_seed():
 
 def test_tiny_p_keeps_everything():
     assert keep_mask((1000,), 1e-12).all()
+    assert torch.equal(keep_multiplier((1000,), 1e-12), torch.full((1000,), 1 / (1 - 1e-12)))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_keep_multiplier_is_the_keep_mask_scaled_by_one_over_keep(p):
+    generator = torch.Generator().manual_seed(7)
+    mask = keep_mask((40, 500), p, generator=generator)
+    multiplier = keep_multiplier((40, 500), p, generator=generator.manual_seed(7))
+    assert multiplier.dtype == torch.float32 and multiplier.shape == (40, 500)
+    assert 0 < mask.float().mean() < 1
+    torch.testing.assert_close(multiplier, mask.float() / (1 - p), rtol=0, atol=0)
 
 
 def test_dropout_zeroes_or_scales_and_its_gradient_uses_the_same_mask():
@@ -140,8 +152,9 @@ def test_enable_switches_every_dropout_and_attention_and_training_uses_them(monk
     assert enable_fast_dropout(model) == 7  # embeddings + 2 layers × (attention module, attention out, ffn out)
     assert model.config._attn_implementation == ATTENTION_NAME
     shapes = []
-    real = fast_dropout.keep_mask
-    monkeypatch.setattr(fast_dropout, "keep_mask", lambda shape, p, **kw: shapes.append(tuple(shape)) or real(shape, p))
+    real = fast_dropout.keep_multiplier
+    monkeypatch.setattr(fast_dropout, "keep_multiplier",
+                        lambda shape, p, **kw: shapes.append(tuple(shape)) or real(shape, p))
     inputs = torch.randint(5, 60, (3, 16))
     model.train()
     model(input_ids=inputs)
@@ -191,3 +204,19 @@ def test_run_mlm_uses_it_unless_switched_off(tiny_model_dir, corpus, tmp_path, m
     assert switched == []
     run_mlm.main(flags + ["--output_dir", str(tmp_path / "on")])
     assert switched == [7]
+
+
+def test_masks_do_not_depend_on_the_thread_count_and_blocks_differ():
+    numel = fast_dropout.BLOCK * 2 + 12345  # three blocks, the last one partial
+    threads = torch.get_num_threads()
+    try:
+        masks = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            masks.append(keep_multiplier((numel,), 0.1, generator=torch.Generator().manual_seed(11)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(masks[0], masks[1])
+    first, second = masks[0][:fast_dropout.BLOCK], masks[0][fast_dropout.BLOCK:2 * fast_dropout.BLOCK]
+    assert not torch.equal(first, second)  # each block has its own stream
+    assert abs((masks[0] > 0).float().mean().item() - 0.9) < 0.002

@@ -235,3 +235,24 @@ def test_accelerate_reads_a_stream_on_process_zero_and_dispatches_it():
 
     guard(AcceleratorConfig().dispatch_batches is None and AcceleratorConfig().split_batches is False,
           "transformers AcceleratorConfig", "changed the dispatch_batches/split_batches defaults")
+
+
+@pytest.mark.parametrize("name", sorted(internals.MLM_DECODER_ATTRIBUTES))
+def test_mlm_heads_end_with_the_decoder_the_fused_loss_takes_over(name):
+    from mlm_pretraining.sparse_head import _head, _without_decoder
+
+    torch.manual_seed(0)
+    model = MASKED_LM[name]()
+    path = internals.MLM_DECODER_ATTRIBUTES[name]
+    decoder = model.get_submodule(path)
+    guard(isinstance(decoder, torch.nn.Linear), f"{name}.{path}", f"is a {type(decoder).__name__}, not nn.Linear")
+    guard(decoder.weight is model.get_input_embeddings().weight, f"{name}.{path}.weight",
+          "is not tied to the input embeddings")
+    model.eval()
+    hidden = model.base_model(input_ids=torch.randint(5, 60, (2, 7)))[0]
+    head = _head(model)
+    with _without_decoder(model):
+        features = head(hidden)
+    guard(model.get_submodule(path) is decoder, f"{name}.{path}", "was not put back")
+    torch.testing.assert_close(torch.nn.functional.linear(features, decoder.weight, decoder.bias), head(hidden),
+                               msg=f"{name}: the head is not decoder(features) with {path} as the decoder")

@@ -77,15 +77,22 @@ def test_sparse_head_gives_the_full_heads_loss_and_gradients(kind):
     assert full.logits.shape == (3, 24, VOCAB)
 
     assert enable_sparse_prediction(model)
+    assert model.training  # training: for BERT-style heads the projection is fused with the loss
     sparse, sparse_grads = loss_and_grads(model, inputs)
-    assert sparse.logits.shape == (n_chosen, VOCAB)
+    if kind != "modernbert":  # ModernBERT's own sparse prediction keeps its plain loss
+        assert sparse.logits is None
     assert abs(sparse.loss.item() - full.loss.item()) < 1e-5
     assert sparse.loss.item() > 1.0  # a real loss, not an empty selection
     assert sparse_grads.keys() == full_grads.keys()
     for name, grad in full_grads.items():
         torch.testing.assert_close(sparse_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
-    # The scores at the labelled positions are the full head's scores there.
-    torch.testing.assert_close(sparse.logits, full.logits[inputs["labels"] != -100], atol=1e-5, rtol=1e-5)
+    # Evaluation: the scores at the labelled positions are the full head's scores there, and the same loss.
+    model.eval()
+    with torch.no_grad():
+        scored = model(**inputs)
+    assert scored.logits.shape == (n_chosen, VOCAB)
+    torch.testing.assert_close(scored.logits, full.logits[inputs["labels"] != -100], atol=1e-5, rtol=1e-5)
+    assert abs(scored.loss.item() - full.loss.item()) < 1e-5
 
     # Without labels (inference, fill-mask) the model gives full logits as before.
     no_labels = {k: v for k, v in inputs.items() if k != "labels"}
