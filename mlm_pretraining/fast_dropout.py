@@ -5,7 +5,7 @@ AVX2 core); in BERT training that is ~15 % of a step, most of it in the attentio
 length² elements per layer). Here a mask is 32 random bits per element from NumPy's SFC64 generator
 (~2 ns), compared with ``round(keep × 2³²)``: each element is kept with probability ``1 − p`` to within 2⁻³²
 and scaled by ``1 / (1 − p)``, as ``torch.nn.functional.dropout`` does; the mask is made directly as that float
-multiplier (0 or ``1 / (1 − p)``) in one NumPy pass, in blocks drawn in parallel by as many threads as torch's
+multiplier (0 or ``1 / (1 − p)``) in NumPy, in blocks drawn in parallel by as many threads as torch's
 own, and applied by one multiply forward and one backward. Each mask's generators are seeded from torch's default
 generator, so ``torch.manual_seed``/``set_seed`` make runs repeatable and the Trainer's saved RNG state resumes
 them exactly; the mask does not depend on the number of threads.
@@ -104,8 +104,8 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Ge
 def keep_multiplier(shape: torch.Size | tuple[int, ...], p: float,
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """A float32 CPU tensor of ``shape``: ``1 / (1 − p)`` where :func:`keep_mask` would be True from the same
-    generator state, else 0: dropout's mask and scaling in one tensor, made in one NumPy pass (converting a bool
-    mask in torch and scaling it cost about three times as much)."""
+    generator state, else 0: dropout's mask and scaling in one tensor, made in NumPy as the bits are compared
+    (converting a bool mask in torch and scaling it cost about three times as much)."""
     scale = 1.0 / (1.0 - p)
     multiplier = _draw(int(np.prod(shape)), p, generator, scale=scale)
     if multiplier is None:
@@ -114,7 +114,7 @@ def keep_multiplier(shape: torch.Size | tuple[int, ...], p: float,
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """``torch.nn.functional.dropout`` with masks from :func:`keep_mask` on the CPU (PyTorch's own elsewhere)."""
+    """``torch.nn.functional.dropout`` with masks from :func:`keep_multiplier` on the CPU (PyTorch's own elsewhere)."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or p >= 1.0:
