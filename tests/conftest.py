@@ -24,6 +24,21 @@ WORDS = (
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+SEASON_FIRST = "the city park was known for its music and the band played the first song of the year ."
+SEASON_SECOND = "he released {i} new album , which became known in the world during the war ."
+
+
+def write_season_corpus(folder: Path, first: str = SEASON_FIRST, second: str = SEASON_SECOND) -> Path:
+    """train.txt of 60 short sections (a heading, a blank line, two sentences; ``{i}`` in ``second`` numbers them):
+    enough text for several checkpoints of a tiny run."""
+    lines = []
+    for i in range(60):
+        lines += [f" = season {i % 5} = ", "", first.format(i=i % 5), second.format(i=i % 5)]
+    path = folder / "train.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def build_tokenizer(folder: Path):
     from transformers import BertTokenizer
 

@@ -23,6 +23,7 @@ from mlm_pretraining.head_warmup import (
 )
 from mlm_pretraining.modeling import load_model
 from tests.test_resume import _cli, flags, losses, max_weight_difference
+from conftest import write_season_corpus
 
 HEAD = {"cls.predictions.bias", "cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
         "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias"}
@@ -30,14 +31,9 @@ HEAD = {"cls.predictions.bias", "cls.predictions.transform.dense.weight", "cls.p
 
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory) -> Path:
-    lines = []
-    for i in range(60):
-        lines += [f" = season {i % 5} = ", "",
-                  "the city park was happily known for its music and the band played the first song of the year .",
-                  f"he released {i % 5} new album , which became known in the world during the war ."]
-    path = tmp_path_factory.mktemp("warmup-data") / "train.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_season_corpus(
+        tmp_path_factory.mktemp("warmup-data"),
+        first="the city park was happily known for its music and the band played the first song of the year .")
 
 
 def model_args(path):

@@ -18,6 +18,7 @@ from mlm_pretraining.data import prepare_datasets
 from mlm_pretraining.prepared import METADATA_FILE, load_prepared, tokenizer_fingerprint
 from mlm_pretraining.text import read_corpus
 from scripts import prepare_corpus
+from conftest import write_season_corpus
 
 
 def prepare(model, corpus, out, *extra) -> dict:
@@ -27,14 +28,9 @@ def prepare(model, corpus, out, *extra) -> dict:
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory) -> Path:
-    lines = []
-    for i in range(60):
-        lines += [f" = season {i % 5} = ", "",
-                  "the city park was known for its music and the band played the first song of the year .",
-                  f"he unable released {i % 5} new album , which became known happily in the world during the war ."]
-    path = tmp_path_factory.mktemp("prepared-data") / "train.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_season_corpus(
+        tmp_path_factory.mktemp("prepared-data"),
+        second="he unable released {i} new album , which became known happily in the world during the war .")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import kill_when_saved
+from conftest import kill_when_saved, write_season_corpus
 from safetensors.torch import load_file
 
 import run_mlm
@@ -47,14 +47,7 @@ def max_weight_difference(a: Path, b: Path) -> float:
 
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory) -> Path:
-    lines = []
-    for i in range(60):
-        lines += [f" = season {i % 5} = ", "",
-                  "the city park was known for its music and the band played the first song of the year .",
-                  f"he released {i % 5} new album , which became known in the world during the war ."]
-    path = tmp_path_factory.mktemp("resume-data") / "train.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_season_corpus(tmp_path_factory.mktemp("resume-data"))
 
 
 @pytest.fixture(scope="module")

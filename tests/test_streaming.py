@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, write_season_corpus
 from safetensors.torch import load_file
 
 import run_mlm
@@ -120,14 +120,7 @@ TEXTS_A_BATCH = 10  # small text batches, so reading by position and replaying r
 
 @pytest.fixture(scope="module")
 def stream_corpus(tmp_path_factory) -> Path:
-    lines = []
-    for i in range(60):
-        lines += [f" = season {i % 5} = ", "",
-                  "the city park was known for its music and the band played the first song of the year .",
-                  f"he released {i % 5} new album , which became known in the world during the war ."]
-    path = tmp_path_factory.mktemp("stream-data") / "train.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_season_corpus(tmp_path_factory.mktemp("stream-data"))
 
 
 def run_streaming(model, corpus, out, **extra) -> None:
