@@ -12,20 +12,20 @@ import pytest
 
 from mlm_pretraining import trainer as trainer_module
 
-# Allocates and fills a 48 MiB tensor (above glibc's largest default mmap threshold, 32 MiB) 12 times and prints
-# the minor page faults of the last three rounds (the heap takes a few rounds to hold enough free blocks).
+# Allocates and fills a 48 MiB tensor (above glibc's largest default mmap threshold, 32 MiB) 16 times and prints
+# the minor page faults of the last five rounds (the heap takes a few rounds to hold enough free blocks).
 PROBE = """
 import json, resource, sys, torch
 from mlm_pretraining.cpu_memory import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 faults = []
-for _ in range(12):
+for _ in range(16):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.empty(12 * 2**20)
     x.fill_(1.0)
     del x
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"kept": kept, "faults": faults[-3:]}))
+print(json.dumps({"kept": kept, "faults": faults[-5:]}))
 """
 
 glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
@@ -45,7 +45,9 @@ def test_freed_blocks_are_reused_without_page_faults():
     # glibc's default: each 48 MiB block is a fresh mmap, every page faulted in again.
     assert all(f >= pages * 0.9 for f in default["faults"]), default
     assert kept["kept"] is True
-    assert all(f < pages * 0.05 for f in kept["faults"]), kept
+    # Kept: the block comes back from the heap. One round may still fault it in (seen once in CI, on a loaded
+    # machine: [12288, 0, 0]); without the setting every round does.
+    assert sum(f < pages * 0.05 for f in kept["faults"]) >= 4, kept
 
 
 def test_build_trainer_keeps_freed_memory_on_the_cpu_unless_switched_off(tiny_model_dir, tiny_tokenizer, tmp_path,
