@@ -44,7 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 MB = 2**20
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "wikitext-2" / "valid.txt"
 SHIPPED_SOURCE = REPO / "examples" / "data" / "wikitext-2-sample" / "train.txt"
-STEP_LOGGED = "'loss'"  # the Trainer's printed log line of a training step (--logging_steps 1, --disable_tqdm)
+STEP_LOGGED = "{'loss': "  # a training step's log line (--logging_steps 1, --disable_tqdm); not the arguments' dump, which
+# prints include_for_metrics=['loss'] before any step
 
 
 def parse_args(argv=None) -> argparse.Namespace:
