@@ -338,3 +338,40 @@ def test_streamed_chinese_reviews_segment_words_as_in_memory(tmp_path):
                                                        segment_chinese=segment)), len(in_memory)))
     assert [r["word_ids"] for r in streamed] == [list(r) for r in in_memory["word_ids"]]
     assert [r["input_ids"] for r in streamed] == [list(r) for r in in_memory["input_ids"]]
+
+
+@pytest.mark.slow
+def test_sigterm_then_rerun_seeks_and_continues_as_uninterrupted(tiny_model_dir, stream_corpus, tmp_path):
+    """What a user does: SIGTERM a streamed run (run_mlm.py saves a checkpoint at the current step, with the stream's
+    position), rerun the same command: it seeks there and ends with the losses and weights of a run never stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    steps = dict(max_steps=300, save_steps=100_000, do_eval=False)
+    full = tmp_path / "full"
+    run_mlm.main(flags(tiny_model_dir, stream_corpus, full, **steps))
+    out, log = tmp_path / "stopped", tmp_path / "stopped.log"
+    argv = [sys.executable, str(repo / "run_mlm.py"), *flags(tiny_model_dir, stream_corpus, out, **steps)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(argv, cwd=repo, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while "{'loss': " not in log.read_text():  # a logged training step
+        assert process.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    (checkpoint,) = out.glob("checkpoint-*")
+    step = int(checkpoint.name.split("-")[1])
+    assert 0 < step < 300
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    assert state["global_step"] == step and state["blocks_consumed"] == step * 8
+    rerun_log = tmp_path / "rerun.log"
+    rerun = subprocess.run(argv, cwd=repo, env=env, stdout=open(rerun_log, "w"), stderr=subprocess.STDOUT)
+    assert rerun.returncode == 0, rerun_log.read_text()[-3000:]
+    assert "Resuming the stream by position" in rerun_log.read_text()
+    assert losses(out) == pytest.approx(losses(full), abs=1e-6)
+    assert max_weight_difference(full, out) <= 1e-6
