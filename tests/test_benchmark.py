@@ -14,6 +14,14 @@ from transformers import BertConfig, BertForMaskedLM
 from scripts import benchmark
 
 
+def wikitext_slices(folder):
+    """The first 12,000 characters of WikiText-2 valid (training) and 6,000 of test (held out), as files."""
+    train, held_out = folder / "train.txt", folder / "test.txt"
+    train.write_text((SHARED_DATA / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")[:12000], encoding="utf-8")
+    held_out.write_text((SHARED_DATA / "wikitext-2" / "test.txt").read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    return train, held_out
+
+
 def test_flops_per_token_of_minilm_shape_is_about_80_million():
     # MiniLM: 6 layers, 384 wide, 1536 FFN, 30,522 tokens; the issue's estimate is ~80 MFLOP per training token.
     config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
@@ -38,9 +46,7 @@ def test_matmul_peak_is_the_best_shapes_flops_over_its_measured_time(monkeypatch
 
 @pytest.mark.slow
 def test_benchmark_runs_stock_and_ours_and_reports_every_field(tiny_model_dir, tmp_path):
-    train, held_out = tmp_path / "train.txt", tmp_path / "test.txt"
-    train.write_text((SHARED_DATA / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")[:12000], encoding="utf-8")
-    held_out.write_text((SHARED_DATA / "wikitext-2" / "test.txt").read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    train, held_out = wikitext_slices(tmp_path)
     command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--model_name_or_path", str(tiny_model_dir),
                "--train_file", str(train), "--validation_file", str(held_out), "--max_seq_length", "32",
                "--batch_size", "4", "--max_steps", "3", "--warmup_steps", "1", "--max_eval_samples", "8",
@@ -117,9 +123,7 @@ def test_precision_comes_from_the_variant_name():
 
 @pytest.mark.slow
 def test_profile_mode_reports_each_variants_op_classes(tiny_model_dir, tmp_path):
-    train, held_out = tmp_path / "train.txt", tmp_path / "test.txt"
-    train.write_text((SHARED_DATA / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")[:12000], encoding="utf-8")
-    held_out.write_text((SHARED_DATA / "wikitext-2" / "test.txt").read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    train, held_out = wikitext_slices(tmp_path)
     command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--model_name_or_path", str(tiny_model_dir),
                "--train_file", str(train), "--validation_file", str(held_out), "--max_seq_length", "32",
                "--batch_size", "4", "--warmup_steps", "1", "--profile", "--profile_steps", "2",
