@@ -21,7 +21,8 @@ Each run is its own process (stock and ours alternate in order from seed to seed
 Printed: minutes per run (the whole process: loading, tokenizing, training, final scoring), seconds per epoch of the
 training loop (each epoch's training, dev scoring and checkpoint; then training alone; then the loop's CPU time, all
 threads, a steadier measure on a shared machine), dev and test macro-F1 and accuracy, and ours/stock in time per
-epoch. The last line printed is one JSON object with all of it.
+epoch. The last line printed is one JSON object with all of it. With --output_dir, each finished run is recorded
+there and a rerun with the same settings reuses it.
 
 With --profile each pipeline instead trains --profile_warmup_steps steps, then --profile_steps steps under
 torch.profiler (mlm_pretraining.profiling), and the table gives each op class's share of those steps' time.
@@ -49,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 TASK = REPO.parent / "shared" / "data" / "citation_intent"
 VARIANTS = ("stock", "ours")
 RESULT_PREFIX = "COMPARE_RESULT "
+RESULT_FILE = "compare_result.json"  # in each run's folder under --output_dir: a finished run, reused by a rerun
 METRIC = "macro_f1"
 
 
@@ -89,7 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile_warmup_steps", type=int, default=3,
                         help="Steps trained before profiling with --profile.")
     parser.add_argument("--output_dir", default=None,
-                        help="Keep every run's model and results here (default: a temporary folder, removed).")
+                        help="Keep every run's model and results here; a rerun with the same settings reuses the "
+                        "finished runs, so a stopped comparison continues and more --seeds add to it (default: a "
+                        "temporary folder, removed).")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--run_dir", help=argparse.SUPPRESS)
@@ -248,8 +252,29 @@ def run_variant(args) -> dict:
 
 # ---------------------------------------------------------------- orchestration (parent process)
 
-def run_child(variant: str, seed: int, argv: list[str], run_dir: Path) -> dict:
-    """Run one pipeline for one seed in a fresh Python process; return its result with the process's wall time."""
+def run_settings(args) -> dict:
+    """What decides a run's result besides its pipeline and seed: the flags but the seed list and the folders."""
+    return {k: v for k, v in vars(args).items() if k not in ("seeds", "output_dir", "child", "seed", "run_dir")}
+
+
+def run_child(variant: str, seed: int, argv: list[str], run_dir: Path, settings: dict) -> dict:
+    """Run one pipeline for one seed in a fresh Python process; return its result with the process's wall time.
+    A run that finished earlier in ``run_dir`` with the same ``settings`` is reused (a stopped comparison continues
+    where it stood, and more --seeds add to it); one that finished with others is an InputError, not a mislabelled
+    row."""
+    done_file = run_dir / RESULT_FILE
+    if done_file.is_file():
+        recorded = json.loads(done_file.read_text())
+        if recorded["settings"] != settings:
+            changed = sorted(k for k in settings.keys() | recorded["settings"].keys()
+                             if settings.get(k) != recorded["settings"].get(k))
+            raise InputError(f"--output_dir: {run_dir} holds a finished {variant} run with other settings "
+                             f"({', '.join('--' + k for k in changed)}); give another --output_dir, or delete that "
+                             "folder.")
+        print(f"--- {variant}, seed {seed}: reusing the finished run in {run_dir}", file=sys.stderr, flush=True)
+        return recorded["result"]
+    if run_dir.is_dir():  # a run stopped halfway: start it over (resuming would time half a run)
+        shutil.rmtree(run_dir)
     command = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", variant, "--seed", str(seed),
                "--run_dir", str(run_dir)]
     print(f"--- {variant}, seed {seed}: running ...", file=sys.stderr, flush=True)
@@ -260,7 +285,11 @@ def run_child(variant: str, seed: int, argv: list[str], run_dir: Path) -> dict:
     minutes = (time.perf_counter() - start) / 60
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
-            return {**json.loads(line[len(RESULT_PREFIX):]), "minutes": minutes}
+            result = {**json.loads(line[len(RESULT_PREFIX):]), "minutes": minutes}
+            temporary = run_dir / f".{RESULT_FILE}.tmp"  # written whole, then renamed: never half a result
+            temporary.write_text(json.dumps({"settings": settings, "result": result}))
+            os.replace(temporary, done_file)
+            return result
     sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
     raise RuntimeError(f"compare_finetuning.py: the {variant} run (seed {seed}) failed (exit {done.returncode}); "
                        "its output is above.")
@@ -327,7 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
         results = []
         for i, seed in enumerate(args.seeds):
             for variant in VARIANTS if i % 2 == 0 else VARIANTS[::-1]:
-                results.append(run_child(variant, seed, argv, scratch / f"{variant}-seed{seed}"))
+                results.append(run_child(variant, seed, argv, scratch / f"{variant}-seed{seed}", run_settings(args)))
     finally:
         if not args.output_dir:
             shutil.rmtree(scratch, ignore_errors=True)

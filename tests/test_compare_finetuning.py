@@ -17,11 +17,12 @@ def task_files(tmp_path):
 
 
 @pytest.mark.slow  # four Python processes, each importing transformers: ~30 s on 2 cores
-def test_runs_both_pipelines_per_seed_and_reports_every_field(tmp_path, tiny_model_dir, task_files, capsys):
+def test_runs_both_pipelines_per_seed_and_reports_every_field(tmp_path, tiny_model_dir, task_files, capsys,
+                                                               monkeypatch):
     out = tmp_path / "runs"
-    summary = main(["--model_name_or_path", str(tiny_model_dir), *task_files, "--num_train_epochs", "2",
-                    "--per_device_train_batch_size", "8", "--max_seq_length", "32", "--learning_rate", "1e-3",
-                    "--seeds", "1", "2", "--output_dir", str(out)])
+    flags = ["--model_name_or_path", str(tiny_model_dir), *task_files, "--num_train_epochs", "2",
+             "--per_device_train_batch_size", "8", "--max_seq_length", "32", "--output_dir", str(out)]
+    summary = main([*flags, "--learning_rate", "1e-3", "--seeds", "1", "2"])
     results = summary["results"]
     # Alternating order: stock first for the first seed, ours first for the second.
     assert [(r["variant"], r["seed"]) for r in results] == [("stock", 1), ("ours", 1), ("ours", 2), ("stock", 2)]
@@ -43,6 +44,16 @@ def test_runs_both_pipelines_per_seed_and_reports_every_field(tmp_path, tiny_mod
     for head, _, _ in COLUMNS:
         assert head in printed
     assert "ours/stock time per epoch (mean over seeds)" in printed and "seed 2: ours/stock" in printed
+
+    # A rerun (here of one of the seeds) reuses the finished runs: no process is started, the rows are the same.
+    import scripts.compare_finetuning as compare
+
+    monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was rerun"))
+    again = main([*flags, "--learning_rate", "1e-3", "--seeds", "2"])
+    assert again["results"] == [r for r in results if r["seed"] == 2][::-1]  # seed 2 alone starts with stock
+    # Other settings in the same folder would mislabel a row: refused, naming what differs.
+    with pytest.raises(InputError, match=r"stock-seed1 holds a finished stock run with other settings \(--learning_rate\)"):
+        main([*flags, "--learning_rate", "2e-3", "--seeds", "1"])
 
 
 def test_summary_ratios_and_differences():
