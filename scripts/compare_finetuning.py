@@ -333,7 +333,8 @@ def print_profiles(args, settings: dict, results: list[dict]) -> dict:
     from mlm_pretraining.profiling import op_class_table
 
     print(f"\n{Path(args.train_file).parent.name}: {args.model_name_or_path}, "
-          f"batch {args.per_device_train_batch_size}, max length {args.max_seq_length}, {results[0]['torch_threads']} torch threads; {args.profile_steps} steps "
+          f"batch {args.per_device_train_batch_size}, max length {args.max_seq_length}, "
+          f"{results[0]['torch_threads']} torch threads; {args.profile_steps} steps "
           f"profiled after {args.profile_warmup_steps}; share of the profiled steps' wall-clock time (profiler "
           "overhead included)")
     print(op_class_table({r["variant"]: r["op_class_seconds"] for r in results}))

@@ -52,7 +52,8 @@ def test_runs_both_pipelines_per_seed_and_reports_every_field(tmp_path, tiny_mod
     again = main([*flags, "--learning_rate", "1e-3", "--seeds", "2"])
     assert again["results"] == [r for r in results if r["seed"] == 2][::-1]  # seed 2 alone starts with stock
     # Other settings in the same folder would mislabel a row: refused, naming what differs.
-    with pytest.raises(InputError, match=r"stock-seed1 holds a finished stock run with other settings \(--learning_rate\)"):
+    with pytest.raises(InputError, match=r"stock-seed1 holds a finished stock run with other settings "
+                                         r"\(--learning_rate\)"):
         main([*flags, "--learning_rate", "2e-3", "--seeds", "1"])
 
 
