@@ -14,6 +14,9 @@ minutes each arm cost. Writes output_dir/results.md, results.json and results.pn
 stopped experiment continues where it stood.
 
     python scripts/tapt_experiment.py --task_dir ../shared/data/citation_intent --output_dir out/tapt-ci
+    # a lever (here the head warm-up) in its own folder, the base arm's runs taken from the first experiment:
+    python scripts/tapt_experiment.py --task_dir ../shared/data/citation_intent --output_dir out/tapt-ci-warmup300 \
+        --head_warmup_steps 300 --base_runs_dir out/tapt-ci
 """
 
 from __future__ import annotations
@@ -111,6 +114,12 @@ class TaptArguments:
                                       "processes or machines sharing --output_dir (e.g. one process --arms base, "
                                       "another --arms tapt). The result table needs both: rerun with both, which "
                                       "reuses every finished run."})
+    base_runs_dir: str | None = field(
+        default=None, metadata={"help": "Keep the base arm's runs in this experiment folder instead of --output_dir, "
+                                "reusing those finished there: the base arm does not depend on the TAPT settings, so "
+                                "an experiment on a lever (another --tapt_* setting, its own --output_dir) pointed at "
+                                "an earlier one's folder fine-tunes only its TAPT arm. Its fine-tuning settings must "
+                                "match (checked run by run)."})
     keep_models: bool = field(default=False, metadata={"help": "Keep every fine-tuned model's weights (large); by "
                                                        "default only their results are kept."})
 
@@ -362,6 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     launched: list[str] = []
 
+    base_out = Path(args.base_runs_dir) if args.base_runs_dir else out  # where the base arm's runs live
     tapt_dir = out / "tapt"
     if "tapt" in args.arms:  # the base arm alone needs no TAPT run: it can fine-tune meanwhile
         flags = pretrain_flags(args, files, tapt_dir)
@@ -382,7 +392,7 @@ def main(argv: list[str] | None = None) -> dict:
         for arm, model in (("base", args.model_name_or_path), ("tapt", str(tapt_dir))):
             if arm not in args.arms:
                 continue
-            run_dir = out / f"{arm}-finetune" / f"seed{seed}"
+            run_dir = (base_out if arm == "base" else out) / f"{arm}-finetune" / f"seed{seed}"
             flags = fine_tune_flags(args, files, model, seed, run_dir)
             results = finished(run_dir, flags)
             if results is None:

@@ -177,6 +177,16 @@ def test_arms_split_an_experiment_and_a_run_with_both_reuses_them(tmp_path, head
     assert both["launched"] == [] and (out / "results.md").is_file()
     assert both["runs"]["base"]["1"] == base_only["runs"]["base"]["1"]
 
+    # A lever experiment in its own folder, its base arm taken from the first: only TAPT and its fine-tune run.
+    lever = main([*argv, "--output_dir", str(tmp_path / "lever"), "--base_runs_dir", str(out),
+                  "--tapt_learning_rate", "1e-2"])
+    assert lever["launched"] == ["tapt", "tapt-finetune-seed1"]
+    assert lever["runs"]["base"]["1"] == base_only["runs"]["base"]["1"]
+    assert not (tmp_path / "lever" / "base-finetune").exists()
+    assert lever["runs"]["tapt"]["1"]["eval_loss"] != both["runs"]["tapt"]["1"]["eval_loss"]  # another TAPT model
+    with pytest.raises(InputError, match="base-finetune/seed1 holds a finished run with other settings"):
+        main([*argv, "--output_dir", str(tmp_path / "lever2"), "--base_runs_dir", str(out), "--learning_rate", "1e-3"])
+
 
 def test_arms_must_name_known_arms(tmp_path, task_dir):
     with pytest.raises(InputError, match="--arms must name one or both of base, tapt"):
