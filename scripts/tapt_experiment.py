@@ -34,10 +34,10 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from scipy import stats
 
 from arguments import InputError, parse_args
 from mlm_pretraining.errors import run_cli
+from mlm_pretraining.intervals import CONFIDENCE, paired_interval
 from mlm_pretraining.logs import get_logger
 from mlm_pretraining.modeling import EMBEDDED_MODEL
 from mlm_pretraining.text import BUILDERS
@@ -49,7 +49,6 @@ GENERAL_TEXT = REPO.parent / "shared" / "data" / "wikitext-2" / "test.txt"
 # (results key, title): single-label micro-F1 is accuracy.
 COLUMNS = (("eval_macro_f1", "dev macro-F1"), ("test_macro_f1", "test macro-F1"),
            ("test_micro_f1", "test micro-F1 (= accuracy)"))
-CONFIDENCE = 0.95
 SECONDS_FILE = "wall_seconds.json"  # beside each run's all_results.json: what the run cost, kept for reruns
 FLAGS_FILE = "experiment_flags.json"  # the flags a run was launched with, checked before its results are reused
 ARMS = ("base", "tapt")
@@ -247,17 +246,6 @@ def fine_tune(args: TaptArguments, flags: list[str], run_dir: Path) -> dict:
         for path in list(run_dir.glob("checkpoint-*")) + list(run_dir.glob("*.safetensors")):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     return results
-
-
-def paired_interval(differences: list[float], confidence: float = CONFIDENCE) -> dict:
-    """Mean of paired differences and its Student-t confidence interval: mean ± t(n−1) · sd / √n (NaN for n < 2)."""
-    n = len(differences)
-    mean = statistics.fmean(differences)
-    if n < 2:
-        half = math.nan
-    else:
-        half = stats.t.ppf(0.5 + confidence / 2, n - 1) * statistics.stdev(differences) / math.sqrt(n)
-    return {"mean": mean, "half_width": half, "low": mean - half, "high": mean + half, "n": n}
 
 
 def result_table(runs: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[str, dict]:

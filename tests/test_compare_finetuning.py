@@ -44,6 +44,7 @@ def test_runs_both_pipelines_per_seed_and_reports_every_field(tmp_path, tiny_mod
     for head, _, _ in COLUMNS:
         assert head in printed
     assert "ours/stock time per epoch (mean over seeds)" in printed and "seed 2: ours/stock" in printed
+    assert "test_macro_f1 ours - stock: " in printed and "paired by seed (n = 2)" in printed
 
     # A rerun (here of one of the seeds) reuses the finished runs: no process is started, the rows are the same.
     import scripts.compare_finetuning as compare
@@ -69,6 +70,10 @@ def test_summary_ratios_and_differences():
     assert summary["per_seed_ratio"][2]["s_per_epoch"] == pytest.approx(0.4)
     assert summary["ours_over_stock_s_per_epoch"] == pytest.approx(30 / 80)  # ratio of the mean times
     assert summary["test_macro_f1_difference"] == pytest.approx(0.04)
+    # Paired by seed: differences +0.04 and +0.04, no spread, so the interval is the point.
+    paired = summary["paired_difference"]["test_macro_f1"]
+    assert paired["mean"] == pytest.approx(0.04) and paired["half_width"] == pytest.approx(0.0, abs=1e-12)
+    assert paired["n"] == 2
 
 
 @pytest.mark.parametrize(
