@@ -15,7 +15,7 @@ from transformers.utils import is_torch_bf16_gpu_available, is_torch_tf32_availa
 from mlm_pretraining.errors import InputError, as_list
 from mlm_pretraining.head_warmup import parse_warmup_steps
 from mlm_pretraining.modeling import EMBEDDED_MODEL
-from mlm_pretraining.precision import has_gpu
+from mlm_pretraining.precision import drop_pin_memory_on_cpu, has_gpu
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 NSP_NEEDS_THE_WHOLE_CORPUS = (
@@ -430,6 +430,7 @@ class MLMTrainingArguments(TrainingArguments):
         self.head_warmup_steps = parse_warmup_steps(self.head_warmup_steps)
         if self.tf32 is None and not self.use_cpu and is_torch_tf32_available():
             self.tf32 = True
+        drop_pin_memory_on_cpu(self)
         super().__post_init__()
 
 

@@ -26,6 +26,7 @@ from mlm_pretraining.errors import InputError, as_list
 from mlm_pretraining.fast_dropout import enable_fast_dropout
 from mlm_pretraining.internals import PREFIX_CHECKPOINT_DIR
 from mlm_pretraining.modeling import load_model, load_tokenizer, resolve_max_seq_length
+from mlm_pretraining.precision import drop_pin_memory_on_cpu
 from mlm_pretraining.text import (
     load_split,
     resolve_data_files,
@@ -191,6 +192,7 @@ class ClassificationTrainingArguments(TrainingArguments):
         if self.early_stopping_patience and not self.metric_for_best_model:
             raise InputError("--early_stopping_patience needs --metric_for_best_model (e.g. macro_f1), or 0 to "
                              "train every epoch.")
+        drop_pin_memory_on_cpu(self)
         super().__post_init__()
 
 

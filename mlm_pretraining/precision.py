@@ -44,6 +44,13 @@ def has_gpu() -> bool:
     return torch.backends.mps.is_available()
 
 
+def drop_pin_memory_on_cpu(args) -> None:
+    """Pinned host memory only speeds copies to a GPU; on a CPU run the DataLoader warns about it on every run, so
+    TrainingArguments' default (on) is turned off there."""
+    if args.use_cpu or not has_gpu():
+        args.dataloader_pin_memory = False
+
+
 def bf16_warning(bf16: bool, on_cpu: bool, cpuinfo: str | None = None) -> str | None:
     """The warning for a bf16 request on a CPU without native bf16, or None when there is nothing to warn about."""
     if not bf16 or not on_cpu or cpu_has_native_bf16(cpuinfo):

@@ -54,3 +54,19 @@ def test_warn_about_precision_logs_only_when_bf16_would_be_emulated(monkeypatch,
     with caplog.at_level(logging.WARNING, logger="mlm_pretraining.precision"):
         precision.warn_about_precision(SimpleNamespace(bf16=bf16, use_cpu=use_cpu))
     assert ("training will be several times SLOWER than fp32" in caplog.text) == warned
+
+
+def test_pinned_memory_only_where_a_gpu_takes_the_batches(tmp_path, monkeypatch):
+    from mlm_pretraining.classification import ClassificationTrainingArguments
+
+    monkeypatch.setattr(precision, "has_gpu", lambda: False)
+    *_, args = parse_args(["--output_dir", str(tmp_path), "--report_to", "none"])
+    assert args.dataloader_pin_memory is False  # the DataLoader would warn on every CPU run
+    assert ClassificationTrainingArguments(output_dir=str(tmp_path)).dataloader_pin_memory is False
+    monkeypatch.setattr(precision, "has_gpu", lambda: True)
+    gpu_args = SimpleNamespace(use_cpu=False, dataloader_pin_memory=True)
+    precision.drop_pin_memory_on_cpu(gpu_args)
+    assert gpu_args.dataloader_pin_memory is True
+    cpu_args = SimpleNamespace(use_cpu=True, dataloader_pin_memory=True)  # --use_cpu on a GPU machine
+    precision.drop_pin_memory_on_cpu(cpu_args)
+    assert cpu_args.dataloader_pin_memory is False
