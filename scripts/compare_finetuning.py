@@ -386,8 +386,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"ours/stock time per epoch (mean over seeds): {ratio:.2f}, i.e. ours {1 / ratio:.2f}x as fast")
     for key, interval in summary["paired_difference"].items():
         spread = ("" if math.isnan(interval["half_width"]) else
-                  f" [{interval['low']:+.4f}, {interval['high']:+.4f}], {CONFIDENCE:.0%} t interval of the")
-        print(f"{key} ours - stock: {interval['mean']:+.4f}{spread} paired by seed (n = {interval['n']})")
+                  f", {CONFIDENCE:.0%} t interval [{interval['low']:+.4f}, {interval['high']:+.4f}]")
+        print(f"{key} ours - stock, paired by seed (n = {interval['n']}): {interval['mean']:+.4f}{spread}")
     output = {"settings": settings, "results": results, **summary}
     print(json.dumps(output))
     return output

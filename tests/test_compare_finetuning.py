@@ -44,7 +44,7 @@ def test_runs_both_pipelines_per_seed_and_reports_every_field(tmp_path, tiny_mod
     for head, _, _ in COLUMNS:
         assert head in printed
     assert "ours/stock time per epoch (mean over seeds)" in printed and "seed 2: ours/stock" in printed
-    assert "test_macro_f1 ours - stock: " in printed and "paired by seed (n = 2)" in printed
+    assert "test_macro_f1 ours - stock, paired by seed (n = 2): " in printed and "95% t interval [" in printed
 
     # A rerun (here of one of the seeds) reuses the finished runs: no process is started, the rows are the same.
     import scripts.compare_finetuning as compare
