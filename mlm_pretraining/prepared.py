@@ -31,6 +31,7 @@ from datasets import Dataset, concatenate_datasets
 
 from mlm_pretraining.data import Packer, blocks_table, special_token_template, text_separator
 from mlm_pretraining.errors import InputError
+from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.streaming import encode_flat, text_batches
 from mlm_pretraining.text import TextStream
 
@@ -182,9 +183,8 @@ def prepare_corpus(source: TextStream, tokenizer, output_dir: str, *, max_seq_le
         "workers": num_workers,
         **(description or {}),
     }
-    temporary = folder / f".{METADATA_FILE}.tmp"
-    temporary.write_text(json.dumps(metadata, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(temporary, folder / METADATA_FILE)  # written last: a folder without it is unfinished
+    # written last: a folder without it is unfinished
+    write_text_atomically(folder / METADATA_FILE, json.dumps(metadata, indent=1, ensure_ascii=False))
     logger.info("Prepared %d %s (%d tokens) from %d texts in %d shard(s) in %s, %.1f s.", blocks_written,
                 "examples" if line_by_line else "blocks", tokens, texts, len(shards), folder, metadata["seconds"])
     return metadata

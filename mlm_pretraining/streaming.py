@@ -34,6 +34,7 @@ from transformers import TrainerCallback
 
 from collators import STREAM_POSITION
 from mlm_pretraining.data import Packer, encode_texts, special_token_template, text_separator
+from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.errors import InputError
 from mlm_pretraining.internals import PREFIX_CHECKPOINT_DIR
 from mlm_pretraining.text import START, TextStream
@@ -334,8 +335,4 @@ def describe_place(source: TextStream, position: list[int]) -> str:
 
 def write_state(folder: Path, state: dict) -> Path:
     """Write ``state`` as ``folder/stream_state.json`` atomically (a reader sees the old file or the new one)."""
-    path = folder / STATE_FILE
-    temporary = folder / f".{STATE_FILE}.tmp"
-    temporary.write_text(json.dumps(state, indent=1), encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return write_text_atomically(folder / STATE_FILE, json.dumps(state, indent=1))

@@ -44,6 +44,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from mlm_pretraining.errors import InputError, run_cli
+from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.intervals import CONFIDENCE, paired_interval
 from mlm_pretraining.modeling import EMBEDDED_MODEL
 from mlm_pretraining.tables import markdown_table
@@ -288,9 +289,7 @@ def run_child(variant: str, seed: int, argv: list[str], run_dir: Path, settings:
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             result = {**json.loads(line[len(RESULT_PREFIX):]), "minutes": minutes}
-            temporary = run_dir / f".{RESULT_FILE}.tmp"  # written whole, then renamed: never half a result
-            temporary.write_text(json.dumps({"settings": settings, "result": result}))
-            os.replace(temporary, done_file)
+            write_text_atomically(done_file, json.dumps({"settings": settings, "result": result}))
             return result
     sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
     raise RuntimeError(f"compare_finetuning.py: the {variant} run (seed {seed}) failed (exit {done.returncode}); "
