@@ -4,9 +4,10 @@ improve fine-tuning on that task, by more than the noise between fine-tuning see
 
 For one task folder (train/dev/test files with text and label columns):
   (a) fine-tune the base model, once per seed;
-  (b) continue masked-LM pretraining of the base model on the task's training text (run_mlm.py, once; a new MLM
-      head is warmed up first, --head_warmup_steps auto), scoring masked-LM perplexity on the task's dev text and
-      on general text (WikiText-2 test: what TAPT makes the model forget) before and after;
+  (b) continue masked-LM pretraining of the base model on the task's training text (with --max_train_samples, the
+      text of the rows fine-tuned on) with run_mlm.py, once (a new MLM head is warmed up first, --head_warmup_steps
+      auto), scoring masked-LM perplexity on the task's dev text and on general text (WikiText-2 test: what TAPT
+      makes the model forget) before and after;
   (c) fine-tune that checkpoint, once per seed, with exactly the settings and seeds of (a).
 Reports, per metric (dev macro-F1, test macro-F1, test micro-F1 = accuracy), each arm's mean ± std over seeds and
 the paired difference TAPT − base (same seed) with its 95 % Student-t confidence interval; the perplexities; the
@@ -36,7 +37,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from arguments import InputError, parse_args
+from mlm_pretraining.classification import ClassificationDataArguments, load_labelled_datasets, take_subsets
 from mlm_pretraining.errors import run_cli
+from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.intervals import CONFIDENCE, paired_interval
 from mlm_pretraining.logs import get_logger
 from mlm_pretraining.modeling import EMBEDDED_MODEL
@@ -52,6 +55,8 @@ COLUMNS = (("eval_macro_f1", "dev macro-F1"), ("test_macro_f1", "test macro-F1")
 SECONDS_FILE = "wall_seconds.json"  # beside each run's all_results.json: what the run cost, kept for reruns
 FLAGS_FILE = "experiment_flags.json"  # the flags a run was launched with, checked before its results are reused
 ARMS = ("base", "tapt")
+TAPT_TEXTS = ("fine_tune", "all")
+TAPT_TRAIN_FILE = "tapt_train.jsonl"  # with --max_train_samples: the fine-tuning subset's text, TAPT's training file
 
 
 @dataclass
@@ -81,7 +86,8 @@ class TaptArguments:
     max_seq_length: int | None = field(default=None, metadata={"help": "Fine-tuning truncation length in tokens "
                                                                "(default: run_classification.py's)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Fine-tune on a fixed random subset "
-                                                                  "(default: the whole training set)."})
+                                                                  "(default: the whole training set); TAPT then "
+                                                                  "reads that subset's text (see --tapt_text)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Select on a fixed random dev subset."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Test on a fixed random subset."})
     # Task-adaptive pretraining.
@@ -89,6 +95,11 @@ class TaptArguments:
                                                        "(paper: 100). citation_intent: 708 blocks of 128 tokens an "
                                                        "epoch, so 20 epochs are about 1.8 M tokens, 885 steps of "
                                                        "16 blocks."})
+    tapt_text: str = field(default="fine_tune", metadata={"help": "TAPT's training text: 'fine_tune', the text of "
+                                                          "the rows the fine-tuning trains on (with "
+                                                          "--max_train_samples, that subset: both arms see the same "
+                                                          "texts, as in the paper), or 'all', the whole training file "
+                                                          "(labels unused: more unlabelled task text)."})
     tapt_max_steps: int = field(default=-1, metadata={"help": "Masked-LM steps, overriding --tapt_epochs."})
     tapt_learning_rate: float = field(default=1e-4, metadata={"help": "Masked-LM peak learning rate (paper: 1e-4)."})
     tapt_batch_size: int = field(default=16, metadata={"help": "Masked-LM batch size in blocks (paper: 256 texts; "
@@ -146,6 +157,8 @@ class TaptArguments:
             self.general_text = str(Path(self.general_text).resolve())
         if not self.arms or set(self.arms) - set(ARMS):
             raise InputError(f"--arms must name one or both of {', '.join(ARMS)}, got {self.arms}.")
+        if self.tapt_text not in TAPT_TEXTS:
+            raise InputError(f"--tapt_text must be one of {', '.join(TAPT_TEXTS)}, got '{self.tapt_text}'.")
         if self.mix_share is not None and not self.mix_train_file:
             raise InputError("--mix_share needs --mix_train_file (the general text to mix in).")
         from mlm_pretraining.head_warmup import parse_warmup_steps
@@ -203,10 +216,28 @@ def run_script(script: str, flags: list[str], run_dir: Path) -> dict:
     return json.loads((run_dir / "all_results.json").read_text())
 
 
-def pretrain_flags(args: TaptArguments, files: dict[str, str], run_dir: Path) -> list[str]:
-    """run_mlm.py's flags for (b): the task's dev text and the general text as named evaluation sets."""
+def tapt_train_file(args: TaptArguments, files: dict[str, str], out: Path) -> str:
+    """TAPT's training file: the task's, or with --max_train_samples (and --tapt_text fine_tune) a file of the
+    texts of exactly the rows run_classification.py fine-tunes on (its loading and subset, so the same draw)."""
+    if args.max_train_samples is None or args.tapt_text == "all":
+        return files["train"]
+    data_args = ClassificationDataArguments(train_file=[files["train"]], validation_file=[files["validation"]],
+                                            text_column_name=args.text_column_name,
+                                            label_column_name=args.label_column_name,
+                                            max_train_samples=args.max_train_samples)
+    subset = take_subsets(load_labelled_datasets(data_args), data_args)["train"]
+    path = out / TAPT_TRAIN_FILE
+    write_text_atomically(path, "".join(json.dumps({args.text_column_name: text}, ensure_ascii=False) + "\n"
+                                        for text in subset["text"]))
+    return str(path)
+
+
+def pretrain_flags(args: TaptArguments, files: dict[str, str], run_dir: Path, train_file: str | None = None
+                   ) -> list[str]:
+    """run_mlm.py's flags for (b) on ``train_file`` (default the task's): the task's dev text and the general text
+    as named evaluation sets."""
     evaluation = [f"task={files['validation']}"] + ([f"general={args.general_text}"] if args.general_text else [])
-    flags = ["--model_name_or_path", args.model_name_or_path, "--train_file", files["train"],
+    flags = ["--model_name_or_path", args.model_name_or_path, "--train_file", train_file or files["train"],
              "--validation_file", *evaluation, "--text_column_name", args.text_column_name,
              "--output_dir", str(run_dir), "--overwrite_output_dir", "true", "--max_seq_length",
              str(args.tapt_max_seq_length), "--mlm_probability", str(args.mlm_probability),
@@ -362,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
     base_out = Path(args.base_runs_dir) if args.base_runs_dir else out  # where the base arm's runs live
     tapt_dir = out / "tapt"
     if "tapt" in args.arms:  # the base arm alone needs no TAPT run: it can fine-tune meanwhile
-        flags = pretrain_flags(args, files, tapt_dir)
+        flags = pretrain_flags(args, files, tapt_dir, tapt_train_file(args, files, out))
         tapt_results = finished(tapt_dir, flags)
         if tapt_results is None:
             logger.info("(b) masked-LM on %s's training text -> %s", Path(args.task_dir).name, tapt_dir)
@@ -410,7 +441,9 @@ def main(argv: list[str] | None = None) -> dict:
     table, summary = result_table(runs, args.seeds)
     title = (f"TAPT on {Path(args.task_dir).name}: {Path(args.model_name_or_path).name}, {len(args.seeds)} "
              f"seed{'s' if len(args.seeds) > 1 else ''} ({', '.join(map(str, args.seeds))})")
-    settings = (f"TAPT: {tapt_results.get('epoch', 0):.1f} epochs of the task's training text (about {tokens:,} "
+    text = ("the task's training text" if args.max_train_samples is None or args.tapt_text == "all" else
+            f"the fine-tuning subset's text ({args.max_train_samples:,} rows)")
+    settings = (f"TAPT: {tapt_results.get('epoch', 0):.1f} epochs of {text} (about {tokens:,} "
                 f"tokens in {args.tapt_max_seq_length}-token blocks), learning rate {args.tapt_learning_rate}, mask "
                 f"rate {args.mlm_probability}, head warm-up {args.head_warmup_steps}"
                 + (f", mixed with {', '.join(args.mix_train_file)}" if args.mix_train_file else "") + ".")

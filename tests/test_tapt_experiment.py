@@ -138,6 +138,31 @@ def test_pretrain_flags_pass_the_levers_through(tmp_path, task_dir, corpus):
     assert args.seeds == [1, 2, 3, 4, 5]
 
 
+def test_tapt_text_is_the_fine_tuning_subset_or_the_whole_file(tmp_path, task_dir):
+    rows = [{"sentence": f"row number {i} of the task", "label": "ab"[i % 2]} for i in range(40)]
+    write_jsonl(task_dir / "train.jsonl", rows)
+    write_jsonl(task_dir / "dev.jsonl", rows[:6])
+    files = tapt.task_files(str(task_dir))
+    common = ["--task_dir", str(task_dir), "--output_dir", str(tmp_path), "--text_column_name", "sentence"]
+    (args,) = tapt.parse_args([*common, "--max_train_samples", "15"], groups=(tapt.TaptArguments,))
+    path = tapt.tapt_train_file(args, files, tmp_path)
+    assert path == str(tmp_path / tapt.TAPT_TRAIN_FILE)
+    texts = [json.loads(line)["sentence"] for line in open(path, encoding="utf-8")]
+    assert len(texts) == len(set(texts)) == 15 and set(texts) < {row["sentence"] for row in rows}
+    assert texts != [row["sentence"] for row in rows[:15]]  # a random draw, not the file's first rows
+    assert tapt.tapt_train_file(args, files, tmp_path) == path  # the same draw again: the TAPT run is reused
+    assert [json.loads(line)["sentence"] for line in open(path, encoding="utf-8")] == texts
+    flags = tapt.pretrain_flags(args, files, tmp_path / "tapt", path)
+    assert flags[flags.index("--train_file") + 1] == path
+    (everything,) = tapt.parse_args([*common, "--max_train_samples", "15", "--tapt_text", "all"],
+                                    groups=(tapt.TaptArguments,))
+    assert tapt.tapt_train_file(everything, files, tmp_path) == files["train"]
+    (full,) = tapt.parse_args(common, groups=(tapt.TaptArguments,))
+    assert tapt.tapt_train_file(full, files, tmp_path) == files["train"]
+    with pytest.raises(InputError, match="--tapt_text must be one of fine_tune, all"):
+        tapt.parse_args([*common, "--tapt_text", "subset"], groups=(tapt.TaptArguments,))
+
+
 def test_task_dir_must_hold_the_three_splits(tmp_path):
     (tmp_path / "train.jsonl").write_text('{"text": "a", "label": "x"}\n')
     with pytest.raises(InputError, match="no validation file"):
