@@ -33,6 +33,8 @@ TAPT_SETTINGS = ("tapt_text", "tapt_epochs", "tapt_max_steps", "tapt_learning_ra
 FINE_TUNE_SETTINGS = ("task_dir", "model_name_or_path", "text_column_name", "label_column_name", "learning_rate",
                       "num_train_epochs", "max_steps", "per_device_train_batch_size", "max_seq_length",
                       "max_train_samples", "max_eval_samples", "max_test_samples")
+# Settings newer than some results.json files: a file without one ran with this (the then only) behaviour.
+ADDED_LATER = {"tapt_text": "fine_tune"}
 METRICS = (("eval_macro_f1", "dev macro-F1"), ("test_macro_f1", "test macro-F1"), ("test_micro_f1", "test accuracy"))
 
 
@@ -61,9 +63,12 @@ def load_experiment(folder: str) -> dict:
 
 def lever_name(settings: dict, reference: dict) -> str:
     """The TAPT settings where ``settings`` differ from ``reference``, as flags; 'reference' for the reference."""
+    def setting(found: dict, key: str):
+        return found.get(key, ADDED_LATER.get(key))
+
     changed = [f"--{key} {' '.join(map(str, value)) if isinstance(value, list) else value}"
-               for key in TAPT_SETTINGS if settings.get(key) != reference.get(key)
-               for value in [settings.get(key)]]
+               for key in TAPT_SETTINGS if setting(settings, key) != setting(reference, key)
+               for value in [setting(settings, key)]]
     return " ".join(changed) if changed else "(same TAPT settings)"
 
 

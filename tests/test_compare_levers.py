@@ -49,6 +49,9 @@ def test_lever_name_lists_the_changed_tapt_settings():
     assert lever_name({**SETTINGS, "mix_train_file": ["wiki.txt"], "mix_share": 0.2}, SETTINGS) == (
         "--mix_train_file wiki.txt --mix_share 0.2")
     assert lever_name(SETTINGS, SETTINGS) == "(same TAPT settings)"
+    # A results.json from before --tapt_text existed ran with its default.
+    assert lever_name({**SETTINGS, "tapt_text": "fine_tune"}, SETTINGS) == "(same TAPT settings)"
+    assert lever_name({**SETTINGS, "tapt_text": "all"}, SETTINGS) == "--tapt_text all"
 
 
 def test_experiments_that_fine_tune_differently_or_are_missing_are_refused(tmp_path):
