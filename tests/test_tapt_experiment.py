@@ -134,7 +134,7 @@ def test_pretrain_flags_pass_the_levers_through(tmp_path, task_dir, corpus):
     assert flags[flags.index("--mix_share") + 1] == "0.3"
     assert flags[flags.index("--head_warmup_steps") + 1] == "50"
     assert flags[flags.index("--mlm_probability") + 1] == "0.2"
-    assert flags[flags.index("--num_train_epochs") + 1] == "20.0"  # the default: long enough to matter
+    assert flags[flags.index("--num_train_epochs") + 1] == "40.0"  # the default: long enough to matter
     assert args.seeds == [1, 2, 3, 4, 5]
 
 
