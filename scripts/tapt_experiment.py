@@ -43,7 +43,7 @@ from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.intervals import CONFIDENCE, paired_interval
 from mlm_pretraining.logs import get_logger
 from mlm_pretraining.modeling import EMBEDDED_MODEL
-from mlm_pretraining.text import BUILDERS
+from mlm_pretraining.text import BUILDERS, resolve_data_files
 
 logger = get_logger("tapt_experiment")
 REPO = Path(__file__).resolve().parents[1]
@@ -161,6 +161,9 @@ class TaptArguments:
             raise InputError(f"--tapt_text must be one of {', '.join(TAPT_TEXTS)}, got '{self.tapt_text}'.")
         if self.mix_share is not None and not self.mix_train_file:
             raise InputError("--mix_share needs --mix_train_file (the general text to mix in).")
+        if self.mix_train_file:  # checked here, not an hour later when run_mlm.py starts; absolute, like the task's
+            self.mix_train_file = [str(Path(f).resolve())
+                                   for f in resolve_data_files(self.mix_train_file, "--mix_train_file")]
         from mlm_pretraining.head_warmup import parse_warmup_steps
 
         parse_warmup_steps(self.head_warmup_steps)

@@ -159,6 +159,8 @@ def test_tapt_text_is_the_fine_tuning_subset_or_the_whole_file(tmp_path, task_di
     assert tapt.tapt_train_file(everything, files, tmp_path) == files["train"]
     (full,) = tapt.parse_args(common, groups=(tapt.TaptArguments,))
     assert tapt.tapt_train_file(full, files, tmp_path) == files["train"]
+    with pytest.raises(InputError, match="--mix_train_file: no such file or folder"):  # before any run starts
+        tapt.parse_args([*common, "--mix_train_file", str(tmp_path / "wiki.txt")], groups=(tapt.TaptArguments,))
     with pytest.raises(InputError, match="--tapt_text must be one of fine_tune, all"):
         tapt.parse_args([*common, "--tapt_text", "subset"], groups=(tapt.TaptArguments,))
 
