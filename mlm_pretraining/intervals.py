@@ -19,3 +19,8 @@ def paired_interval(differences: list[float], confidence: float = CONFIDENCE) ->
     else:
         half = stats.t.ppf(0.5 + confidence / 2, n - 1) * statistics.stdev(differences) / math.sqrt(n)
     return {"mean": mean, "half_width": half, "low": mean - half, "high": mean + half, "n": n}
+
+
+def excludes_zero(interval: dict) -> bool:
+    """Whether a :func:`paired_interval` lies wholly on one side of 0 (the difference stands above seed noise)."""
+    return interval["low"] > 0 or interval["high"] < 0

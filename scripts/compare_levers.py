@@ -24,7 +24,7 @@ from pathlib import Path
 from arguments import InputError, parse_args
 from mlm_pretraining.errors import run_cli
 from mlm_pretraining.files import write_text_atomically
-from mlm_pretraining.intervals import CONFIDENCE, paired_interval
+from mlm_pretraining.intervals import CONFIDENCE, excludes_zero, paired_interval
 
 # Settings that change the TAPT run (a lever) and settings that change the fine-tuning (must match for pairing).
 TAPT_SETTINGS = ("tapt_text", "tapt_epochs", "tapt_max_steps", "tapt_learning_rate", "tapt_batch_size",
@@ -62,7 +62,7 @@ def load_experiment(folder: str) -> dict:
 
 
 def lever_name(settings: dict, reference: dict) -> str:
-    """The TAPT settings where ``settings`` differ from ``reference``, as flags; 'reference' for the reference."""
+    """The TAPT settings where ``settings`` differ from ``reference``, as flags; '(same TAPT settings)' if none."""
     def setting(found: dict, key: str):
         return found.get(key, ADDED_LATER.get(key))
 
@@ -76,7 +76,7 @@ def interval_cell(differences: list[float]) -> str:
     interval = paired_interval(differences)
     if math.isnan(interval["half_width"]):
         return f"{interval['mean']:+.2f} (n=1)"
-    star = "*" if interval["low"] > 0 or interval["high"] < 0 else ""
+    star = "*" if excludes_zero(interval) else ""
     return f"{interval['mean']:+.2f} [{interval['low']:+.2f}, {interval['high']:+.2f}]{star} (n={interval['n']})"
 
 

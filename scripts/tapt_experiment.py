@@ -40,7 +40,7 @@ from arguments import InputError, parse_args
 from mlm_pretraining.classification import ClassificationDataArguments, load_labelled_datasets, take_subsets
 from mlm_pretraining.errors import run_cli
 from mlm_pretraining.files import write_text_atomically
-from mlm_pretraining.intervals import CONFIDENCE, paired_interval
+from mlm_pretraining.intervals import CONFIDENCE, excludes_zero, paired_interval
 from mlm_pretraining.logs import get_logger
 from mlm_pretraining.modeling import EMBEDDED_MODEL
 from mlm_pretraining.text import BUILDERS, resolve_data_files
@@ -168,6 +168,12 @@ class TaptArguments:
 
         parse_warmup_steps(self.head_warmup_steps)
 
+    @property
+    def tapt_on_subset(self) -> bool:
+        """Whether TAPT reads only the text of the fine-tuning subset (--max_train_samples with --tapt_text
+        fine_tune) rather than the task's training file."""
+        return self.max_train_samples is not None and self.tapt_text == "fine_tune"
+
 
 def task_files(task_dir: str) -> dict[str, str]:
     """The task's train, validation and test files, found by name (train.jsonl, dev.jsonl, test.jsonl, ...)."""
@@ -222,7 +228,7 @@ def run_script(script: str, flags: list[str], run_dir: Path) -> dict:
 def tapt_train_file(args: TaptArguments, files: dict[str, str], out: Path) -> str:
     """TAPT's training file: the task's, or with --max_train_samples (and --tapt_text fine_tune) a file of the
     texts of exactly the rows run_classification.py fine-tunes on (its loading and subset, so the same draw)."""
-    if args.max_train_samples is None or args.tapt_text == "all":
+    if not args.tapt_on_subset:
         return files["train"]
     data_args = ClassificationDataArguments(train_file=[files["train"]], validation_file=[files["validation"]],
                                             text_column_name=args.text_column_name,
@@ -302,7 +308,7 @@ def result_table(runs: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[st
         if math.isnan(interval["half_width"]):
             cells.append(f"{interval['mean']:+.2f} (one seed: no interval)")
         else:
-            star = "*" if interval["low"] > 0 or interval["high"] < 0 else ""
+            star = "*" if excludes_zero(interval) else ""
             cells.append(f"{interval['mean']:+.2f} ± {interval['half_width']:.2f}{star} "
                          f"[{interval['low']:+.2f}, {interval['high']:+.2f}]")
     rows.append(f"| TAPT − base, paired by seed, {CONFIDENCE:.0%} CI | " + " | ".join(cells) + " |")
@@ -444,8 +450,8 @@ def main(argv: list[str] | None = None) -> dict:
     table, summary = result_table(runs, args.seeds)
     title = (f"TAPT on {Path(args.task_dir).name}: {Path(args.model_name_or_path).name}, {len(args.seeds)} "
              f"seed{'s' if len(args.seeds) > 1 else ''} ({', '.join(map(str, args.seeds))})")
-    text = ("the task's training text" if args.max_train_samples is None or args.tapt_text == "all" else
-            f"the fine-tuning subset's text ({args.max_train_samples:,} rows)")
+    text = (f"the fine-tuning subset's text ({args.max_train_samples:,} rows)" if args.tapt_on_subset else
+            "the task's training text")
     settings = (f"TAPT: {tapt_results.get('epoch', 0):.1f} epochs of {text} (about {tokens:,} "
                 f"tokens in {args.tapt_max_seq_length}-token blocks), learning rate {args.tapt_learning_rate}, mask "
                 f"rate {args.mlm_probability}, head warm-up {args.head_warmup_steps}"
