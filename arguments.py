@@ -13,9 +13,9 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_tf32_available
 
 from mlm_pretraining.errors import InputError, as_list
-from mlm_pretraining.head_warmup import parse_warmup_steps
-from mlm_pretraining.modeling import EMBEDDED_MODEL
-from mlm_pretraining.precision import drop_pin_memory_on_cpu, has_gpu
+from mlm_pretraining.model.head_warmup import parse_warmup_steps
+from mlm_pretraining.constants import EMBEDDED_MODEL
+from mlm_pretraining.speed.precision import drop_pin_memory_on_cpu, has_gpu
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 NSP_NEEDS_THE_WHOLE_CORPUS = (
@@ -100,7 +100,7 @@ class ModelArguments:
                 raise InputError(f"--config_overrides '{self.config_overrides}' must be key=value pairs separated "
                                  "by commas, e.g. hidden_dropout_prob=0,attention_probs_dropout_prob=0.")
         if self.add_tokens is not None:
-            from mlm_pretraining.vocab import (
+            from mlm_pretraining.model.vocab import (
                 read_token_file,  # checks the file now, before any model loads
             )
 
@@ -230,7 +230,7 @@ class DataArguments:
     def _check_tokenized_dataset(self) -> None:
         """--tokenized_dataset replaces the training text; its folder is checked now (metadata, every shard's
         size) and gives the block length."""
-        from mlm_pretraining.prepared import read_metadata  # checks the folder now, before any model loads
+        from mlm_pretraining.data.prepared import read_metadata  # checks the folder now, before any model loads
 
         if self.nsp:
             raise InputError(NSP_NEEDS_THE_WHOLE_CORPUS.format(flag="--tokenized_dataset"))
@@ -484,7 +484,7 @@ def _check_across_groups(parsed) -> None:
     training_args = next((a for a in parsed if isinstance(a, TrainingArguments)), None)
     mask_args = next((a for a in parsed if isinstance(a, MaskingArguments)), None)
     if data_args is not None and mask_args is not None and data_args.tokenized_dataset and mask_args.whole_word_mask:
-        from mlm_pretraining.prepared import read_metadata
+        from mlm_pretraining.data.prepared import read_metadata
 
         if not read_metadata(data_args.tokenized_dataset)["whole_word_mask"]:
             raise InputError(f"--whole_word_mask, but --tokenized_dataset '{data_args.tokenized_dataset}' was prepared "

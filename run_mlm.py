@@ -17,32 +17,28 @@ import sys
 
 from transformers import set_seed
 
-from arguments import InputError, parse_args
-from mlm_pretraining.base_weights import keep_base_weights
+from arguments import parse_args
+from mlm_pretraining.errors import InputError
+from mlm_pretraining.model.base_weights import keep_base_weights
 from mlm_pretraining.budget import plan_budget
 from mlm_pretraining.checkpoints import check_checkpoint_matches, find_resume_checkpoint
-from mlm_pretraining.corpus_report import report_corpus
-from mlm_pretraining.data import (
-    evaluation_sets,
-    evaluation_sizes,
-    mix_in,
-    prepare_datasets,
-)
+from mlm_pretraining.reporting.corpus_report import report_corpus
+from mlm_pretraining.data.sources import evaluation_sets, evaluation_sizes, mix_in, prepare_datasets
 from mlm_pretraining.errors import run_cli
-from mlm_pretraining.head_warmup import find_new_weights
+from mlm_pretraining.model.head_warmup import find_new_weights
 from mlm_pretraining.logs import get_logger, setup_logging
-from mlm_pretraining.model_card import write_model_card
-from mlm_pretraining.modeling import (
+from mlm_pretraining.reporting.model_card import write_model_card
+from mlm_pretraining.model.loading import (
     load_model,
     load_tokenizer,
     model_class_for,
     resolve_max_seq_length,
     resolve_model_path,
 )
-from mlm_pretraining.precision import warn_about_precision
-from mlm_pretraining.text import read_corpus
+from mlm_pretraining.speed.precision import warn_about_precision
+from mlm_pretraining.data.text import read_corpus
 from mlm_pretraining.trainer import build_trainer
-from mlm_pretraining.vocab import add_domain_tokens, read_token_file
+from mlm_pretraining.model.vocab import add_domain_tokens, read_token_file
 
 logger = get_logger("run_mlm")
 

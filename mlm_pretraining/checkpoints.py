@@ -148,7 +148,7 @@ def check_checkpoint_matches(checkpoint: str, model_args, explicit: bool) -> Non
     Compares config.json files only, so it runs before any weights load. A model whose config cannot be read is
     left for modeling.load_model to report.
     """
-    from mlm_pretraining.modeling import (
+    from mlm_pretraining.model.loading import (
         resolve_model_path,  # here, not at the top: modeling imports the heavy model classes
     )
 

@@ -1,5 +1,5 @@
 """Downstream sequence classification: its arguments, reading labelled files, label ids, F1 metrics, and the
-fine-tuning run itself (:func:`fine_tune`, used by scripts/run_classification.py and scripts/compare_finetuning.py)."""
+fine-tuning run itself (:func:`fine_tune`, used by scripts/run_classification.py and scripts/benchmarks/compare_finetuning.py)."""
 
 from __future__ import annotations
 
@@ -21,19 +21,19 @@ from transformers import (
     set_seed,
 )
 
-from mlm_pretraining.cpu_memory import keep_freed_memory
+from mlm_pretraining.speed.cpu_memory import keep_freed_memory
 from mlm_pretraining.errors import InputError, as_list
-from mlm_pretraining.fast_dropout import enable_fast_dropout
+from mlm_pretraining.speed.fast_dropout import enable_fast_dropout
 from mlm_pretraining.internals import PREFIX_CHECKPOINT_DIR
-from mlm_pretraining.modeling import load_model, load_tokenizer, resolve_max_seq_length
-from mlm_pretraining.precision import drop_pin_memory_on_cpu
-from mlm_pretraining.text import (
+from mlm_pretraining.model.loading import load_model, load_tokenizer, resolve_max_seq_length
+from mlm_pretraining.speed.precision import drop_pin_memory_on_cpu
+from mlm_pretraining.data.text import (
     load_split,
     resolve_data_files,
     select_text,
     text_column,
 )
-from mlm_pretraining.vocab import add_domain_tokens, read_token_file
+from mlm_pretraining.model.vocab import add_domain_tokens, read_token_file
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Our Trainer and the one function that builds it, used by run_mlm.py and scripts/benchmark.py alike.
+"""Our Trainer and the one function that builds it, used by run_mlm.py and scripts/benchmarks/benchmark.py alike.
 
 Three changes to transformers' ``Trainer``: evaluation batches come from their own collator (fixed masks); the
 training loss is averaged over all masked tokens of the optimizer step, across processes and gradient-accumulation
@@ -16,9 +16,9 @@ from transformers import Trainer
 from collators import STREAM_POSITION, MLMCollator
 from mlm_pretraining.budget import BudgetCallback, mask_rate, progress_scheduler
 from mlm_pretraining.callbacks import GracefulStopCallback, MaskEpochCallback
-from mlm_pretraining.cpu_memory import keep_freed_memory
-from mlm_pretraining.fast_dropout import enable_fast_dropout
-from mlm_pretraining.head_warmup import HeadWarmupCallback
+from mlm_pretraining.speed.cpu_memory import keep_freed_memory
+from mlm_pretraining.speed.fast_dropout import enable_fast_dropout
+from mlm_pretraining.model.head_warmup import HeadWarmupCallback
 from mlm_pretraining.internals import (
     TRAINER_COLLATOR,
     TRAINER_COUNT_ITEMS,
@@ -27,9 +27,9 @@ from mlm_pretraining.internals import (
     TRAINER_LOSS_KWARGS,
 )
 from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
-from mlm_pretraining.plotting import TrainingCurveCallback
-from mlm_pretraining.sparse_head import enable_sparse_prediction
-from mlm_pretraining.streaming import PackedStream, StreamPositionCallback
+from mlm_pretraining.reporting.plotting import TrainingCurveCallback
+from mlm_pretraining.speed.sparse_head import enable_sparse_prediction
+from mlm_pretraining.data.streaming import PackedStream, StreamPositionCallback
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoModelForMaskedLM
 
-from arguments import EMBEDDED_MODEL, InputError, ModelArguments, parse_args
+from arguments import ModelArguments, parse_args
+from mlm_pretraining.constants import EMBEDDED_MODEL
+from mlm_pretraining.errors import InputError
 from mlm_pretraining.errors import run_cli
-from mlm_pretraining.modeling import load_model, load_tokenizer
+from mlm_pretraining.model.loading import load_model, load_tokenizer
 
 MASK = "[MASK]"
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from arguments import InputError, parse_args
+from arguments import parse_args
+from mlm_pretraining.errors import InputError
 from mlm_pretraining.errors import run_cli
-from mlm_pretraining.plotting import plot_runs, read_log_history
+from mlm_pretraining.reporting.plotting import plot_runs, read_log_history
 
 
 @dataclass

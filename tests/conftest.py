@@ -115,7 +115,7 @@ def run(tiny_model_dir, tmp_path, monkeypatch):
     """
 
     import run_mlm
-    from arguments import InputError
+    from mlm_pretraining.errors import InputError
 
     def _run(flags: list[str], pattern: str, before_model: bool = True, model=None) -> Exception:
         if before_model:

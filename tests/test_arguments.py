@@ -7,7 +7,8 @@ from dataclasses import fields
 
 import pytest
 
-from arguments import ARGUMENT_GROUPS, InputError, parse_args
+from arguments import ARGUMENT_GROUPS, parse_args
+from mlm_pretraining.errors import InputError
 
 
 def test_every_argument_has_help_text():

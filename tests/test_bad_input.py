@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from arguments import InputError, parse_args
+from arguments import parse_args
+from mlm_pretraining.errors import InputError
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -86,7 +87,7 @@ def test_corpus_shorter_than_one_block(run, tmp_path):
 def test_crlf_and_bom_are_simply_read(tmp_path):
     """Not an error: a BOM and CRLF line ends give the same texts as a plain LF file."""
     from arguments import DataArguments
-    from mlm_pretraining.text import read_corpus
+    from mlm_pretraining.data.text import read_corpus
 
     lines = ["the city park", "he released new album"]
     plain = write(tmp_path / "lf.txt", "\n".join(lines) + "\n")

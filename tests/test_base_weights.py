@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import run_mlm
-from mlm_pretraining.base_weights import (
+from mlm_pretraining.model.base_weights import (
     EXTRA_SHARD,
     base_weights_to_keep,
     keep_base_weights,

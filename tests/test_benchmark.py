@@ -1,4 +1,4 @@
-"""scripts/benchmark.py: its FLOP count, and a tiny run of the whole comparison that must report every field."""
+"""scripts/benchmarks/benchmark.py: its FLOP count, and a tiny run of the whole comparison that must report every field."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from conftest import REPO, SHARED_DATA
 from transformers import BertConfig, BertForMaskedLM
 
-from scripts import benchmark
+from scripts.benchmarks import benchmark
 
 
 def wikitext_slices(folder):
@@ -47,7 +47,7 @@ def test_matmul_peak_is_the_best_shapes_flops_over_its_measured_time(monkeypatch
 @pytest.mark.slow
 def test_benchmark_runs_stock_and_ours_and_reports_every_field(tiny_model_dir, tmp_path):
     train, held_out = wikitext_slices(tmp_path)
-    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--model_name_or_path", str(tiny_model_dir),
+    command = [sys.executable, str(REPO / "scripts" / "benchmarks" / "benchmark.py"), "--model_name_or_path", str(tiny_model_dir),
                "--train_file", str(train), "--validation_file", str(held_out), "--max_seq_length", "32",
                "--batch_size", "4", "--max_steps", "3", "--warmup_steps", "1", "--max_eval_samples", "8",
                "--preprocessing_num_workers", "1", "--preprocess_mb", "0.05", "--output_dir", str(tmp_path),
@@ -124,7 +124,7 @@ def test_precision_comes_from_the_variant_name():
 @pytest.mark.slow
 def test_profile_mode_reports_each_variants_op_classes(tiny_model_dir, tmp_path):
     train, held_out = wikitext_slices(tmp_path)
-    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--model_name_or_path", str(tiny_model_dir),
+    command = [sys.executable, str(REPO / "scripts" / "benchmarks" / "benchmark.py"), "--model_name_or_path", str(tiny_model_dir),
                "--train_file", str(train), "--validation_file", str(held_out), "--max_seq_length", "32",
                "--batch_size", "4", "--warmup_steps", "1", "--profile", "--profile_steps", "2",
                "--preprocessing_num_workers", "1", "--output_dir", str(tmp_path)]
@@ -133,7 +133,7 @@ def test_profile_mode_reports_each_variants_op_classes(tiny_model_dir, tmp_path)
                                "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    from mlm_pretraining.profiling import MATMUL, OP_CLASSES
+    from mlm_lab.profiling import MATMUL, OP_CLASSES
 
     assert [p["variant"] for p in summary["profiles"]] == ["stock", "ours"]
     for profile in summary["profiles"]:

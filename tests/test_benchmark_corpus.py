@@ -1,4 +1,4 @@
-"""scripts/benchmark_corpus.py: a tiny run of every measurement, reporting each figure and writing the JSON."""
+"""scripts/benchmarks/benchmark_corpus.py: a tiny run of every measurement, reporting each figure and writing the JSON."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from scripts import benchmark_corpus
+from scripts.benchmarks import benchmark_corpus
 
 
 def test_repeated_text_is_cut_at_a_line_end(tmp_path):

@@ -17,7 +17,8 @@ from conftest import kill_when_saved
 from safetensors.torch import load_file
 
 import run_mlm
-from arguments import InputError, parse_args
+from arguments import parse_args
+from mlm_pretraining.errors import InputError
 from collators import MLMCollator
 from mlm_pretraining import budget
 from mlm_pretraining.budget import (

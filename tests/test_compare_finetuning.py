@@ -1,11 +1,11 @@
-"""scripts/compare_finetuning.py: both pipelines end to end on the tiny model, the summary arithmetic, bad flags."""
+"""scripts/benchmarks/compare_finetuning.py: both pipelines end to end on the tiny model, the summary arithmetic, bad flags."""
 
 from __future__ import annotations
 
 import pytest
 
 from mlm_pretraining.errors import InputError
-from scripts.compare_finetuning import COLUMNS, main, parse_args, summarise
+from scripts.benchmarks.compare_finetuning import COLUMNS, main, parse_args, summarise
 from tests.test_classification import labelled_rows, write_jsonl
 
 
@@ -47,7 +47,7 @@ def test_runs_both_pipelines_per_seed_and_reports_every_field(tmp_path, tiny_mod
     assert "test_macro_f1 ours - stock, paired by seed (n = 2): " in printed and "95% t interval [" in printed
 
     # A rerun (here of one of the seeds) reuses the finished runs: no process is started, the rows are the same.
-    import scripts.compare_finetuning as compare
+    import scripts.benchmarks.compare_finetuning as compare
 
     monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was rerun"))
     again = main([*flags, "--learning_rate", "1e-3", "--seeds", "2"])
@@ -102,7 +102,7 @@ def test_profile_trains_warm_up_and_profiled_steps_only(task_files):
 
 @pytest.mark.slow  # two Python processes, each importing transformers
 def test_profile_reports_both_pipelines_op_classes(tmp_path, tiny_model_dir, task_files, capsys):
-    from mlm_pretraining.profiling import MATMUL, OP_CLASSES
+    from mlm_lab.profiling import MATMUL, OP_CLASSES
 
     summary = main(["--model_name_or_path", str(tiny_model_dir), *task_files, "--per_device_train_batch_size", "4",
                     "--max_seq_length", "32", "--profile", "--profile_warmup_steps", "1", "--profile_steps", "2",

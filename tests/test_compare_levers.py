@@ -1,4 +1,4 @@
-"""scripts/compare_levers.py: TAPT experiments of one task side by side, each lever paired with the reference."""
+"""scripts/experiments/compare_levers.py: TAPT experiments of one task side by side, each lever paired with the reference."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from arguments import InputError
-from scripts.compare_levers import lever_name, main
+from mlm_pretraining.errors import InputError
+from scripts.experiments.compare_levers import lever_name, main
 
 SETTINGS = {"task_dir": "../shared/data/citation_intent", "model_name_or_path": "m", "tapt_epochs": 20.0,
             "tapt_learning_rate": 1e-4, "mlm_probability": 0.15, "head_warmup_steps": "auto", "mix_train_file": None,

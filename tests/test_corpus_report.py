@@ -9,11 +9,12 @@ import pytest
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerFast
 
-from arguments import DataArguments, InputError
-from mlm_pretraining.corpus_report import corpus_report, format_report
-from mlm_pretraining.data import prepare_datasets
-from mlm_pretraining.text import read_corpus
-from mlm_pretraining.vocab import count_words
+from arguments import DataArguments
+from mlm_pretraining.errors import InputError
+from mlm_pretraining.reporting.corpus_report import corpus_report, format_report
+from mlm_pretraining.data.sources import prepare_datasets
+from mlm_pretraining.data.text import read_corpus
+from mlm_pretraining.model.vocab import count_words
 
 # With the conftest vocabulary: 'bandsly' is band ##s ##ly and 'songsly' song ##s ##ly (3 pieces each), 'zzz' is
 # [UNK]. Tokens per text (+1 [SEP] separator when packing): 3, 8, 14, 3; characters 13, 21, 64, 7.

@@ -16,7 +16,7 @@ from mlm_pretraining import trainer as trainer_module
 # the minor page faults of the last five rounds (the heap takes a few rounds to hold enough free blocks).
 PROBE = """
 import json, resource, sys, torch
-from mlm_pretraining.cpu_memory import keep_freed_memory
+from mlm_pretraining.speed.cpu_memory import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 faults = []
 for _ in range(16):

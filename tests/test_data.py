@@ -6,14 +6,9 @@ import numpy as np
 
 from arguments import DataArguments, parse_args
 from collators import MLMCollator
-from mlm_pretraining.data import (
-    mix_in,
-    pack,
-    prepare_datasets,
-    special_token_template,
-    tokenize,
-)
-from mlm_pretraining.text import read_corpus
+from mlm_pretraining.data.packing import pack, special_token_template, tokenize
+from mlm_pretraining.data.sources import mix_in, prepare_datasets
+from mlm_pretraining.data.text import read_corpus
 
 
 def test_packing_loses_nothing_but_the_final_partial_block(tiny_tokenizer, corpus):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from mlm_pretraining import fast_dropout
+from mlm_pretraining.speed import fast_dropout
 from mlm_pretraining import trainer as trainer_module
-from mlm_pretraining.fast_dropout import (
+from mlm_pretraining.speed.fast_dropout import (
     ATTENTION_NAME,
     FastDropout,
     attention_forward,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from arguments import InputError
+from mlm_pretraining.errors import InputError
 from scripts.fill_mask import main, predict
 from tests.conftest import build_model
 

@@ -1,4 +1,4 @@
-"""scripts/gpu_benchmark.sh: without a GPU it stops at once with status 2, says why, and writes nothing."""
+"""scripts/benchmarks/gpu_benchmark.sh: without a GPU it stops at once with status 2, says why, and writes nothing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import REPO
 
-SCRIPT = REPO / "scripts" / "gpu_benchmark.sh"
+SCRIPT = REPO / "scripts" / "benchmarks" / "gpu_benchmark.sh"
 
 
 def run(tmp_path, nvidia_smi_status: int | None) -> subprocess.CompletedProcess:
@@ -36,7 +36,7 @@ def test_without_a_gpu_it_stops_with_status_2_and_says_why(tmp_path, nvidia_smi_
     assert done.returncode == 2, done.stderr
     assert reason in done.stderr
     assert "This script measures NVIDIA GPUs only; nothing was run." in done.stderr
-    assert "python scripts/benchmark.py" in done.stderr  # what to run on a CPU instead
+    assert "python scripts/benchmarks/benchmark.py" in done.stderr  # what to run on a CPU instead
     assert not (tmp_path / "out").exists()
 
 

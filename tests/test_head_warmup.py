@@ -14,14 +14,15 @@ import torch
 from safetensors.torch import load_file
 
 import run_mlm
-from arguments import InputError, parse_args
-from mlm_pretraining.head_warmup import (
+from arguments import parse_args
+from mlm_pretraining.errors import InputError
+from mlm_pretraining.model.head_warmup import (
     AUTO_CAP,
     NewWeights,
     find_new_weights,
     resolve_warmup_steps,
 )
-from mlm_pretraining.modeling import load_model
+from mlm_pretraining.model.loading import load_model
 from tests.test_resume import _cli, flags, losses, max_weight_difference
 from conftest import write_season_corpus
 
@@ -96,7 +97,7 @@ def run(model_dir, corpus, out, steps, warmup, **extra) -> dict:
 
 def test_encoder_bit_identical_during_warmup_and_moves_after(headless_model_dir, corpus_file, tmp_path, caplog):
     base = load_file(headless_model_dir / "model.safetensors")
-    with caplog.at_level("INFO", logger="mlm_pretraining.head_warmup"):
+    with caplog.at_level("INFO", logger="mlm_pretraining.model.head_warmup"):
         warm = run(headless_model_dir, corpus_file, tmp_path / "warm", 4, 4)
     assert "Newly initialised: cls.predictions.bias, cls.predictions.transform.* (5 tensors); training only these " \
            "for the first 4 of 4 steps (--head_warmup_steps 4)" in caplog.text
@@ -121,7 +122,7 @@ def test_added_token_rows_alone_train_during_warmup(tiny_model_dir, corpus_file,
     words = tmp_path / "words.txt"
     words.write_text("happily\nbelievably\n", encoding="utf-8")
     base = load_file(tiny_model_dir / "model.safetensors")
-    with caplog.at_level("INFO", logger="mlm_pretraining.head_warmup"):
+    with caplog.at_level("INFO", logger="mlm_pretraining.model.head_warmup"):
         out = run(tiny_model_dir, corpus_file, tmp_path / "out", 3, "auto", add_tokens=words)
     assert "Newly initialised: 2 new rows of bert.embeddings.word_embeddings.weight; 2 new rows of " \
            "cls.predictions.bias; training only these for the first 1 of 3 steps (--head_warmup_steps auto)" \

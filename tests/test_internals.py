@@ -239,7 +239,7 @@ def test_accelerate_reads_a_stream_on_process_zero_and_dispatches_it():
 
 @pytest.mark.parametrize("name", sorted(internals.MLM_DECODER_ATTRIBUTES))
 def test_mlm_heads_end_with_the_decoder_the_fused_loss_takes_over(name):
-    from mlm_pretraining.sparse_head import _head, _without_decoder
+    from mlm_pretraining.speed.sparse_head import _head, _without_decoder
 
     torch.manual_seed(0)
     model = MASKED_LM[name]()

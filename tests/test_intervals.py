@@ -1,4 +1,4 @@
-"""mlm_pretraining.intervals: the paired Student-t interval against hand-computed values."""
+"""mlm_lab.intervals: the paired Student-t interval against hand-computed values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mlm_pretraining.intervals import paired_interval
+from mlm_lab.intervals import paired_interval
 
 
 def test_paired_interval_matches_a_hand_computed_t_interval():
@@ -21,7 +21,7 @@ def test_paired_interval_matches_a_hand_computed_t_interval():
 
 
 def test_excludes_zero_only_when_the_interval_is_wholly_on_one_side():
-    from mlm_pretraining.intervals import excludes_zero
+    from mlm_lab.intervals import excludes_zero
 
     assert not excludes_zero(paired_interval([1.0, 2.0, 3.0]))  # mean 2, half-width 2.48: [-0.48, +4.48]
     assert excludes_zero(paired_interval([2.0, 2.5, 3.0]))  # [+1.26, +3.74]

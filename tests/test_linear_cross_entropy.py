@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForMaskedLM
 
-from mlm_pretraining.linear_cross_entropy import default_chunk_rows, linear_cross_entropy
-from mlm_pretraining.sparse_head import enable_sparse_prediction
+from mlm_pretraining.speed.linear_cross_entropy import default_chunk_rows, linear_cross_entropy
+from mlm_pretraining.speed.sparse_head import enable_sparse_prediction
 
 
 def problem(n=37, hidden=16, vocab=101, seed=0, bias=True):

@@ -20,7 +20,7 @@ from mlm_pretraining.metrics import (
     perplexity,
     preprocess_logits_for_metrics,
 )
-from mlm_pretraining.sparse_head import enable_sparse_prediction
+from mlm_pretraining.speed.sparse_head import enable_sparse_prediction
 from mlm_pretraining.trainer import MLMTrainer
 
 IGNORE = -100

@@ -11,13 +11,13 @@ import pytest
 from huggingface_hub import ModelCard
 
 from arguments import DataArguments, MaskingArguments
-from mlm_pretraining.model_card import (
+from mlm_pretraining.reporting.model_card import (
     base_model_license,
     evaluation_results,
     model_card,
     write_model_card,
 )
-from mlm_pretraining.modeling import EMBEDDED_MODEL
+from mlm_pretraining.constants import EMBEDDED_MODEL
 from run_mlm import main
 
 RESULTS = {

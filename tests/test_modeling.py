@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from arguments import InputError, ModelArguments
-from mlm_pretraining.modeling import load_model, load_tokenizer, resolve_model_path
+from arguments import ModelArguments
+from mlm_pretraining.errors import InputError
+from mlm_pretraining.model.loading import load_model, load_tokenizer, resolve_model_path
 
 
 def test_embedded_default_resolves_to_the_installed_package():

@@ -8,8 +8,8 @@ import math
 import pytest
 from PIL import Image
 
-from arguments import InputError
-from mlm_pretraining.plotting import curves, plot_runs, read_log_history
+from mlm_pretraining.errors import InputError
+from mlm_pretraining.reporting.plotting import curves, plot_runs, read_log_history
 from run_mlm import main as run_mlm
 from scripts.plot_curves import main as plot_curves
 

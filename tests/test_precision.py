@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from arguments import InputError, parse_args
-from mlm_pretraining import precision
-from mlm_pretraining.precision import bf16_warning, cpu_flags, cpu_has_native_bf16
+from arguments import parse_args
+from mlm_pretraining.errors import InputError
+from mlm_pretraining.speed import precision
+from mlm_pretraining.speed.precision import bf16_warning, cpu_flags, cpu_has_native_bf16
 
 
 def test_bf16_warning_only_on_cpus_without_native_bf16():
@@ -51,7 +52,7 @@ def test_warn_about_precision_logs_only_when_bf16_would_be_emulated(monkeypatch,
                                                                      warned):
     monkeypatch.setattr(precision, "has_gpu", lambda: gpu)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: native)
-    with caplog.at_level(logging.WARNING, logger="mlm_pretraining.precision"):
+    with caplog.at_level(logging.WARNING, logger="mlm_pretraining.speed.precision"):
         precision.warn_about_precision(SimpleNamespace(bf16=bf16, use_cpu=use_cpu))
     assert ("training will be several times SLOWER than fp32" in caplog.text) == warned
 

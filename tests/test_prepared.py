@@ -13,10 +13,11 @@ import pytest
 from safetensors.torch import load_file
 
 import run_mlm
-from arguments import DataArguments, InputError, parse_args
-from mlm_pretraining.data import prepare_datasets
-from mlm_pretraining.prepared import METADATA_FILE, load_prepared, tokenizer_fingerprint
-from mlm_pretraining.text import read_corpus
+from arguments import DataArguments, parse_args
+from mlm_pretraining.errors import InputError
+from mlm_pretraining.data.sources import prepare_datasets
+from mlm_pretraining.data.prepared import METADATA_FILE, load_prepared, tokenizer_fingerprint
+from mlm_pretraining.data.text import read_corpus
 from scripts import prepare_corpus
 from conftest import write_season_corpus
 

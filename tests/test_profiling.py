@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from mlm_pretraining.fast_dropout import enable_fast_dropout
-from mlm_pretraining.profiling import (
+from mlm_pretraining.speed.fast_dropout import enable_fast_dropout
+from mlm_lab.profiling import (
     ATTENTION,
     COPIES,
     CROSS_ENTROPY,
@@ -28,7 +28,7 @@ from mlm_pretraining.profiling import (
     op_class_table,
     shares,
 )
-from mlm_pretraining.sparse_head import enable_sparse_prediction
+from mlm_pretraining.speed.sparse_head import enable_sparse_prediction
 
 
 @pytest.mark.parametrize("name, scopes, expected", [

@@ -178,7 +178,7 @@ def test_eval_results_keep_the_before_training_figures(trained):
 
 
 def test_named_validation_sets_are_each_scored_before_and_after(trained, tiny_model_dir, tmp_path):
-    from mlm_pretraining.plotting import curves, read_log_history
+    from mlm_pretraining.reporting.plotting import curves, read_log_history
 
     _, _, corpus = trained
     general = tmp_path / "general.txt"

@@ -21,7 +21,7 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
-from mlm_pretraining.sparse_head import (
+from mlm_pretraining.speed.sparse_head import (
     disable_sparse_prediction,
     enable_sparse_prediction,
     supports_sparse_prediction,
@@ -113,7 +113,7 @@ def test_unknown_model_keeps_its_full_head_and_says_so(caplog):
     model = ElectraForMaskedLM(ElectraConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=1,
                                              num_attention_heads=2, intermediate_size=64))
     assert not supports_sparse_prediction(model)
-    with caplog.at_level(logging.INFO, logger="mlm_pretraining.sparse_head"):
+    with caplog.at_level(logging.INFO, logger="mlm_pretraining.speed.sparse_head"):
         assert enable_sparse_prediction(model) is False
     assert "not available for ElectraForMaskedLM" in caplog.text
     assert "forward" not in vars(model)

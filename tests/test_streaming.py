@@ -17,12 +17,14 @@ from conftest import SHARED_DATA, write_season_corpus
 from safetensors.torch import load_file
 
 import run_mlm
-from arguments import DataArguments, InputError
+from arguments import DataArguments
+from mlm_pretraining.errors import InputError
 from collators import STREAM_POSITION, MLMCollator
-from mlm_pretraining.data import pack, prepare_datasets, special_token_template, tokenize
-from mlm_pretraining.streaming import STATE_FILE, PackedStream
-from mlm_pretraining.text import TextStream, read_corpus
-from mlm_pretraining.whole_word import use_chinese_segmentation
+from mlm_pretraining.data.packing import pack, special_token_template, tokenize
+from mlm_pretraining.data.sources import prepare_datasets
+from mlm_pretraining.data.streaming import STATE_FILE, PackedStream
+from mlm_pretraining.data.text import TextStream, read_corpus
+from mlm_pretraining.data.whole_word import use_chinese_segmentation
 
 
 def stream_of(corpus: Path, **kwargs):
@@ -44,7 +46,7 @@ def test_stream_blocks_equal_in_memory_packing(corpus, tiny_tokenizer, tmp_path)
 
 def test_stream_carries_the_remainder_across_text_batches(corpus, tiny_tokenizer, monkeypatch):
     """Tokenizing 7 texts at a time gives the same blocks: the remainder of a batch starts the next block."""
-    from mlm_pretraining import streaming
+    from mlm_pretraining.data import streaming
 
     _, texts = stream_of(corpus)
     whole = [b["input_ids"] for b in itertools.islice(iter(PackedStream(texts, tiny_tokenizer, 32)), 60)]
@@ -124,7 +126,7 @@ def stream_corpus(tmp_path_factory) -> Path:
 
 
 def run_streaming(model, corpus, out, **extra) -> None:
-    from mlm_pretraining import streaming
+    from mlm_pretraining.data import streaming
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(streaming, "TEXTS_PER_BATCH", TEXTS_A_BATCH)
@@ -144,7 +146,7 @@ def test_resume_by_position_reads_only_the_text_it_trains_on(stream_run, tiny_mo
     """Before the first new step a resume by position tokenizes a couple of text batches; replaying (a checkpoint
     without stream_state.json, as older versions wrote) tokenizes the text before the checkpoint's block again (a
     pass of 84 blocks, 180 texts, and 12 blocks more). Both continue exactly as the uninterrupted run."""
-    from mlm_pretraining import streaming
+    from mlm_pretraining.data import streaming
     from mlm_pretraining.trainer import MLMTrainer
 
     counted, at_first_step = [], []
@@ -169,7 +171,7 @@ def test_resume_by_position_reads_only_the_text_it_trains_on(stream_run, tiny_mo
         if how == "replay":
             (out / "checkpoint-12" / STATE_FILE).unlink()
         counted.clear(), at_first_step.clear()
-        with caplog.at_level(logging.INFO, logger="mlm_pretraining.streaming"):
+        with caplog.at_level(logging.INFO, logger="mlm_pretraining.data.streaming"):
             run_streaming(tiny_model_dir, stream_corpus, out)
         read[how] = at_first_step[0]
         assert losses(out) == pytest.approx(losses(stream_run), abs=1e-6), how
@@ -255,7 +257,7 @@ def test_bad_utf8_in_a_stream_names_the_file_and_byte(tmp_path):
 def test_seeking_to_a_blocks_position_gives_the_blocks_after_it(corpus, tiny_tokenizer, monkeypatch, options):
     """Every block's position is where the next block starts: a new stream seeked there yields exactly the blocks
     that followed, across text batches and passes (the last block of a pass, and the one before it, included)."""
-    from mlm_pretraining import streaming
+    from mlm_pretraining.data import streaming
 
     monkeypatch.setattr(streaming, "TEXTS_PER_BATCH", 13)  # many text batches, blocks crossing their borders
     lines = corpus.read_text(encoding="utf-8").splitlines()
@@ -278,7 +280,7 @@ def test_seeking_with_two_dataloader_workers_continues_their_turns(corpus, tiny_
     batches (the next one due from worker 1) a seeked stream continues with exactly the batches that followed."""
     from torch.utils.data import DataLoader
 
-    from mlm_pretraining import streaming
+    from mlm_pretraining.data import streaming
 
     monkeypatch.setattr(streaming, "TEXTS_PER_BATCH", 11)
     _, texts = stream_of(corpus)

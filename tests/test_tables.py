@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlm_pretraining.tables import markdown_table
+from mlm_lab.tables import markdown_table
 
 
 def test_columns_are_formatted_right_aligned_and_missing_values_dashed():

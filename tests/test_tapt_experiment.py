@@ -1,4 +1,4 @@
-"""scripts/tapt_experiment.py: the tables, and the experiment end to end on a tiny
+"""scripts/experiments/tapt_experiment.py: the tables, and the experiment end to end on a tiny
 model and task (both arms, perplexities before and after, the chart, reuse of finished runs)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-import scripts.tapt_experiment as tapt
-from arguments import InputError
-from scripts.tapt_experiment import (
+import scripts.experiments.tapt_experiment as tapt
+from mlm_pretraining.errors import InputError
+from scripts.experiments.tapt_experiment import (
     main,
     perplexity_table,
     result_table,

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from arguments import DataArguments, InputError
-from mlm_pretraining.text import parse_named_files, read_corpus, resolve_data_files
+from arguments import DataArguments
+from mlm_pretraining.errors import InputError
+from mlm_pretraining.data.text import parse_named_files, read_corpus, resolve_data_files
 
 
 def texts(path, **kwargs):
@@ -82,7 +83,7 @@ def test_validation_split_holds_out_the_last_texts(tmp_path):
 
 
 def test_bad_files_are_read_once_and_explained_only_when_reading_fails(tmp_path, monkeypatch):
-    from mlm_pretraining import text
+    from mlm_pretraining.data import text
 
     explained = []
     monkeypatch.setattr(text, "explain_bad_file", lambda path, flag: explained.append(path))

@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from arguments import InputError, ModelArguments
-from mlm_pretraining.vocab import (
+from arguments import ModelArguments
+from mlm_pretraining.errors import InputError
+from mlm_pretraining.model.vocab import (
     add_domain_tokens,
     count_words,
     read_token_file,

@@ -14,15 +14,12 @@ import torch
 from conftest import SHARED_DATA, build_model
 from datasets import Dataset, DatasetDict
 
-from arguments import DataArguments, InputError, MaskingArguments
+from arguments import DataArguments, MaskingArguments
+from mlm_pretraining.errors import InputError
 from collators import MLMCollator
-from mlm_pretraining.data import (
-    pack,
-    prepare_datasets,
-    special_token_template,
-    tokenize,
-)
-from mlm_pretraining.whole_word import (
+from mlm_pretraining.data.packing import pack, special_token_template, tokenize
+from mlm_pretraining.data.sources import prepare_datasets
+from mlm_pretraining.data.whole_word import (
     CJK_CHAR,
     check_tokenizer,
     chinese_segmenter,

@@ -15,14 +15,15 @@ from collections.abc import Iterable, Sequence
 
 from transformers import TrainerCallback
 
+from mlm_pretraining.speed.fast_dropout import DROPOUT_SCOPE
+from mlm_pretraining.speed.linear_cross_entropy import CROSS_ENTROPY_SCOPE
+
 # In the order tables print them.
 OP_CLASSES = ("matmul/linear", "attention (bmm, SDPA)", "softmax", "cross-entropy (head loss)", "dropout",
               "layernorm/gelu/elementwise", "copies/reshapes/fills", "optimizer (AdamW, clipping)", "other")
 MATMUL, ATTENTION, SOFTMAX, CROSS_ENTROPY, DROPOUT, ELEMENTWISE, COPIES, OPTIMIZER, OTHER = OP_CLASSES
 
-# Names of the record_function ranges our code opens (fast_dropout.py, linear_cross_entropy.py).
-DROPOUT_SCOPE = "fast_dropout"
-CROSS_ENTROPY_SCOPE = "linear_cross_entropy"
+# DROPOUT_SCOPE and CROSS_ENTROPY_SCOPE: the record_function ranges the speed-ups open, named where they are opened.
 
 _OPTIMIZER_NAMES = ("_fused_adam", "_foreach_", "linalg_vector_norm", "clip_grad", "zero_grad")
 _OPTIMIZER_SCOPES = ("optimizer.", "optimizer#")
@@ -173,7 +174,7 @@ class StepProfiler(TrainerCallback):
 def op_class_table(profiles: dict[str, dict[str, float]]) -> str:
     """A Markdown table, op classes down and the named profiles across (``{name: seconds per class per step}``):
     each class's share of its profile's time and its milliseconds per step, then the totals."""
-    from mlm_pretraining.tables import markdown_table
+    from mlm_lab.tables import markdown_table
 
     rows = []
     for name in (*OP_CLASSES, "total"):

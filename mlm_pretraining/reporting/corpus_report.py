@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow.compute as pc
 
-from mlm_pretraining.data import special_token_template
-from mlm_pretraining.vocab import suggest_tokens
+from mlm_pretraining.data.packing import special_token_template
+from mlm_pretraining.model.vocab import suggest_tokens
 
 if TYPE_CHECKING:
     from arguments import DataArguments

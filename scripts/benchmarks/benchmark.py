@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Side by side: the stock transformers MLM pipeline against ours, same model, data, length, batch, steps and seed.
 
-    python scripts/benchmark.py                          # shipped MiniLM, wikitext-2, length 128, batch 32
-    python scripts/benchmark.py --bf16                   # adds ours in bf16 (GPU, or CPU with AMX / AVX-512 BF16)
-    python scripts/benchmark.py --variants stock_fp16,ours_fp16 --torch_compile      # a GPU, fp16, compiled
-    python scripts/benchmark.py --model_name_or_path bert-base-uncased --max_steps 60 --variants stock,ours
-    python scripts/benchmark.py --profile                # where a step's time goes, per op class, stock and ours
+    python scripts/benchmarks/benchmark.py                          # shipped MiniLM, wikitext-2, length 128, batch 32
+    python scripts/benchmarks/benchmark.py --bf16                   # adds ours in bf16 (GPU, or CPU with AMX / AVX-512 BF16)
+    python scripts/benchmarks/benchmark.py --variants stock_fp16,ours_fp16 --torch_compile      # a GPU, fp16, compiled
+    python scripts/benchmarks/benchmark.py --model_name_or_path bert-base-uncased --max_steps 60 --variants stock,ours
+    python scripts/benchmarks/benchmark.py --profile                # where a step's time goes, per op class, stock and ours
 
 Stock is transformers' examples/pytorch/language-modeling/run_mlm.py: tokenize every line with special tokens,
 ``group_texts`` into blocks, ``DataCollatorForLanguageModeling(mlm_probability=0.15)``, ``AutoModelForMaskedLM``,
@@ -39,10 +39,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from mlm_pretraining.precision import cpu_has_native_bf16
-from mlm_pretraining.tables import markdown_table
+from mlm_pretraining.speed.precision import cpu_has_native_bf16
+from mlm_lab.tables import markdown_table
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA = REPO.parent / "shared" / "data" / "wikitext-2"
@@ -269,8 +269,8 @@ def ours_preprocess(tokenizer, data_files: dict[str, str], block: int, num_proc:
 
     ``data_files`` maps 'train' and/or 'validation' to a file."""
     from arguments import DataArguments
-    from mlm_pretraining.data import prepare_datasets
-    from mlm_pretraining.text import read_corpus
+    from mlm_pretraining.data.sources import prepare_datasets
+    from mlm_pretraining.data.text import read_corpus
 
     data_args = DataArguments(train_file=[data_files["train"]] if "train" in data_files else None,
                               validation_file=[data_files["validation"]] if "validation" in data_files else None,
@@ -290,7 +290,7 @@ def build_stock(args, precision: str, output_dir: str):
         TrainingArguments,
     )
 
-    from mlm_pretraining.modeling import resolve_model_path
+    from mlm_pretraining.model.loading import resolve_model_path
 
     path = resolve_model_path(args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -318,7 +318,7 @@ def build_stock(args, precision: str, output_dir: str):
 def build_ours(args, precision: str, output_dir: str):
     """Our recipe, built by the same function as run_mlm.py (mlm_pretraining.trainer.build_trainer)."""
     from arguments import MaskingArguments, MLMTrainingArguments, ModelArguments
-    from mlm_pretraining.modeling import load_model, load_tokenizer
+    from mlm_pretraining.model.loading import load_model, load_tokenizer
     from mlm_pretraining.trainer import build_trainer
 
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path,
@@ -390,7 +390,7 @@ def profile_variant(args, trainer) -> dict:
     """Train --warmup_steps steps, then profile --profile_steps steps; seconds per step in each op class."""
     import torch
 
-    from mlm_pretraining.profiling import StepProfiler
+    from mlm_lab.profiling import StepProfiler
 
     profiler = StepProfiler(first_step=args.warmup_steps, steps=args.profile_steps)
     trainer.add_callback(profiler)
@@ -405,7 +405,7 @@ def run_preprocessing(args) -> dict:
     """Preprocess ``--preprocess_file`` as one pipeline does, uncached (a fresh datasets cache), then ours cached."""
     from transformers import AutoTokenizer
 
-    from mlm_pretraining.modeling import resolve_model_path
+    from mlm_pretraining.model.loading import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model_name_or_path))
     files = {"train": args.preprocess_file}
@@ -594,7 +594,7 @@ def main(argv: list[str] | None = None) -> dict:
 def profile_main(args, variants: list[str], child_argv: list[str]) -> dict:
     """--profile: each variant's op-class shares of its profiled steps, as a table and one JSON line. With
     --repeats the variants alternate and each class's seconds per step are the median over the repeats."""
-    from mlm_pretraining.profiling import op_class_table
+    from mlm_lab.profiling import op_class_table
 
     rounds = [[run_child(variant, child_argv) for variant in variants] for _ in range(args.repeats)]
     results = []

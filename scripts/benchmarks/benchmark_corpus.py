@@ -3,8 +3,8 @@
 stream and from prepared shards, and the time a streamed run takes to resume deep into its corpus, replaying the
 stream (the Trainer skips the batches it trained on) against seeking to the recorded position.
 
-    python scripts/benchmark_corpus.py                                  # 1024 MB of WikiText-2 valid, repeated
-    python scripts/benchmark_corpus.py --corpus_mb 5 --measure_mb 2 --in_memory_mb 2 --work_dir /tmp/bc
+    python scripts/benchmarks/benchmark_corpus.py                                  # 1024 MB of WikiText-2 valid, repeated
+    python scripts/benchmarks/benchmark_corpus.py --corpus_mb 5 --measure_mb 2 --in_memory_mb 2 --work_dir /tmp/bc
 
 Steps (every MB is 2^20 bytes of UTF-8 text):
 1. the corpus: --source repeated to --corpus_mb MB in --work_dir (a temporary folder by default);
@@ -37,10 +37,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlm_pretraining.modeling import EMBEDDED_MODEL
-from mlm_pretraining.tables import markdown_table
+from mlm_pretraining.constants import EMBEDDED_MODEL
+from mlm_lab.tables import markdown_table
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MB = 2**20
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "wikitext-2" / "valid.txt"
 SHIPPED_SOURCE = REPO / "examples" / "data" / "wikitext-2-sample" / "train.txt"
@@ -104,8 +104,8 @@ def prefix_of(corpus: Path, megabytes: float, path: Path) -> Path:
 
 def measure_preparation(args, corpus: Path, folder: Path, workers: int, tokenizer, max_seq_length: int) -> dict:
     """Time prepare_corpus (read, tokenize, pack, write shards) on ``corpus`` with ``workers`` processes."""
-    from mlm_pretraining.prepared import prepare_corpus
-    from mlm_pretraining.text import TextStream
+    from mlm_pretraining.data.prepared import prepare_corpus
+    from mlm_pretraining.data.text import TextStream
 
     started = time.perf_counter()
     metadata = prepare_corpus(TextStream([str(corpus)], "text", "--train_file"), tokenizer, str(folder),
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def measure(args, work: Path) -> dict:
-    from mlm_pretraining.modeling import load_tokenizer
+    from mlm_pretraining.model.loading import load_tokenizer
     from arguments import ModelArguments
 
     corpus = repeated_text(args.source, args.corpus_mb, work / "corpus.txt")

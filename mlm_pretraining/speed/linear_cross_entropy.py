@@ -16,7 +16,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mlm_pretraining.profiling import CROSS_ENTROPY_SCOPE
+# The profiler range around the fused loss, so a profile (scripts/mlm_lab/profiling.py) counts its ops as
+# cross-entropy.
+CROSS_ENTROPY_SCOPE = "linear_cross_entropy"
+
 
 # Logits per chunk at most this many bytes (128 MiB: about 1,100 rows of BERT's 30,522-token vocabulary, so the
 # ~600 masked tokens of a 32 × 128 batch are one chunk, while a large batch never holds all its logits at once).

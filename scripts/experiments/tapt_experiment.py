@@ -14,9 +14,9 @@ the paired difference TAPT − base (same seed) with its 95 % Student-t confiden
 minutes each arm cost. Writes output_dir/results.md, results.json and results.png. Finished runs are reused, so a
 stopped experiment continues where it stood.
 
-    python scripts/tapt_experiment.py --task_dir ../shared/data/citation_intent --output_dir out/tapt-ci
+    python scripts/experiments/tapt_experiment.py --task_dir ../shared/data/citation_intent --output_dir out/tapt-ci
     # a lever (here the head warm-up) in its own folder, the base arm's runs taken from the first experiment:
-    python scripts/tapt_experiment.py --task_dir ../shared/data/citation_intent --output_dir out/tapt-ci-warmup300 \
+    python scripts/experiments/tapt_experiment.py --task_dir ../shared/data/citation_intent --output_dir out/tapt-ci-warmup300 \
         --head_warmup_steps 300 --base_runs_dir out/tapt-ci
 """
 
@@ -36,17 +36,18 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from arguments import InputError, parse_args
+from arguments import parse_args
+from mlm_pretraining.errors import InputError
 from mlm_pretraining.classification import ClassificationDataArguments, load_labelled_datasets, take_subsets
 from mlm_pretraining.errors import run_cli
 from mlm_pretraining.files import write_text_atomically
-from mlm_pretraining.intervals import CONFIDENCE, excludes_zero, paired_interval
+from mlm_lab.intervals import CONFIDENCE, excludes_zero, paired_interval
 from mlm_pretraining.logs import get_logger
-from mlm_pretraining.modeling import EMBEDDED_MODEL
-from mlm_pretraining.text import BUILDERS, resolve_data_files
+from mlm_pretraining.constants import EMBEDDED_MODEL
+from mlm_pretraining.data.text import BUILDERS, resolve_data_files
 
 logger = get_logger("tapt_experiment")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPLIT_NAMES = {"train": ("train",), "validation": ("dev", "validation", "valid"), "test": ("test",)}
 GENERAL_TEXT = REPO.parent / "shared" / "data" / "wikitext-2" / "test.txt"
 # (results key, title): single-label micro-F1 is accuracy.
@@ -164,7 +165,7 @@ class TaptArguments:
         if self.mix_train_file:  # checked here, not an hour later when run_mlm.py starts; absolute, like the task's
             self.mix_train_file = [str(Path(f).resolve())
                                    for f in resolve_data_files(self.mix_train_file, "--mix_train_file")]
-        from mlm_pretraining.head_warmup import parse_warmup_steps
+        from mlm_pretraining.model.head_warmup import parse_warmup_steps
 
         parse_warmup_steps(self.head_warmup_steps)
 

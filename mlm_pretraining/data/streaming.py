@@ -33,11 +33,11 @@ import torch
 from transformers import TrainerCallback
 
 from collators import STREAM_POSITION
-from mlm_pretraining.data import Packer, encode_texts, special_token_template, text_separator
+from mlm_pretraining.data.packing import Packer, encode_flat, special_token_template, text_separator
 from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.errors import InputError
 from mlm_pretraining.internals import PREFIX_CHECKPOINT_DIR
-from mlm_pretraining.text import START, TextStream
+from mlm_pretraining.data.text import START, TextStream
 
 logger = logging.getLogger(__name__)
 
@@ -50,18 +50,6 @@ POSITION_FIELDS = ("worker", "pass", "block_in_pass", "text_batch", "text_in_bat
 _F = {name: i for i, name in enumerate(POSITION_FIELDS)}
 
 
-def encode_flat(tokenizer, texts: list[str], **options) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict]:
-    """``data.encode_texts`` as flat arrays: the texts' tokens one after the other, tokens per text, word ids
-    (or None), and the per-text extras of --line_by_line ('length', 'untruncated_length')."""
-    encoded = encode_texts(tokenizer, texts, **options)
-    lengths = np.fromiter(map(len, encoded["input_ids"]), dtype=np.int64, count=len(texts))
-    total = int(lengths.sum())
-    ids = np.fromiter(itertools.chain.from_iterable(encoded["input_ids"]), dtype=np.int32, count=total)
-    words = None
-    if "word_ids" in encoded:
-        words = np.fromiter(itertools.chain.from_iterable(encoded["word_ids"]), dtype=np.int32, count=total)
-    extras = {key: encoded[key] for key in ("length", "untruncated_length") if key in encoded}
-    return ids, lengths, words, extras
 
 
 def text_batches(source: TextStream, start=START, text_batch: int = 0, text_in_batch: int = 0):
