@@ -1,4 +1,10 @@
-"""Command-line and config-file arguments: model, data and masking groups, plus our TrainingArguments defaults."""
+"""Command-line and config-file arguments: model, data, masking and speed groups, plus our TrainingArguments defaults.
+
+Every flag is checked here, before any text or model is loaded, with a message that names it; defaults that depend
+on other flags (the sampling order, padding, the device) are settled here too, and where one changes what the user
+asked for, the run's log says so (``notices``, logged by ``logs.setup_logging``). This module imports only leaves of
+the library (constants, errors, flag_values, hardware) and collators.py.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,11 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_tf32_available
 
-from mlm_pretraining.errors import InputError, as_list
-from mlm_pretraining.model.head_warmup import parse_warmup_steps
+from collators import check_mask_probabilities
 from mlm_pretraining.constants import EMBEDDED_MODEL
-from mlm_pretraining.speed.precision import drop_pin_memory_on_cpu, has_gpu
+from mlm_pretraining.errors import InputError, as_list
+from mlm_pretraining.flag_values import parse_duration, parse_named_files, parse_warmup_steps, read_token_file
+from mlm_pretraining.hardware import has_gpu
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 NSP_NEEDS_THE_WHOLE_CORPUS = (
@@ -57,28 +64,6 @@ class ModelArguments:
         metadata={"help": "Allow running modelling code from the model's hub repository. Off: only enable it "
                   "for repositories whose code you have read."},
     )
-    sparse_prediction: bool = field(
-        default=True,
-        metadata={"help": "Score only the masked positions in training and evaluation (same loss, far fewer "
-                  "FLOPs: the vocabulary projection skips the positions without a label, about 85 in 100). Works "
-                  "for BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT and ModernBERT; other models use their full "
-                  "head. The saved model is unchanged. --sparse_prediction False for the full head."},
-    )
-    fast_dropout: bool = field(
-        default=True,
-        metadata={"help": "On the CPU, draw dropout masks (hidden states and attention probabilities) from NumPy's "
-                  "SFC64 generator instead of torch's bernoulli_: the same keep probability and scaling, seeded by "
-                  "torch (repeatable, resumes exactly), at about a third of the cost, which makes a training step "
-                  "about a quarter faster. No effect on a GPU or in evaluation. --fast_dropout False for torch's "
-                  "own dropout."},
-    )
-    keep_freed_memory: bool = field(
-        default=True,
-        metadata={"help": "Training on a CPU under Linux: keep the memory freed tensors return inside the process "
-                  "for the next ones (glibc mallopt), so each step reuses its buffers instead of page-faulting "
-                  "~600 MB of fresh ones (MiniLM, batch 32 x 128). The process keeps its peak memory. "
-                  "--keep_freed_memory False leaves glibc's defaults."},
-    )
     add_tokens: str | None = field(
         default=None,
         metadata={"help": "File of domain words to add to the vocabulary, one a line (scripts/suggest_vocab.py "
@@ -100,11 +85,7 @@ class ModelArguments:
                 raise InputError(f"--config_overrides '{self.config_overrides}' must be key=value pairs separated "
                                  "by commas, e.g. hidden_dropout_prob=0,attention_probs_dropout_prob=0.")
         if self.add_tokens is not None:
-            from mlm_pretraining.model.vocab import (
-                read_token_file,  # checks the file now, before any model loads
-            )
-
-            read_token_file(self.add_tokens)
+            read_token_file(self.add_tokens)  # the file is checked now, before any model loads
 
 
 @dataclass
@@ -129,8 +110,10 @@ class DataArguments:
                   "the model forgets less of it: --mix_share of the training examples come from here, the rest from "
                   "--train_file. Seeded by --seed; resumes exactly."},
     )
-    mix_share: float = field(
-        default=0.2, metadata={"help": "With --mix_train_file: the share of training examples taken from it, in (0, 1)."}
+    mix_share: float | None = field(
+        default=None,
+        metadata={"help": "With --mix_train_file: the share of training examples taken from it, in (0, 1). "
+                  "Default 0.2."},
     )
     dataset_name: str | None = field(
         default=None, metadata={"help": "A dataset on the Hugging Face hub (needs network), instead of files."}
@@ -199,8 +182,14 @@ class DataArguments:
         self.train_file = as_list(self.train_file)
         self.validation_file = as_list(self.validation_file)
         self.mix_train_file = as_list(self.mix_train_file)
-        if not 0 < self.mix_share < 1:
+        if self.mix_share is not None and not self.mix_train_file:
+            raise InputError(f"--mix_share {self.mix_share} needs --mix_train_file (the general text to mix in); "
+                             "add it, or drop --mix_share.")
+        if self.mix_train_file and self.mix_share is None:
+            self.mix_share = 0.2
+        if self.mix_share is not None and not 0 < self.mix_share < 1:
             raise InputError(f"--mix_share must be between 0 and 1 (exclusive), got {self.mix_share}.")
+        parse_named_files(self.validation_file, "--validation_file")  # names checked now, before any text is read
         if self.mix_train_file and self.streaming:
             raise InputError("--mix_train_file is not supported with --streaming yet: mix the general text into the "
                              "streamed files beforehand, or drop --streaming.")
@@ -219,6 +208,8 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"--{name} must be a positive integer, got {value}.")
+        if self.pad_to_multiple_of is None and self.line_by_line:
+            self.pad_to_multiple_of = 8  # lines vary in length; packed blocks are all full
         if self.nsp and self.line_by_line:
             raise InputError("--nsp builds its own sentence pairs from whole documents; it cannot be combined with "
                              "--line_by_line. Drop one of the two.")
@@ -228,29 +219,15 @@ class DataArguments:
             self._check_tokenized_dataset()
 
     def _check_tokenized_dataset(self) -> None:
-        """--tokenized_dataset replaces the training text; its folder is checked now (metadata, every shard's
-        size) and gives the block length."""
-        from mlm_pretraining.data.prepared import read_metadata  # checks the folder now, before any model loads
-
+        """--tokenized_dataset replaces the training text. The folder itself (metadata, shards, the settings it was
+        prepared with) is checked by the data layer when the text is read, before the model loads
+        (data.sources.read_data), and gives the block length."""
         if self.nsp:
             raise InputError(NSP_NEEDS_THE_WHOLE_CORPUS.format(flag="--tokenized_dataset"))
         given = [f"--{name}" for name in ("train_file", "dataset_name", "streaming") if getattr(self, name)]
         if given:
             raise InputError(f"--tokenized_dataset is the training data, already tokenized and memory-mapped; drop "
                              f"{' and '.join(given)}.")
-        metadata = read_metadata(self.tokenized_dataset)
-        if self.max_seq_length is None:
-            self.max_seq_length = metadata["max_seq_length"]
-        elif self.max_seq_length != metadata["max_seq_length"]:
-            raise InputError(f"--max_seq_length {self.max_seq_length}, but --tokenized_dataset "
-                             f"'{self.tokenized_dataset}' holds blocks of {metadata['max_seq_length']} tokens. Drop --max_seq_length (the "
-                             f"folder's length is used), or prepare the corpus again with --max_seq_length "
-                             f"{self.max_seq_length}.")
-        if metadata["line_by_line"] != self.line_by_line:
-            raise InputError(f"--tokenized_dataset '{self.tokenized_dataset}' was prepared "
-                             f"{'with' if metadata['line_by_line'] else 'without'} --line_by_line; "
-                             f"{'add' if metadata['line_by_line'] else 'drop'} --line_by_line, or prepare the corpus "
-                             "again.")
 
 
 @dataclass
@@ -294,25 +271,54 @@ class MaskingArguments:
     )
 
     def __post_init__(self):
-        if not 0 < self.mlm_probability < 1:
-            raise InputError(f"--mlm_probability must be between 0 and 1 (exclusive), got {self.mlm_probability}.")
+        try:
+            check_mask_probabilities(self.mlm_probability, self.mask_replace_prob, self.random_replace_prob)
+        except ValueError as err:
+            raise InputError(str(err)) from None
         if self.mlm_probability_end is not None and not 0 < self.mlm_probability_end < 1:
             raise InputError("--mlm_probability_end must be between 0 and 1 (exclusive), got "
                              f"{self.mlm_probability_end}.")
-        for name in ("mask_replace_prob", "random_replace_prob"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise InputError(f"--{name} must be between 0 and 1, got {getattr(self, name)}.")
-        if self.mask_replace_prob + self.random_replace_prob > 1 + 1e-9:
-            raise InputError(
-                "--mask_replace_prob + --random_replace_prob must be at most 1 (the rest stay unchanged), got "
-                f"{self.mask_replace_prob} + {self.random_replace_prob}."
-            )
         if self.chinese_word_segmentation not in ("auto", "on", "off"):
             raise InputError("--chinese_word_segmentation must be one of auto, on, off, got "
                              f"{self.chinese_word_segmentation!r}.")
         if self.chinese_word_segmentation == "on" and not self.whole_word_mask:
             raise InputError("--chinese_word_segmentation on only matters with --whole_word_mask; add "
                              "--whole_word_mask or drop the flag.")
+
+
+@dataclass
+class FineTuneSpeedArguments:
+    """CPU speed-ups for training any encoder (scripts/run_classification.py uses these); no effect on a GPU."""
+
+    fast_dropout: bool = field(
+        default=True,
+        metadata={"help": "CPU only: draw dropout masks (hidden states and attention probabilities) from NumPy's "
+                  "SFC64 generator in torch's threads instead of torch's bernoulli_: the same keep probability and "
+                  "scaling, seeded by torch (repeatable, resumes exactly), at about a third of the cost, which makes "
+                  "a CPU training step about a quarter faster. Nothing changes on a GPU or in evaluation. "
+                  "--fast_dropout False for torch's own dropout."},
+    )
+    keep_freed_memory: bool = field(
+        default=True,
+        metadata={"help": "CPU under Linux only: keep the memory freed tensors return inside the process for the "
+                  "next ones (glibc mallopt), so each step reuses its buffers instead of page-faulting ~600 MB of "
+                  "fresh ones (MiniLM, batch 32 x 128): ~95 %% fewer page faults, bit-identical results. The process "
+                  "keeps its peak memory. --keep_freed_memory False leaves glibc's defaults."},
+    )
+
+
+@dataclass
+class SpeedArguments(FineTuneSpeedArguments):
+    """Speed-ups, each one flag: the sparse prediction head (every device), fast dropout and kept memory (CPU)."""
+
+    sparse_prediction: bool = field(
+        default=True,
+        metadata={"help": "Every device: score only the masked positions in training and evaluation (same loss, "
+                  "far fewer FLOPs: the vocabulary projection and its cross-entropy skip the ~85 in 100 positions "
+                  "without a label; about 2x the stock pipeline's speed on a CPU with the other speed-ups). Works "
+                  "for BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT and ModernBERT; other models use their full "
+                  "head. The saved model is unchanged. --sparse_prediction False for the full head."},
+    )
 
 
 @dataclass
@@ -363,7 +369,7 @@ class MLMTrainingArguments(TrainingArguments):
                   "random otherwise.",
                   "choices": ["random", "sequential", "group_by_length", "batch_rebalance"]},
     )
-    head_warmup_steps: str = field(
+    head_warmup_steps: str = field(  # 'auto' or a whole number, kept as given; head_warmup reads it
         default="auto",
         metadata={"help": "Train only the weights the checkpoint lacks (a new masked-LM head; rows added by "
                   "--add_tokens) for this many steps, the encoder and old embeddings frozen, then everything, so a "
@@ -392,6 +398,8 @@ class MLMTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        # What the argument layer changed or settled for the user, logged once logging is set up (setup_logging).
+        self.notices: list[str] = []
         if self.max_train_tokens is not None:
             if self.max_train_tokens < 1:
                 raise InputError(f"--max_train_tokens must be a positive number of tokens, got "
@@ -403,9 +411,9 @@ class MLMTrainingArguments(TrainingArguments):
                 raise InputError("Give one budget: --max_train_tokens or --max_train_time, not both.")
             if self.include_num_input_tokens_seen in (False, "no"):  # the count the budget is spent by
                 self.include_num_input_tokens_seen = "non_padding"
+                self.notices.append("--max_train_tokens counts real tokens: --include_num_input_tokens_seen "
+                                    "non_padding.")
         if self.max_train_time is not None:
-            from mlm_pretraining.budget import parse_duration
-
             parse_duration(self.max_train_time)
             if self.warmup_steps >= 1:
                 raise InputError(f"--max_train_time needs --warmup_steps as a ratio of the budget (below 1, e.g. "
@@ -427,20 +435,23 @@ class MLMTrainingArguments(TrainingArguments):
         # all the CPU is what the user means.
         if self.bf16 and not self.use_cpu and not has_gpu() and not is_torch_bf16_gpu_available():
             self.use_cpu = True
-        self.head_warmup_steps = parse_warmup_steps(self.head_warmup_steps)
+            self.notices.append("--bf16 on a machine without a GPU: training on the CPU (--use_cpu True).")
+        parse_warmup_steps(self.head_warmup_steps)
         if self.tf32 is None and not self.use_cpu and is_torch_tf32_available():
             self.tf32 = True
-        drop_pin_memory_on_cpu(self)
+            self.notices.append("TF32 matrix products on (this GPU has them; --tf32 False for strict fp32).")
         super().__post_init__()
 
 
-ARGUMENT_GROUPS = (ModelArguments, DataArguments, MaskingArguments, MLMTrainingArguments)
+ARGUMENT_GROUPS = (ModelArguments, DataArguments, MaskingArguments, SpeedArguments, MLMTrainingArguments)
 
 
 def parse_args(argv: list[str] | None = None, groups=ARGUMENT_GROUPS):
     """Parse flags, or one .json/.yaml file optionally followed by flags that override it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(groups)
+    config: dict = {}
+    _refuse_repeated_flags(argv)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         config_path = Path(argv.pop(0))
         if not config_path.is_file():
@@ -474,24 +485,44 @@ def parse_args(argv: list[str] | None = None, groups=ARGUMENT_GROUPS):
     except ImportError as err:  # e.g. --deepspeed without the deepspeed package
         raise InputError(f"A flag needs a package that is not installed ({str(err).strip()}). Install it (e.g. "
                          "pip install deepspeed for --deepspeed) or drop the flag.") from None
-    _check_across_groups(parsed)
+    explicit = _given_flags(argv) | set(config)
+    _check_across_groups(parsed, explicit)
+    _settle_device_defaults(parsed, explicit)
     return parsed
 
 
-def _check_across_groups(parsed) -> None:
-    """Rules that involve flags of two argument groups."""
+def _refuse_repeated_flags(argv: list[str]) -> None:
+    """A flag given twice would keep only its last value (argparse's rule), losing the first without a word."""
+    seen: set[str] = set()
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name = arg[2:].partition("=")[0]
+            if name in seen:
+                raise InputError(f"--{name} is given twice; only the last would count. Give every value after one "
+                                 f"--{name} (e.g. --{name} a.txt b.txt).")
+            seen.add(name)
+
+
+def _check_across_groups(parsed, explicit: set[str] = frozenset()) -> None:
+    """Rules that involve flags of two argument groups, or that depend on which flags the user gave (``explicit``):
+    a flag that needs another, or a combination that would leave the run with nothing to do."""
     data_args = next((a for a in parsed if isinstance(a, DataArguments)), None)
     training_args = next((a for a in parsed if isinstance(a, TrainingArguments)), None)
-    mask_args = next((a for a in parsed if isinstance(a, MaskingArguments)), None)
-    if data_args is not None and mask_args is not None and data_args.tokenized_dataset and mask_args.whole_word_mask:
-        from mlm_pretraining.data.prepared import read_metadata
-
-        if not read_metadata(data_args.tokenized_dataset)["whole_word_mask"]:
-            raise InputError(f"--whole_word_mask, but --tokenized_dataset '{data_args.tokenized_dataset}' was prepared "
-                             "without it, so it holds no word ids to mask whole words by. Prepare the corpus again "
-                             "with --whole_word_mask, or drop --whole_word_mask.")
     budget = training_args is not None and (getattr(training_args, "max_train_tokens", None) is not None
                                             or getattr(training_args, "max_train_time", None) is not None)
+    if data_args is not None and data_args.validation_file and "validation_split_percentage" in explicit:
+        raise InputError("--validation_split_percentage holds out training text for evaluation, but "
+                         "--validation_file already gives the evaluation text; drop one of the two.")
+    if data_args is not None and data_args.dataset_config_name and not data_args.dataset_name:
+        raise InputError(f"--dataset_config_name {data_args.dataset_config_name} needs --dataset_name (the hub "
+                         "dataset it configures); add it, or drop --dataset_config_name.")
+    if isinstance(training_args, MLMTrainingArguments):
+        if not training_args.do_train and not training_args.do_eval:
+            raise InputError("--do_train False with --do_eval False leaves nothing to do: drop one of them.")
+        if training_args.do_train and training_args.max_steps <= 0 and training_args.num_train_epochs <= 0 \
+                and not budget:
+            raise InputError(f"--num_train_epochs {training_args.num_train_epochs:g} trains nothing: give a "
+                             "positive number of epochs, --max_steps, or --do_train False to only evaluate.")
     if data_args is not None and training_args is not None and data_args.streaming and training_args.max_steps <= 0 \
             and not budget:
         raise InputError("--streaming needs --max_steps (or a budget, --max_train_tokens or --max_train_time: a "
@@ -501,6 +532,31 @@ def _check_across_groups(parsed) -> None:
         raise InputError("--max_train_tokens with --streaming --line_by_line: a stream's lengths are not known in "
                          "advance, so the schedule cannot be laid out; drop --line_by_line (packed: exact) or use "
                          "--max_steps.")
+
+
+def _settle_device_defaults(parsed, explicit: set[str]) -> None:
+    """Defaults that depend on the device or on flags of another group, settled once for every script's training
+    arguments: the order of training examples, and pinned memory, which only speeds copies to a GPU (torch's
+    DataLoader warns about it on every CPU run). A value the user gave is kept, except where it cannot work."""
+    data_args = next((a for a in parsed if isinstance(a, DataArguments)), None)
+    for args in parsed:
+        if not isinstance(args, TrainingArguments):
+            continue
+        if not hasattr(args, "notices"):
+            args.notices = []
+        if getattr(args, "train_sampling_strategy", "") is None:  # lines vary in length; blocks do not
+            line_by_line = data_args is not None and data_args.line_by_line
+            args.train_sampling_strategy = "group_by_length" if line_by_line else "random"
+        if args.dataloader_pin_memory and (args.use_cpu or not has_gpu()):
+            args.dataloader_pin_memory = False
+            if "dataloader_pin_memory" in explicit:
+                args.notices.append("--dataloader_pin_memory off: this run trains on the CPU, where pinned memory "
+                                    "does nothing.")
+
+
+def _given_flags(argv: list[str]) -> set[str]:
+    """The names of the flags on the command line (``--name`` or ``--name=value``)."""
+    return {arg[2:].partition("=")[0] for arg in argv if arg.startswith("--")}
 
 
 def _relative_to(base: Path, path: str) -> str:

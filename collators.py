@@ -101,6 +101,20 @@ def pad_features(features: Sequence[Mapping[str, Any]], pad_values: Mapping[str,
     return batch
 
 
+
+def check_mask_probabilities(mlm_probability: float, mask_replace_prob: float, random_replace_prob: float) -> None:
+    """The one rule for the masking rates (the collator's arguments and the flags of the same names): a ValueError
+    naming the flag otherwise."""
+    if not 0 < mlm_probability < 1:
+        raise ValueError(f"--mlm_probability must be between 0 and 1 (exclusive), got {mlm_probability}.")
+    for name, value in (("mask_replace_prob", mask_replace_prob), ("random_replace_prob", random_replace_prob)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"--{name} must be between 0 and 1, got {value}.")
+    if mask_replace_prob + random_replace_prob > 1 + 1e-9:
+        raise ValueError("--mask_replace_prob + --random_replace_prob must be at most 1 (the rest stay unchanged), "
+                         f"got {mask_replace_prob} + {random_replace_prob}.")
+
+
 class MLMCollator:
     """Pads a list of features and masks them for masked-LM with :func:`mask_tokens`.
 
@@ -133,10 +147,7 @@ class MLMCollator:
                 f"The tokenizer ({type(tokenizer).__name__}) has no mask token, so it cannot be used for masked-LM. "
                 "Pick a masked-LM model (BERT, RoBERTa, DistilBERT, ModernBERT, ...) or a tokenizer with a mask token."
             )
-        if not 0.0 < mlm_probability < 1.0:
-            raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
-        if mask_replace_prob < 0 or random_replace_prob < 0 or mask_replace_prob + random_replace_prob > 1:
-            raise ValueError("mask_replace_prob and random_replace_prob must be >= 0 and sum to at most 1")
+        check_mask_probabilities(mlm_probability, mask_replace_prob, random_replace_prob)
         self.tokenizer = tokenizer
         self.mlm_probability = mlm_probability
         self.mask_replace_prob = mask_replace_prob

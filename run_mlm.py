@@ -18,27 +18,33 @@ import sys
 from transformers import set_seed
 
 from arguments import parse_args
-from mlm_pretraining.errors import InputError
-from mlm_pretraining.model.base_weights import keep_base_weights
 from mlm_pretraining.budget import plan_budget
 from mlm_pretraining.checkpoints import check_checkpoint_matches, find_resume_checkpoint
-from mlm_pretraining.reporting.corpus_report import report_corpus
-from mlm_pretraining.data.sources import evaluation_sets, evaluation_sizes, mix_in, prepare_datasets
-from mlm_pretraining.errors import run_cli
-from mlm_pretraining.model.head_warmup import find_new_weights
+from mlm_pretraining.data.sources import (
+    evaluation_sets,
+    evaluation_sizes,
+    mix_in,
+    prepare_datasets,
+    read_data,
+    tokenize_corpus,
+)
+from mlm_pretraining.errors import InputError, run_cli
+from mlm_pretraining.flag_values import read_token_file
 from mlm_pretraining.logs import get_logger, setup_logging
-from mlm_pretraining.reporting.model_card import write_model_card
+from mlm_pretraining.model.base_weights import keep_base_weights
+from mlm_pretraining.model.head_warmup import find_new_weights
 from mlm_pretraining.model.loading import (
-    load_model,
+    load_model_with_info,
     load_tokenizer,
     model_class_for,
     resolve_max_seq_length,
     resolve_model_path,
 )
+from mlm_pretraining.model.vocab import add_domain_tokens
+from mlm_pretraining.reporting.corpus_report import report_corpus
+from mlm_pretraining.reporting.model_card import write_model_card
 from mlm_pretraining.speed.precision import warn_about_precision
-from mlm_pretraining.data.text import read_corpus
 from mlm_pretraining.trainer import build_trainer
-from mlm_pretraining.model.vocab import add_domain_tokens, read_token_file
 
 logger = get_logger("run_mlm")
 
@@ -53,12 +59,10 @@ def evaluate(trainer, prefix: str, earlier: dict[str, float] | None = None) -> d
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, mask_args, training_args = parse_args(argv)
+    model_args, data_args, mask_args, speed_args, training_args = parse_args(argv)
     setup_logging(training_args)
     logger.info("Training arguments: %s", training_args)
     warn_about_precision(training_args)
-    if training_args.train_sampling_strategy is None:  # lines vary in length; blocks do not
-        training_args.train_sampling_strategy = "group_by_length" if data_args.line_by_line else "random"
     set_seed(training_args.seed)
     resume_from = find_resume_checkpoint(training_args)
     if resume_from is not None:
@@ -67,10 +71,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # The corpus is read and checked before the model loads, so a bad file fails fast; under torchrun the main
     # process reads (and caches) first, the others then read the cache. With --streaming 'train' is a stream.
     with training_args.main_process_first(desc="reading the corpus"):
-        raw = read_corpus(data_args, model_args.cache_dir)
+        raw = read_data(data_args, mask_args.whole_word_mask, model_args.cache_dir)
     tokenizer = load_tokenizer(model_args)
-    model, loading_info = load_model(model_args, tokenizer, model_class_for(model_args, nsp=data_args.nsp),
-                                     with_loading_info=True)
+    model, loading_info = load_model_with_info(model_args, tokenizer, model_class_for(model_args, nsp=data_args.nsp))
     added_tokens = []
     if model_args.add_tokens:  # before tokenizing, so the corpus is cut with the new words
         added_tokens = add_domain_tokens(tokenizer, model, read_token_file(model_args.add_tokens))
@@ -78,10 +81,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     new_weights = find_new_weights(model, loading_info["missing_keys"], tokenizer.convert_tokens_to_ids(added_tokens))
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
-        processed, tokenized = prepare_datasets(raw, tokenizer, data_args, max_seq_length,
-                                                whole_word_mask=mask_args.whole_word_mask,
-                                                chinese_word_segmentation=mask_args.chinese_word_segmentation,
-                                                seed=training_args.seed, return_tokenized=True)
+        words = dict(whole_word_mask=mask_args.whole_word_mask,
+                     chinese_word_segmentation=mask_args.chinese_word_segmentation)
+        tokenized = tokenize_corpus(raw, tokenizer, data_args, max_seq_length, **words)
+        processed = prepare_datasets(raw, tokenizer, data_args, max_seq_length, **words, seed=training_args.seed,
+                                     tokenized=tokenized)
     report = None
     if training_args.process_index == 0:  # from the tokenized data, before any hour is spent training
         report = report_corpus(raw, tokenized, processed, tokenizer, data_args, max_seq_length,
@@ -105,9 +109,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if train_dataset is not None else None
     # Training masks change every epoch, evaluation masks are fixed; both are functions of (seed, [epoch,] tokens),
     # so they are the same however batches are split across processes, and after a resume.
-    trainer = build_trainer(model, tokenizer, model_args, mask_args, training_args,
+    trainer = build_trainer(model, tokenizer, speed_args, mask_args, training_args,
                             train_dataset=train_dataset, eval_dataset=eval_dataset,
-                            pad_to_multiple_of=data_args.pad_to_multiple_of or (8 if data_args.line_by_line else None),
+                            pad_to_multiple_of=data_args.pad_to_multiple_of,
                             callbacks=[budget] if budget else [], new_weights=new_weights)
 
     results: dict[str, float] = {}

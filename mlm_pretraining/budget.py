@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from datetime import timedelta
 
@@ -26,6 +25,7 @@ from transformers import TrainerCallback, get_scheduler
 from transformers.trainer_callback import ExportableState
 
 from mlm_pretraining.errors import InputError
+from mlm_pretraining.flag_values import parse_duration
 
 logger = logging.getLogger(__name__)
 
@@ -38,27 +38,7 @@ UNBOUNDED_STEPS = 10**9
 # Schedules are transformers' step-based lambdas evaluated at progress x RESOLUTION "steps".
 RESOLUTION = 1_000_000
 
-_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
 
-
-def parse_duration(text: str | float, flag: str = "--max_train_time") -> float:
-    """Seconds in a duration such as ``90m``, ``8h``, ``1h30m``, ``2d``, ``45s`` or plain seconds (``3600``)."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        value = str(text).strip().lower().replace(" ", "")
-        match = _DURATION.fullmatch(value)
-        try:
-            seconds = float(value)
-        except ValueError:
-            if not value or match is None or not any(match.groups()):
-                raise InputError(f"{flag} '{text}' is not a duration: give seconds (3600) or a combination of "
-                                 "d, h, m, s such as 90m, 8h, 1h30m.") from None
-            days, hours, minutes, secs = (float(g or 0) for g in match.groups())
-            seconds = ((days * 24 + hours) * 60 + minutes) * 60 + secs
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise InputError(f"{flag} must be a positive duration, got '{text}'.")
-    return seconds
 
 
 def mask_rate(start: float, end: float | None, progress: float) -> float:

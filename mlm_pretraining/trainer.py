@@ -1,10 +1,13 @@
 """Our Trainer and the one function that builds it, used by run_mlm.py and scripts/benchmarks/benchmark.py alike.
 
-Three changes to transformers' ``Trainer``: evaluation batches come from their own collator (fixed masks); the
-training loss is averaged over all masked tokens of the optimizer step, across processes and gradient-accumulation
-steps; a streamed training set resumes by position (where a step takes its batches, their stream positions are
-noted; on resume the stream seeks and the Trainer does not skip batches). :func:`build_trainer` adds the masking
-collators, our callbacks and the model-side speed-ups.
+:class:`MLMTrainer` overrides six methods of transformers' ``Trainer``, each through a documented hook or one named in
+internals.py: ``get_eval_dataloader`` (evaluation batches from their own collator, with fixed masks);
+``compute_loss`` (the loss averaged over all masked tokens of the optimizer step, across processes and
+gradient-accumulation steps); ``train`` and ``get_batch_samples`` (a streamed training set resumes by position: where
+a step takes its batches their stream positions are noted, and on resume the stream seeks and the Trainer does not
+skip batches; a mask-rate schedule masks each step's batches at its rate); ``create_scheduler`` (under a budget, a
+schedule over the share of the budget spent); ``log`` (the mask rate and the budget's progress in the logs).
+:func:`build_trainer` adds the masking collators, our callbacks and the speed-ups.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ from transformers import Trainer
 from collators import STREAM_POSITION, MLMCollator
 from mlm_pretraining.budget import BudgetCallback, mask_rate, progress_scheduler
 from mlm_pretraining.callbacks import GracefulStopCallback, MaskEpochCallback
-from mlm_pretraining.speed.cpu_memory import keep_freed_memory
-from mlm_pretraining.speed.fast_dropout import enable_fast_dropout
 from mlm_pretraining.model.head_warmup import HeadWarmupCallback
 from mlm_pretraining.internals import (
     TRAINER_COLLATOR,
@@ -28,7 +29,7 @@ from mlm_pretraining.internals import (
 )
 from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_pretraining.reporting.plotting import TrainingCurveCallback
-from mlm_pretraining.speed.sparse_head import enable_sparse_prediction
+from mlm_pretraining.speed import apply_speedups
 from mlm_pretraining.data.streaming import PackedStream, StreamPositionCallback
 
 logger = logging.getLogger(__name__)
@@ -152,21 +153,16 @@ class MLMTrainer(Trainer):
         return self.graceful_stop.received if self.graceful_stop is not None else None
 
 
-def build_trainer(model, tokenizer, model_args, mask_args, training_args, *, train_dataset=None, eval_dataset=None,
+def build_trainer(model, tokenizer, speed_args, mask_args, training_args, *, train_dataset=None, eval_dataset=None,
                   pad_to_multiple_of: int | None = None, callbacks=(), new_weights=None) -> MLMTrainer:
     """Our Trainer for ``model``: masking collators (training masks new each epoch, evaluation masks fixed, both
     functions of (seed, [epoch,] tokens)), metrics, callbacks (mask epoch, graceful stop, training-curve PNG, the
     stream position of a streamed ``train_dataset``, plus ``callbacks``, e.g. budget.BudgetCallback) and the
-    speed-ups the flags ask for (sparse prediction head, fast CPU dropout, freed CPU memory kept for reuse). With
+    speed-ups ``speed_args`` asks for (sparse prediction head, fast CPU dropout, freed CPU memory kept for reuse). With
     --mlm_probability_end training masks follow the schedule and evaluation masks use the end rate, so perplexities
-    stay comparable over a run. ``new_weights`` (:func:`mlm_pretraining.head_warmup.find_new_weights`) adds the head
+    stay comparable over a run. ``new_weights`` (:func:`mlm_pretraining.model.head_warmup.find_new_weights`) adds the head
     warm-up of --head_warmup_steps."""
-    if model_args.sparse_prediction:
-        enable_sparse_prediction(model)
-    if model_args.fast_dropout:
-        enable_fast_dropout(model)
-    if model_args.keep_freed_memory and training_args.device.type == "cpu":
-        keep_freed_memory()
+    apply_speedups(model, speed_args, on_cpu=training_args.device.type == "cpu")
     masking = dict(mlm_probability=mask_args.mlm_probability, mask_replace_prob=mask_args.mask_replace_prob,
                    random_replace_prob=mask_args.random_replace_prob, pad_to_multiple_of=pad_to_multiple_of,
                    whole_word_mask=mask_args.whole_word_mask)

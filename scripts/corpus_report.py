@@ -29,7 +29,7 @@ from mlm_pretraining.reporting.corpus_report import (
     format_report,
     write_report,
 )
-from mlm_pretraining.data.sources import prepare_datasets
+from mlm_pretraining.data.sources import prepare_datasets, tokenize_corpus
 from mlm_pretraining.errors import run_cli
 from mlm_pretraining.model.loading import (
     load_model,
@@ -38,7 +38,8 @@ from mlm_pretraining.model.loading import (
     resolve_max_seq_length,
 )
 from mlm_pretraining.data.text import read_corpus
-from mlm_pretraining.model.vocab import add_domain_tokens, read_token_file
+from mlm_pretraining.model.vocab import add_domain_tokens
+from mlm_pretraining.flag_values import read_token_file
 
 
 @dataclass
@@ -68,10 +69,11 @@ def main(argv: list[str] | None = None) -> dict:
     if model_args.add_tokens:
         add_domain_tokens(tokenizer, model, read_token_file(model_args.add_tokens))
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
-    examples, tokenized = prepare_datasets(raw, tokenizer, data_args, max_seq_length,
-                                           whole_word_mask=mask_args.whole_word_mask,
-                                           chinese_word_segmentation=mask_args.chinese_word_segmentation,
-                                           seed=report_args.seed, return_tokenized=True)
+    words = dict(whole_word_mask=mask_args.whole_word_mask,
+                 chinese_word_segmentation=mask_args.chinese_word_segmentation)
+    tokenized = tokenize_corpus(raw, tokenizer, data_args, max_seq_length, **words)
+    examples = prepare_datasets(raw, tokenizer, data_args, max_seq_length, **words, seed=report_args.seed,
+                                tokenized=tokenized)
     report = corpus_report(raw, tokenized, examples, tokenizer, data_args, max_seq_length,
                            model_name=model_args.model_name_or_path)
     path = write_report(report, report_args.output_file or Path(report_args.output_dir) / REPORT_FILE)

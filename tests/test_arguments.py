@@ -18,7 +18,7 @@ def test_every_argument_has_help_text():
 
 
 def test_flags(tmp_path):
-    model, data, masking, training = parse_args(
+    model, data, masking, _, training = parse_args(
         ["--train_file", "a.txt", "b.txt", "--output_dir", str(tmp_path), "--mlm_probability", "0.2", "--max_steps", "3"]
     )
     assert data.train_file == ["a.txt", "b.txt"]
@@ -32,7 +32,7 @@ def test_yaml_config_with_flag_overrides(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"train_file: corpus.txt\noutput_dir: {tmp_path}/out\nmax_steps: 7\nlearning_rate: 0.0003\n"
                       "line_by_line: true\nmlm_probability: 0.3\n")
-    _, data, masking, training = parse_args([str(config), "--max_steps", "9"])
+    _, data, masking, _, training = parse_args([str(config), "--max_steps", "9"])
     assert training.max_steps == 9  # the flag wins
     assert training.learning_rate == 0.0003 and data.line_by_line and masking.mlm_probability == 0.3
     assert data.train_file == [str(tmp_path / "corpus.txt")]  # relative to the config file when not in cwd
@@ -41,7 +41,7 @@ def test_yaml_config_with_flag_overrides(tmp_path):
 def test_json_config(tmp_path):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"train_file": ["x.txt"], "output_dir": str(tmp_path), "seed": 3}))
-    assert parse_args([str(config)])[3].seed == 3
+    assert parse_args([str(config)])[-1].seed == 3
 
 
 @pytest.mark.parametrize(

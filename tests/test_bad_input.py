@@ -115,6 +115,35 @@ def test_dataset_name_and_train_file(tmp_path):
         parse_args(["--output_dir", str(tmp_path), "--dataset_name", "wikitext", "--train_file", "a.txt"])
 
 
+@pytest.mark.parametrize("flags, pattern", [
+    # a flag that needs another
+    (["--mix_share", "0.3"], r"--mix_share 0.3 needs --mix_train_file \(the general text to mix in\)"),
+    (["--dataset_config_name", "wikitext-2-raw-v1"], r"--dataset_config_name wikitext-2-raw-v1 needs --dataset_name"),
+    (["--validation_file", "dev.txt", "--validation_split_percentage", "10"],
+     r"--validation_split_percentage holds out training text .* --validation_file already gives the evaluation"),
+    # a name given twice: the first would be lost
+    (["--train_file", "a.txt", "--train_file", "b.txt"],
+     r"--train_file is given twice; only the last would count\. Give every value after one --train_file"),
+    (["--validation_file", "a=dev.txt", "a=other.txt"], r"--validation_file: the set name 'a' is given twice"),
+    # a value that leaves the run nothing to do
+    (["--num_train_epochs", "0"], r"--num_train_epochs 0 trains nothing"),
+    (["--do_train", "False", "--do_eval", "False"], r"--do_train False with --do_eval False leaves nothing to do"),
+])
+def test_flags_that_would_do_nothing_or_lose_something_are_refused(tmp_path, flags, pattern):
+    with pytest.raises(InputError, match=pattern):
+        parse_args(["--output_dir", str(tmp_path), *flags])
+
+
+def test_the_same_flags_with_what_they_need_are_accepted(tmp_path):
+    """The negative control of the rules above: each rule refuses only the case it names."""
+    _, data, *_, training = parse_args(["--output_dir", str(tmp_path), "--mix_train_file", "g.txt", "--mix_share",
+                                        "0.3", "--validation_file", "a=dev.txt", "b=other.txt", "--num_train_epochs",
+                                        "0", "--max_steps", "5"])
+    assert data.mix_share == 0.3 and data.validation_file == ["a=dev.txt", "b=other.txt"] and training.max_steps == 5
+    assert parse_args(["--output_dir", str(tmp_path), "--mix_train_file", "g.txt"])[1].mix_share == 0.2
+    assert parse_args(["--output_dir", str(tmp_path)])[1].mix_share is None
+
+
 def test_validation_split_out_of_range(tmp_path):
     with pytest.raises(InputError, match=r"--validation_split_percentage must be in \[0, 100\), got 100"):
         parse_args(["--output_dir", str(tmp_path), "--validation_split_percentage", "100"])

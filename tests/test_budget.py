@@ -21,12 +21,8 @@ from arguments import parse_args
 from mlm_pretraining.errors import InputError
 from collators import MLMCollator
 from mlm_pretraining import budget
-from mlm_pretraining.budget import (
-    ProgressScheduler,
-    mask_rate,
-    parse_duration,
-    progress_scheduler,
-)
+from mlm_pretraining.budget import ProgressScheduler, mask_rate, progress_scheduler
+from mlm_pretraining.flag_values import parse_duration
 from mlm_pretraining.trainer import MLMTrainer, build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,11 +79,11 @@ def test_bad_budget_flags_name_the_flag(tmp_path, extra, message):
 
 
 def test_budgets_parse_and_turn_on_token_counting(tmp_path):
-    args = parse_args(["--output_dir", str(tmp_path), "--max_train_tokens", "5120"])[3]
+    args = parse_args(["--output_dir", str(tmp_path), "--max_train_tokens", "5120"])[-1]
     assert args.max_train_tokens == 5120 and args.include_num_input_tokens_seen == "non_padding"
     streaming = parse_args(["--output_dir", str(tmp_path), "--streaming", "--train_file", "x.txt",
                             "--max_train_time", "90m"])
-    assert streaming[3].max_train_time == "90m" and streaming[3].max_steps == -1  # no --max_steps needed
+    assert streaming[-1].max_train_time == "90m" and streaming[-1].max_steps == -1  # no --max_steps needed
 
 
 # ---- schedules ----
@@ -285,11 +281,11 @@ def test_mask_rate_falls_linearly_in_the_logs(tiny_model_dir, corpus, tmp_path):
 def test_evaluation_masks_at_the_end_rate(tiny_model_dir, tmp_path):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    model_args, _, mask_args, training_args = parse_args(
+    _, _, mask_args, speed_args, training_args = parse_args(
         ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--use_cpu", "--report_to",
          "none", "--mlm_probability", "0.3", "--mlm_probability_end", "0.15"])
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    trainer = build_trainer(AutoModelForMaskedLM.from_pretrained(tiny_model_dir), tokenizer, model_args, mask_args,
+    trainer = build_trainer(AutoModelForMaskedLM.from_pretrained(tiny_model_dir), tokenizer, speed_args, mask_args,
                             training_args)
     assert trainer.eval_data_collator.mlm_probability == 0.15 and not trainer.eval_data_collator.defer_masking
     assert trainer.data_collator.mlm_probability == 0.3 and trainer.data_collator.defer_masking

@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerFast
 from arguments import DataArguments
 from mlm_pretraining.errors import InputError
 from mlm_pretraining.reporting.corpus_report import corpus_report, format_report
-from mlm_pretraining.data.sources import prepare_datasets
+from mlm_pretraining.data.sources import prepare_datasets, tokenize_corpus
 from mlm_pretraining.data.text import read_corpus
 from mlm_pretraining.model.vocab import count_words
 
@@ -32,8 +32,9 @@ def hand_corpus(tmp_path):
 def report_for(path, tokenizer, max_seq_length=8, whole_word_mask=False, **data):
     args = DataArguments(train_file=[str(path)], validation_split_percentage=0, preprocessing_num_workers=1, **data)
     raw = read_corpus(args)
-    examples, tokenized = prepare_datasets(raw, tokenizer, args, max_seq_length, return_tokenized=True,
-                                           whole_word_mask=whole_word_mask)
+    tokenized = tokenize_corpus(raw, tokenizer, args, max_seq_length, whole_word_mask=whole_word_mask)
+    examples = prepare_datasets(raw, tokenizer, args, max_seq_length, whole_word_mask=whole_word_mask,
+                                tokenized=tokenized)
     return corpus_report(raw, tokenized, examples, tokenizer, args, max_seq_length, model_name="tiny"), examples
 
 
@@ -89,7 +90,8 @@ def test_every_evaluation_set_and_the_mix_are_reported(hand_corpus, tiny_tokeniz
                                                                          f"general={general}"],
                          mix_train_file=[str(general)], preprocessing_num_workers=1, max_eval_samples=2)
     raw = read_corpus(args)
-    examples, tokenized = prepare_datasets(raw, tiny_tokenizer, args, 8, return_tokenized=True)
+    tokenized = tokenize_corpus(raw, tiny_tokenizer, args, 8)
+    examples = prepare_datasets(raw, tiny_tokenizer, args, 8, tokenized=tokenized)
     report = corpus_report(raw, tokenized, examples, tiny_tokenizer, args, 8)
     splits = report["splits"]
     assert sorted(splits) == ["mix", "train", "validation_domain", "validation_general"]
@@ -106,7 +108,8 @@ def test_streamed_training_is_named_not_read(hand_corpus, tiny_tokenizer):
     args = DataArguments(train_file=[str(hand_corpus)], validation_file=[str(hand_corpus)], streaming=True,
                          preprocessing_num_workers=1)
     raw = read_corpus(args)
-    examples, tokenized = prepare_datasets(raw, tiny_tokenizer, args, 8, return_tokenized=True)
+    tokenized = tokenize_corpus(raw, tiny_tokenizer, args, 8)
+    examples = prepare_datasets(raw, tiny_tokenizer, args, 8, tokenized=tokenized)
     report = corpus_report(raw, tokenized, examples, tiny_tokenizer, args, 8)
     assert report["splits"]["train"] == {"streamed": True}
     assert report["splits"]["validation"]["tokens"] == 32
@@ -144,7 +147,8 @@ def test_word_starts_of_other_tokenizers_match_their_pre_tokenizer(build):
     tokenizer = build()
     args = DataArguments(preprocessing_num_workers=1)
     raw = DatasetDict(train=Dataset.from_dict({"text": SUBWORD_TEXTS}))
-    examples, tokenized = prepare_datasets(raw, tokenizer, args, 16, return_tokenized=True)
+    tokenized = tokenize_corpus(raw, tokenizer, args, 16)
+    examples = prepare_datasets(raw, tokenizer, args, 16, tokenized=tokenized)
     train = corpus_report(raw, tokenized, examples, tokenizer, args, 16)["splits"]["train"]
     assert train["words"] == sum(count_words(SUBWORD_TEXTS, tokenizer).values())
     assert train["word_pieces"] == sum(len(tokenizer.tokenize(t)) for t in SUBWORD_TEXTS)

@@ -109,7 +109,7 @@ def test_mix_train_file_goes_through_packing(tiny_tokenizer, corpus, tmp_path):
 
 def test_line_by_line_examples_carry_their_length(tiny_tokenizer, corpus, tmp_path):
 
-    _, data_args, _, _ = parse_args(["--output_dir", str(tmp_path), "--train_file", str(corpus), "--line_by_line",
+    _, data_args, *_ = parse_args(["--output_dir", str(tmp_path), "--train_file", str(corpus), "--line_by_line",
                                      "--preprocessing_num_workers", "1"])
     processed = prepare_datasets(read_corpus(data_args), tiny_tokenizer, data_args, 32)
     train = processed["train"]

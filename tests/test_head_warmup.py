@@ -22,7 +22,7 @@ from mlm_pretraining.model.head_warmup import (
     find_new_weights,
     resolve_warmup_steps,
 )
-from mlm_pretraining.model.loading import load_model
+from mlm_pretraining.model.loading import load_model_with_info
 from tests.test_resume import _cli, flags, losses, max_weight_difference
 from conftest import write_season_corpus
 
@@ -49,7 +49,7 @@ def encoder(weights: dict) -> dict:
 
 
 def test_new_head_found_and_tied_decoder_weight_is_not_new(headless_model_dir, tiny_tokenizer):
-    model, info = load_model(model_args(headless_model_dir), tiny_tokenizer, with_loading_info=True)
+    model, info = load_model_with_info(model_args(headless_model_dir), tiny_tokenizer)
     assert "cls.predictions.decoder.bias" in info["missing_keys"]  # tied to cls.predictions.bias
     new = find_new_weights(model, info["missing_keys"])
     assert set(new.parameters) == HEAD  # decoder.weight is the (loaded) input embedding matrix, decoder.bias the bias
@@ -62,7 +62,7 @@ def test_new_head_found_and_tied_decoder_weight_is_not_new(headless_model_dir, t
 
 
 def test_trained_head_means_no_warmup(tiny_model_dir, tiny_tokenizer):
-    model, info = load_model(model_args(tiny_model_dir), tiny_tokenizer, with_loading_info=True)
+    model, info = load_model_with_info(model_args(tiny_model_dir), tiny_tokenizer)
     new = find_new_weights(model, info["missing_keys"])
     assert not new and new.parameters == {} and new.rows == {}
     assert resolve_warmup_steps("auto", new, 1000) == 0
@@ -70,7 +70,7 @@ def test_trained_head_means_no_warmup(tiny_model_dir, tiny_tokenizer):
 
 
 def test_added_tokens_are_new_rows(tiny_model_dir, tiny_tokenizer):
-    model, info = load_model(model_args(tiny_model_dir), tiny_tokenizer, with_loading_info=True)
+    model, info = load_model_with_info(model_args(tiny_model_dir), tiny_tokenizer)
     new = find_new_weights(model, info["missing_keys"], [70, 71])
     # Input embeddings (= the tied decoder weight) and the output bias; no whole parameter.
     assert new.parameters == {}
@@ -85,8 +85,8 @@ def test_bad_warmup_steps_name_the_flag(value):
 
 
 def test_warmup_steps_parse():
-    assert parse_args(["--output_dir", "x"])[3].head_warmup_steps == "auto"
-    assert parse_args(["--output_dir", "x", "--head_warmup_steps", "12"])[3].head_warmup_steps == 12
+    assert parse_args(["--output_dir", "x"])[-1].head_warmup_steps == "auto"
+    assert parse_args(["--output_dir", "x", "--head_warmup_steps", "12"])[-1].head_warmup_steps == "12"
 
 
 def run(model_dir, corpus, out, steps, warmup, **extra) -> dict:

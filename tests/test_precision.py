@@ -1,4 +1,5 @@
-"""mlm_pretraining/precision.py: which CPUs compute bf16 natively, and the warning for those that do not."""
+"""mlm_pretraining/hardware.py and speed/precision.py: which CPUs compute bf16 natively, the warning for those that do
+not, and the device defaults the argument layer settles."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from arguments import parse_args
 from mlm_pretraining.errors import InputError
 from mlm_pretraining.speed import precision
-from mlm_pretraining.speed.precision import bf16_warning, cpu_flags, cpu_has_native_bf16
+from mlm_pretraining.hardware import cpu_flags, cpu_has_native_bf16
+from mlm_pretraining.speed.precision import bf16_warning
 
 
 def test_bf16_warning_only_on_cpus_without_native_bf16():
@@ -57,17 +59,21 @@ def test_warn_about_precision_logs_only_when_bf16_would_be_emulated(monkeypatch,
     assert ("training will be several times SLOWER than fp32" in caplog.text) == warned
 
 
-def test_pinned_memory_only_where_a_gpu_takes_the_batches(tmp_path, monkeypatch):
+def test_pinned_memory_only_where_a_gpu_takes_the_batches(tmp_path, monkeypatch, caplog):
+    import arguments
     from mlm_pretraining.classification import ClassificationTrainingArguments
+    from mlm_pretraining.logs import setup_logging
 
-    monkeypatch.setattr(precision, "has_gpu", lambda: False)
+    monkeypatch.setattr(arguments, "has_gpu", lambda: False)
     *_, args = parse_args(["--output_dir", str(tmp_path), "--report_to", "none"])
-    assert args.dataloader_pin_memory is False  # the DataLoader would warn on every CPU run
-    assert ClassificationTrainingArguments(output_dir=str(tmp_path)).dataloader_pin_memory is False
-    monkeypatch.setattr(precision, "has_gpu", lambda: True)
-    gpu_args = SimpleNamespace(use_cpu=False, dataloader_pin_memory=True)
-    precision.drop_pin_memory_on_cpu(gpu_args)
+    assert args.dataloader_pin_memory is False and args.notices == []  # our default: nothing the user gave changed
+    (classification_args,) = parse_args(["--output_dir", str(tmp_path)], groups=(ClassificationTrainingArguments,))
+    assert classification_args.dataloader_pin_memory is False  # every script's training arguments alike
+    *_, asked = parse_args(["--output_dir", str(tmp_path), "--report_to", "none", "--dataloader_pin_memory", "True"])
+    assert asked.dataloader_pin_memory is False
+    with caplog.at_level(logging.INFO, logger="mlm_pretraining.arguments"):
+        setup_logging(asked)
+    assert "--dataloader_pin_memory off: this run trains on the CPU" in caplog.text  # the user's flag changed: said
+    monkeypatch.setattr(arguments, "has_gpu", lambda: True)
+    *_, gpu_args = parse_args(["--output_dir", str(tmp_path), "--report_to", "none"])
     assert gpu_args.dataloader_pin_memory is True
-    cpu_args = SimpleNamespace(use_cpu=True, dataloader_pin_memory=True)  # --use_cpu on a GPU machine
-    precision.drop_pin_memory_on_cpu(cpu_args)
-    assert cpu_args.dataloader_pin_memory is False

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import run_mlm
 from arguments import DataArguments, parse_args
 from mlm_pretraining.errors import InputError
-from mlm_pretraining.data.sources import prepare_datasets
+from mlm_pretraining.data.sources import prepare_datasets, read_data
 from mlm_pretraining.data.prepared import METADATA_FILE, load_prepared, tokenizer_fingerprint
 from mlm_pretraining.data.text import read_corpus
 from scripts import prepare_corpus
@@ -125,26 +125,28 @@ def test_another_tokenizer_is_refused(prepared, tiny_model_dir, text_file, tmp_p
 
 
 def test_another_block_length_line_by_line_or_whole_word_setting_is_refused(prepared, tiny_model_dir, text_file,
-                                                                            tmp_path):
-    def parse(*flags):
-        return parse_args(["--output_dir", str(tmp_path / "out"), "--tokenized_dataset", str(prepared), *flags])
+                                                                            tmp_path, run):
+    def read(*flags):
+        _, data_args, mask_args, _, _ = parse_args(["--output_dir", str(tmp_path / "out"),
+                                                    "--tokenized_dataset", str(prepared), *flags])
+        read_data(data_args, mask_args.whole_word_mask)
+        return data_args
 
-    assert parse()[1].max_seq_length == 32  # the folder's block length
-    with pytest.raises(InputError, match=r"--max_seq_length 64, but --tokenized_dataset '.*' holds blocks of 32 "
-                                         r"tokens\. Drop --max_seq_length .* or prepare the corpus again with "
-                                         r"--max_seq_length 64"):
-        parse("--max_seq_length", "64")
-    with pytest.raises(InputError, match=r"was prepared without --line_by_line; drop --line_by_line"):
-        parse("--line_by_line")
+    assert read().max_seq_length == 32  # the folder's block length
+    # Refused before the model loads (run_mlm.main, the model loader replaced by one that fails the test).
+    run(["--tokenized_dataset", str(prepared), "--max_seq_length", "64"],
+        r"--tokenized_dataset '.*' holds blocks of 32 tokens, this run's --max_seq_length is 64\. Drop "
+        r"--max_seq_length .* or prepare the corpus again with --max_seq_length 64")
+    run(["--tokenized_dataset", str(prepared), "--line_by_line"],
+        r"was prepared without --line_by_line, this run is with it")
     with pytest.raises(InputError, match=r"--tokenized_dataset is the training data, already tokenized .*; drop "
                                          r"--train_file and --streaming"):
-        parse("--train_file", str(text_file), "--streaming")
+        read("--train_file", str(text_file), "--streaming")
     plain = tmp_path / "plain"
     prepare(tiny_model_dir, text_file, plain, "--preprocessing_num_workers", "1")
-    with pytest.raises(InputError, match=r"--whole_word_mask, but --tokenized_dataset '.*plain' was prepared without "
-                                         r"it, so it holds no word ids .* Prepare the corpus again with "
-                                         r"--whole_word_mask, or drop --whole_word_mask"):
-        parse_args(["--output_dir", str(tmp_path / "out"), "--tokenized_dataset", str(plain), "--whole_word_mask"])
+    run(["--tokenized_dataset", str(plain), "--whole_word_mask"],
+        r"--tokenized_dataset '.*plain' was prepared without --whole_word_mask, so it holds no word ids .* Prepare "
+        r"the corpus again with --whole_word_mask, or drop --whole_word_mask")
 
 
 def test_a_truncated_or_missing_shard_or_metadata_is_named(prepared, tmp_path):
@@ -152,16 +154,20 @@ def test_a_truncated_or_missing_shard_or_metadata_is_named(prepared, tmp_path):
     shutil.copytree(prepared, copy)
     shard = copy / "data-00001.arrow"
     shard.write_bytes(shard.read_bytes()[:-100])
+
+    def read():
+        read_data(DataArguments(tokenized_dataset=str(copy)))
+
     with pytest.raises(InputError, match=rf"--tokenized_dataset '{copy}': shard {shard} has \d+ bytes, "
                                          rf"{METADATA_FILE} says \d+: it is truncated or was changed"):
-        DataArguments(tokenized_dataset=str(copy))
+        read()
     shard.unlink()
     with pytest.raises(InputError, match=rf"shard {shard} is missing \(\d+ shards are listed in {METADATA_FILE}\)"):
-        DataArguments(tokenized_dataset=str(copy))
+        read()
     (copy / METADATA_FILE).unlink()
     with pytest.raises(InputError, match=rf"holds no {METADATA_FILE}: it was not written by "
                                          r"scripts/prepare_corpus.py, or the preparation did not finish"):
-        DataArguments(tokenized_dataset=str(copy))
+        read()
 
 
 def test_prepare_corpus_refuses_nsp_and_an_occupied_folder(prepared, tiny_model_dir, text_file):

@@ -22,9 +22,7 @@ from transformers import (
 )
 
 from mlm_pretraining.speed.sparse_head import (
-    disable_sparse_prediction,
     enable_sparse_prediction,
-    supports_sparse_prediction,
 )
 
 VOCAB = 97
@@ -112,18 +110,10 @@ def test_unknown_model_keeps_its_full_head_and_says_so(caplog):
     torch.manual_seed(0)
     model = ElectraForMaskedLM(ElectraConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=1,
                                              num_attention_heads=2, intermediate_size=64))
-    assert not supports_sparse_prediction(model)
     with caplog.at_level(logging.INFO, logger="mlm_pretraining.speed.sparse_head"):
         assert enable_sparse_prediction(model) is False
     assert "not available for ElectraForMaskedLM" in caplog.text
     assert "forward" not in vars(model)
-    assert model(**batch()).logits.shape == (3, 24, VOCAB)
-
-
-def test_disable_restores_the_class_forward():
-    model = tiny("bert")
-    enable_sparse_prediction(model)
-    disable_sparse_prediction(model)
     assert model(**batch()).logits.shape == (3, 24, VOCAB)
 
 

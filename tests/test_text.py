@@ -97,8 +97,11 @@ def test_bad_files_are_read_once_and_explained_only_when_reading_fails(tmp_path,
 
 def test_named_validation_sets_are_parsed_and_read(tmp_path):
     assert parse_named_files(["dev.txt", "more.txt"], "--validation_file") == {"": ["dev.txt", "more.txt"]}
-    assert parse_named_files(["domain=a.txt", "general=b.txt", "domain=c.txt"], "--validation_file") == {
-        "domain": ["a.txt", "c.txt"], "general": ["b.txt"]}
+    assert parse_named_files(["domain=a.txt", "general=b.txt"], "--validation_file") == {
+        "domain": ["a.txt"], "general": ["b.txt"]}
+    with pytest.raises(InputError, match=r"--validation_file: the set name 'domain' is given twice \(a.txt, c.txt\); "
+                                         r"give each set its own name, or one set of several files as a folder"):
+        parse_named_files(["domain=a.txt", "general=b.txt", "domain=c.txt"], "--validation_file")
     with pytest.raises(InputError, match=r"--validation_file: give every set a name .* 'b.txt' has no name"):
         parse_named_files(["domain=a.txt", "b.txt"], "--validation_file")
     odd = write(tmp_path, "x=y.txt", b"an odd name\n")  # an existing file whose name holds '=' is a file

@@ -28,12 +28,12 @@ def blocks(tokenizer) -> list[dict[str, list[int]]]:
 
 
 def make_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, *flags, callbacks=()):
-    model_args, _, mask_args, training_args = parse_args([
+    _, _, mask_args, speed_args, training_args = parse_args([
         "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--report_to", "none",
         "--per_device_eval_batch_size", "4", "--per_device_train_batch_size", "4", *flags])
     model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir)
     data = Dataset.from_list(blocks(tiny_tokenizer))
-    return build_trainer(model, tiny_tokenizer, model_args, mask_args, training_args, train_dataset=data,
+    return build_trainer(model, tiny_tokenizer, speed_args, mask_args, training_args, train_dataset=data,
                          eval_dataset=data, callbacks=callbacks)
 
 

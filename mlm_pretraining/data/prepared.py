@@ -220,22 +220,15 @@ def read_metadata(folder: str, flag: str = "--tokenized_dataset") -> dict:
     return metadata
 
 
-def load_prepared(folder: str, tokenizer, max_seq_length: int, *, line_by_line: bool = False,
-                  whole_word_mask: bool = False, segment_chinese: bool = False) -> Dataset:
-    """The prepared training examples of ``folder``, memory-mapped; refused, naming the difference, when they were
-    made with another tokenizer, block length, --line_by_line, or word ids than this run needs."""
+def check_prepared(folder: str, *, max_seq_length: int | None, line_by_line: bool, whole_word_mask: bool,
+                   segment_chinese: bool | None = None, tokenizer=None) -> dict:
+    """The one set of rules for training on a prepared folder: its metadata and shards (:func:`read_metadata`), and
+    the settings it was prepared with against this run's (block length unless ``max_seq_length`` is None,
+    --line_by_line, word ids for ``whole_word_mask``; Chinese segmentation and the tokenizer when given). Refused
+    naming the difference; returns the metadata."""
     metadata = read_metadata(folder)
     flag = f"--tokenized_dataset '{folder}'"
-    prepared_with = metadata["tokenizer"]
-    ours = tokenizer_fingerprint(tokenizer)
-    if prepared_with["fingerprint"] != ours:
-        raise InputError(
-            f"{flag} was prepared with the tokenizer of {prepared_with['name_or_path']} (fingerprint "
-            f"{prepared_with['fingerprint']}, {prepared_with['vocab_size']} tokens); this run's tokenizer "
-            f"({tokenizer.name_or_path}, fingerprint {ours}, {len(tokenizer)} tokens) gives other token ids. Prepare "
-            f"the corpus again with this run's --model_name_or_path (and --add_tokens), or train with the model it "
-            "was prepared for.")
-    if metadata["max_seq_length"] != max_seq_length:
+    if max_seq_length is not None and metadata["max_seq_length"] != max_seq_length:
         raise InputError(f"{flag} holds blocks of {metadata['max_seq_length']} tokens, this run's --max_seq_length is "
                          f"{max_seq_length}. Drop --max_seq_length (the folder's length is used), or prepare the "
                          f"corpus again with --max_seq_length {max_seq_length}.")
@@ -246,12 +239,31 @@ def load_prepared(folder: str, tokenizer, max_seq_length: int, *, line_by_line: 
     if whole_word_mask and not metadata["whole_word_mask"]:
         raise InputError(f"{flag} was prepared without --whole_word_mask, so it holds no word ids to mask whole words "
                          "by. Prepare the corpus again with --whole_word_mask, or drop --whole_word_mask.")
-    if whole_word_mask and metadata["segment_chinese"] != segment_chinese:
+    if whole_word_mask and segment_chinese is not None and metadata["segment_chinese"] != segment_chinese:
         raise InputError(f"{flag} was prepared with Chinese word segmentation "
                          f"{'on' if metadata['segment_chinese'] else 'off'} (--chinese_word_segmentation "
                          f"{metadata['chinese_word_segmentation']}), this run has it "
                          f"{'on' if segment_chinese else 'off'}. Use the same --chinese_word_segmentation, or "
                          "prepare the corpus again.")
+    if tokenizer is not None:
+        prepared_with, ours = metadata["tokenizer"], tokenizer_fingerprint(tokenizer)
+        if prepared_with["fingerprint"] != ours:
+            raise InputError(
+                f"{flag} was prepared with the tokenizer of {prepared_with['name_or_path']} (fingerprint "
+                f"{prepared_with['fingerprint']}, {prepared_with['vocab_size']} tokens); this run's tokenizer "
+                f"({tokenizer.name_or_path}, fingerprint {ours}, {len(tokenizer)} tokens) gives other token ids. "
+                "Prepare the corpus again with this run's --model_name_or_path (and --add_tokens), or train with "
+                "the model it was prepared for.")
+    return metadata
+
+
+def load_prepared(folder: str, tokenizer, max_seq_length: int, *, line_by_line: bool = False,
+                  whole_word_mask: bool = False, segment_chinese: bool = False) -> Dataset:
+    """The prepared training examples of ``folder``, memory-mapped; refused, naming the difference, when they were
+    made with another tokenizer, block length, --line_by_line, or word ids than this run needs."""
+    metadata = check_prepared(folder, max_seq_length=max_seq_length, line_by_line=line_by_line,
+                              whole_word_mask=whole_word_mask, segment_chinese=segment_chinese, tokenizer=tokenizer)
+    prepared_with = metadata["tokenizer"]
     shards = [Dataset.from_file(str(Path(folder) / shard["file"])) for shard in metadata["shards"]]
     dataset = concatenate_datasets(shards) if len(shards) > 1 else shards[0]
     if not whole_word_mask and "word_ids" in dataset.column_names:  # prepared for whole words; unused here

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 from datasets import Dataset, DatasetDict, interleave_datasets
 
 from mlm_pretraining.data.packing import pack, special_token_template, tokenize
-from mlm_pretraining.data.prepared import load_prepared
+from mlm_pretraining.data.prepared import check_prepared, load_prepared
 from mlm_pretraining.data.sentence_pairs import build_pairs
 from mlm_pretraining.data.streaming import PackedStream
-from mlm_pretraining.data.text import TextStream
+from mlm_pretraining.data.text import TextStream, read_corpus
 from mlm_pretraining.data.whole_word import check_tokenizer, use_chinese_segmentation
 
 if TYPE_CHECKING:
@@ -25,23 +25,42 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int, *,
-                     whole_word_mask: bool = False, chinese_word_segmentation: str = "auto",
-                     seed: int = 42, return_tokenized: bool = False):
-    """Tokenize, then pack (default), keep lines or build NSP pairs (--nsp, drawn with ``seed``), every split
-    (general text to mix in, 'mix', too: see :func:`mix_in`); apply --max_train_samples / --max_eval_samples.
-    ``whole_word_mask`` adds the 'word_ids' column. A streamed 'train' split becomes a :class:`PackedStream`;
-    with --tokenized_dataset 'train' is the prepared folder, memory-mapped (checked against this tokenizer,
-    length and masking first: see prepared.py).
-    Returns {split: examples}, or ``(that, tokenized texts)`` with ``return_tokenized`` (for the corpus report)."""
-    if whole_word_mask:
-        check_tokenizer(tokenizer)
-    segment_chinese = whole_word_mask and use_chinese_segmentation(tokenizer, chinese_word_segmentation)
+def read_data(args: DataArguments, whole_word_mask: bool = False, cache_dir: str | None = None) -> DatasetDict:
+    """The text to train and evaluate on (:func:`~mlm_pretraining.data.text.read_corpus`), read and checked before
+    the model loads; with --tokenized_dataset the prepared folder is checked against this run's flags first, and
+    --max_seq_length, when not given, becomes the folder's block length."""
+    if args.tokenized_dataset:
+        metadata = check_prepared(args.tokenized_dataset, max_seq_length=args.max_seq_length,
+                                  line_by_line=args.line_by_line, whole_word_mask=whole_word_mask)
+        if args.max_seq_length is None:
+            args.max_seq_length = metadata["max_seq_length"]
+    return read_corpus(args, cache_dir)
+
+
+def tokenize_corpus(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int, *,
+                    whole_word_mask: bool = False, chinese_word_segmentation: str = "auto") -> DatasetDict:
+    """The in-memory splits of ``raw`` tokenized (cached by ``datasets``): whole texts for packing and pairs, truncated
+    texts with --line_by_line; ``whole_word_mask`` adds the 'word_ids' column. Streamed and prepared training text
+    is not here (:func:`prepare_datasets` reads it)."""
+    segment_chinese = _segment_chinese(tokenizer, whole_word_mask, chinese_word_segmentation)
     if whole_word_mask:
         logger.info("Whole-word masking: words from the tokenizer%s.",
                     ", Chinese words from the segmenter" if segment_chinese else "")
-    tokenized = tokenize(raw, tokenizer, args, max_seq_length, word_ids=whole_word_mask,
-                         segment_chinese=segment_chinese)
+    return tokenize(raw, tokenizer, args, max_seq_length, word_ids=whole_word_mask, segment_chinese=segment_chinese)
+
+
+def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_length: int, *,
+                     whole_word_mask: bool = False, chinese_word_segmentation: str = "auto", seed: int = 42,
+                     tokenized: DatasetDict | None = None) -> dict:
+    """{split: examples}: every split tokenized (``tokenized``, from :func:`tokenize_corpus`, when the caller has
+    it already), then packed (default), kept as lines or built into NSP pairs (--nsp, drawn with ``seed``), general
+    text to mix in ('mix', see :func:`mix_in`) too; --max_train_samples / --max_eval_samples applied. The training
+    split comes from its source: in memory; a :class:`PackedStream` with --streaming; the prepared folder of
+    --tokenized_dataset, memory-mapped (checked against this tokenizer, length and masking: see prepared.py)."""
+    if tokenized is None:
+        tokenized = tokenize_corpus(raw, tokenizer, args, max_seq_length, whole_word_mask=whole_word_mask,
+                                    chinese_word_segmentation=chinese_word_segmentation)
+    segment_chinese = _segment_chinese(tokenizer, whole_word_mask, chinese_word_segmentation)
     prefix, suffix = special_token_template(tokenizer)
     out = {}
     for index, (split, ds) in enumerate(tokenized.items()):
@@ -61,7 +80,15 @@ def prepare_datasets(raw: DatasetDict, tokenizer, args: DataArguments, max_seq_l
         limit = args.max_train_samples if split == "train" else args.max_eval_samples
         if limit is not None and isinstance(ds, Dataset):
             out[split] = ds.select(range(min(limit, len(ds))))
-    return (out, tokenized) if return_tokenized else out
+    return out
+
+
+def _segment_chinese(tokenizer, whole_word_mask: bool, mode: str) -> bool:
+    """Whether whole words in Chinese text come from the segmenter (see whole_word.py)."""
+    if not whole_word_mask:
+        return False
+    check_tokenizer(tokenizer)
+    return use_chinese_segmentation(tokenizer, mode)
 
 
 def mix_in(train: Dataset, general: Dataset, share: float, seed: int) -> Dataset:

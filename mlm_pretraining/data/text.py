@@ -15,7 +15,6 @@ import glob
 import itertools
 import json
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
 
 from mlm_pretraining.errors import InputError
+from mlm_pretraining.flag_values import parse_named_files
 
 if TYPE_CHECKING:
     from arguments import DataArguments
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 # Extension → datasets builder.
 BUILDERS = {".txt": "text", ".text": "text", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
 GLOB_CHARS = set("*?[")
-SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
 def resolve_data_files(patterns: list[str], flag: str) -> list[str]:
@@ -73,23 +72,6 @@ def builder_for(files: list[str]) -> str:
     """The ``datasets`` builder that reads these files (all of one type, as :func:`resolve_data_files` checks)."""
     return BUILDERS[Path(files[0]).suffix.lower()]
 
-
-def parse_named_files(entries: list[str] | None, flag: str) -> dict[str, list[str]]:
-    """``name=path`` entries grouped by name (``domain=dev.jsonl general=wiki.txt``), or every entry under the
-    name '' when none is named. Mixing named and unnamed entries is refused."""
-    if not entries:
-        return {}
-    named: dict[str, list[str]] = {}
-    for entry in entries:
-        name, sep, path = entry.partition("=")
-        if sep and SET_NAME.match(name) and not os.path.exists(entry):
-            named.setdefault(name, []).append(path)
-        else:
-            named.setdefault("", []).append(entry)
-    if "" in named and len(named) > 1:
-        raise InputError(f"{flag}: give every set a name (name=path, e.g. domain=dev.txt general=wiki.txt) or none; "
-                         f"'{named[''][0]}' has no name.")
-    return named
 
 
 def load_split(files: list[str], flag: str, *, streaming: bool = False, cache_dir: str | None = None,
@@ -362,12 +344,6 @@ def read_corpus(args: DataArguments, cache_dir: str | None = None) -> DatasetDic
         held_out = max(1, int(n * args.validation_split_percentage / 100))  # the last texts: documents stay whole
         corpus["train"], corpus["validation"] = train.select(range(n - held_out)), train.select(range(n - held_out, n))
     return DatasetDict(corpus)
-
-
-def evaluation_splits(corpus) -> dict[str, str]:
-    """Evaluation split → its set name ('' for the one unnamed set), in order."""
-    return {split: split[len("validation_"):] if split.startswith("validation_") else ""
-            for split in corpus if split == "validation" or split.startswith("validation_")}
 
 
 def _names(files: list[str], at_most: int = 3) -> str:

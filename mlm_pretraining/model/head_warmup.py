@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainerCallback
 
+from mlm_pretraining.flag_values import parse_warmup_steps
+
 logger = logging.getLogger(__name__)
 
 # --head_warmup_steps auto: this share of the run's optimizer steps, at most AUTO_CAP. Measured on the shipped MiniLM
@@ -79,22 +81,6 @@ def find_new_weights(model, missing_keys, added_token_ids=()) -> NewWeights:
                 result.rows[names[id(param)]] = (param, ids)
     return result
 
-
-def parse_warmup_steps(value: str) -> str | int:
-    """--head_warmup_steps as given: 'auto' or a non-negative integer; an InputError naming the flag otherwise."""
-    from mlm_pretraining.errors import InputError
-
-    text = str(value).strip().lower()
-    if text == "auto":
-        return "auto"
-    try:
-        steps = int(text)
-    except ValueError:
-        steps = -1
-    if steps < 0:
-        raise InputError(f"--head_warmup_steps must be 'auto' or a non-negative integer (0: no warm-up), got "
-                         f"'{value}'.")
-    return steps
 
 
 def resolve_warmup_steps(setting: str | int, new_weights: NewWeights, max_steps: int) -> int:

@@ -99,14 +99,18 @@ def model_class_for(args: ModelArguments, nsp: bool = False):
     return model_class
 
 
-def load_model(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM, config_kwargs=None,
-               with_loading_info: bool = False):
+def load_model(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM, config_kwargs=None):
     """The pretrained masked-LM model (its head is initialised if the checkpoint has none).
 
     ``model_class`` and ``config_kwargs`` (e.g. ``num_labels``) serve other heads, such as classification;
-    ``--config_overrides`` is applied on top. ``with_loading_info``: return ``(model, info)``, where ``info`` is
-    transformers' loading info (``missing_keys``: newly initialised; ``unexpected_keys``: in the checkpoint, unused).
+    ``--config_overrides`` is applied on top.
     """
+    return load_model_with_info(args, tokenizer, model_class, config_kwargs)[0]
+
+
+def load_model_with_info(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM, config_kwargs=None):
+    """:func:`load_model`, and transformers' loading info (``missing_keys``: newly initialised, e.g. a masked-LM
+    head the checkpoint lacks; ``unexpected_keys``: in the checkpoint, unused, e.g. BERT's pooler)."""
     name = resolve_model_path(args.model_name_or_path)
     check_safetensors_weights(name)
     config = _load(AutoConfig.from_pretrained, resolve_model_path(args.config_name or name), args, "config",
@@ -127,7 +131,7 @@ def load_model(args: ModelArguments, tokenizer, model_class=AutoModelForMaskedLM
             f"{model.get_input_embeddings().num_embeddings} rows: --tokenizer_name does not belong to "
             f"--model_name_or_path {args.model_name_or_path}."
         )
-    return (model, info) if with_loading_info else model
+    return model, info
 
 
 def model_max_length(tokenizer, model) -> int:

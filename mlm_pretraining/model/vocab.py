@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 from tokenizers import AddedToken
@@ -14,29 +13,6 @@ from mlm_pretraining.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-
-def read_token_file(path: str) -> list[str]:
-    """The tokens in ``path`` (--add_tokens): one a line, blank lines skipped, duplicates dropped, order kept."""
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"--add_tokens: no such file '{path}'. Give a text file with one token a line.")
-    try:
-        lines = file.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as err:
-        raise InputError(f"--add_tokens: '{path}' is not valid UTF-8 (byte {err.start}).") from None
-    tokens: list[str] = []
-    for number, line in enumerate(lines, 1):
-        token = line.strip()
-        if not token:
-            continue
-        if len(token.split()) > 1:
-            raise InputError(f"--add_tokens: '{path}' line {number} holds '{token}', which has a space; give one "
-                             "token a line, without spaces.")
-        if token not in tokens:
-            tokens.append(token)
-    if not tokens:
-        raise InputError(f"--add_tokens: '{path}' holds no token; give one token a line.")
-    return tokens
 
 
 def normalize(tokenizer, text: str) -> str:

@@ -1,54 +1,12 @@
-"""Which number formats this machine computes fast, and the warnings and defaults that follow from it."""
+"""Precision advice: bf16 on a CPU that only emulates it is several times slower than fp32, so say so."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-import torch
+from mlm_pretraining.hardware import cpu_has_native_bf16, has_gpu
 
 logger = logging.getLogger(__name__)
-
-# /proc/cpuinfo flags of x86 CPUs that compute bf16 matrix products natively (AMX tiles, AVX-512 BF16 dot products).
-NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU feature flags from ``/proc/cpuinfo`` (or the given text); empty where there is no such file."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.partition(":")[2].split())
-    return set()
-
-
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU multiplies bf16 natively; without it bf16 autocast is emulated and slower than fp32.
-
-    Arm CPUs report ``bf16`` in their ``Features`` line. Where nothing can be read (macOS, Windows) this is False.
-    """
-    flags = cpu_flags(cpuinfo)
-    return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS) or "bf16" in flags
-
-
-def has_gpu() -> bool:
-    """Whether training will run on an accelerator (CUDA, ROCm, XPU or Apple MPS) rather than the CPU."""
-    if torch.cuda.is_available():
-        return True
-    if hasattr(torch, "xpu") and torch.xpu.is_available():
-        return True
-    return torch.backends.mps.is_available()
-
-
-def drop_pin_memory_on_cpu(args) -> None:
-    """Pinned host memory only speeds copies to a GPU; on a CPU run the DataLoader warns about it on every run, so
-    TrainingArguments' default (on) is turned off there."""
-    if args.use_cpu or not has_gpu():
-        args.dataloader_pin_memory = False
 
 
 def bf16_warning(bf16: bool, on_cpu: bool, cpuinfo: str | None = None) -> str | None:

@@ -66,11 +66,6 @@ HEADS = tuple(MLM_HEAD_ATTRIBUTES)
 OWN_SPARSE_PREDICTION = ("ModernBertForMaskedLM",)
 
 
-def supports_sparse_prediction(model) -> bool:
-    """Whether :func:`enable_sparse_prediction` can make this model score only the labelled positions."""
-    return type(model).__name__ in HEADS or type(model).__name__ in OWN_SPARSE_PREDICTION
-
-
 def enable_sparse_prediction(model) -> bool:
     """Make ``model`` score only labelled positions whenever it is called with ``labels``; return whether it could.
 
@@ -96,13 +91,6 @@ def enable_sparse_prediction(model) -> bool:
     model.sparse_prediction = True
     logger.info("Sparse prediction head on: the vocabulary projection runs only at masked positions.")
     return True
-
-
-def disable_sparse_prediction(model) -> None:
-    """Undo :func:`enable_sparse_prediction` (the class's own forward is used again)."""
-    if "forward" in vars(model):
-        del model.forward
-    model.sparse_prediction = bool(getattr(model.config, "sparse_prediction", False))
 
 
 def _sparse_forward_for(head: Callable[[torch.Tensor], torch.Tensor]):
