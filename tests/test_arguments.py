@@ -88,3 +88,24 @@ def test_help_lists_the_speed_flags():
 
     text = HfArgumentParser(ARGUMENT_GROUPS).format_help()
     assert "--sparse_prediction" in text and "group_by_length with --line_by_line" in text
+
+
+def test_help_shows_our_groups_first_and_the_main_flags_on_the_first_screen(capsys):
+    from arguments import START_HERE, build_parser
+
+    build_parser().print_help()
+    text = capsys.readouterr().out
+    first_screen = "\n".join(text.splitlines()[:60])
+    for name in START_HERE:
+        assert f"--{name} " in first_screen, name
+    headings = [line for line in text.splitlines() if line and not line.startswith(" ")]
+    assert headings[0].endswith(" [CONFIG.yaml|CONFIG.json] [--flag value ...]")
+    assert headings[1:] == ["options:", "Start here:",
+                        "Model arguments:", "Data arguments:", "Masking arguments:", "Speed arguments:",
+                        "Training arguments: our additions and defaults:",
+                        "transformers Trainer options (TrainingArguments, passed to the Trainer as they are):"]
+    listed = [line.split()[0] for line in text.split("Model arguments:")[1].splitlines()
+              if line.startswith("  --")]
+    assert len(listed) == len(set(listed)), "a flag is listed twice"
+    ours = text.split("Training arguments: our additions and defaults:")[1].split("transformers Trainer options")[0]
+    assert "--max_train_tokens" in ours and "--head_warmup_steps" in ours and "--adam_beta1" not in ours
