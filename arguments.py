@@ -487,6 +487,7 @@ def parse_args(argv: list[str] | None = None, groups=ARGUMENT_GROUPS):
         raise InputError(f"A flag needs a package that is not installed ({str(err).strip()}). Install it (e.g. "
                          "pip install deepspeed for --deepspeed) or drop the flag.") from None
     explicit = _given_flags(argv) | set(config)
+    _check_trackers(parsed)
     _check_across_groups(parsed, explicit)
     _settle_device_defaults(parsed, explicit)
     return parsed
@@ -581,6 +582,36 @@ def _refuse_repeated_flags(argv: list[str]) -> None:
                 raise InputError(f"--{name} is given twice; only the last would count. Give every value after one "
                                  f"--{name} (e.g. --{name} a.txt b.txt).")
             seen.add(name)
+
+
+# --report_to names whose package we can check, and the pip command that installs it.
+TRACKER_PACKAGES = {"wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml", "neptune": "neptune",
+                    "tensorboard": "tensorboard", "codecarbon": "codecarbon", "clearml": "clearml",
+                    "dagshub": "dagshub", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio",
+                    "azure_ml": "azureml-core"}
+
+
+def _check_trackers(parsed) -> None:
+    """Every --report_to tracker installed, checked now rather than when the Trainer is built, after the corpus was
+    read and tokenized."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    for args in parsed:
+        if not isinstance(args, TrainingArguments):
+            continue
+        requested = [args.report_to] if isinstance(args.report_to, str) else list(args.report_to or [])
+        requested = [name for name in requested if name not in ("none", "all")]
+        unknown = [name for name in requested if name not in INTEGRATION_TO_CALLBACK]
+        if unknown:
+            raise InputError(f"--report_to {' '.join(unknown)}: not a tracker transformers knows; choose from "
+                             f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}, or none.")
+        available = set(get_available_reporting_integrations())
+        missing = [name for name in requested if name in TRACKER_PACKAGES and name not in available]
+        if missing:
+            raise InputError(f"--report_to {' '.join(missing)}: not installed. Install it (pip install "
+                             f"{' '.join(TRACKER_PACKAGES[name] for name in missing)}) or drop it from --report_to "
+                             "(TensorBoard, the default, is installed with the requirements).")
 
 
 def _check_across_groups(parsed, explicit: set[str] = frozenset()) -> None:

@@ -251,3 +251,22 @@ def test_pickle_only_weights_are_refused(run, corpus, tiny_model_dir, tmp_path):
     run(["--train_file", str(corpus)],
         r"has weights only as pickle files \(pytorch_model\.bin\), which we do not open: unpickling can run code\. "
         r"If you trust the files, convert them once to safetensors", before_model=False, model=folder)
+
+
+def test_a_tracker_that_is_not_installed_stops_before_any_text_is_read(tmp_path):
+    import importlib.util
+
+    import run_mlm
+
+    pytest.importorskip("tensorboard")  # the control below needs the default tracker
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"--report_to wandb: not installed\. Install it \(pip install wandb\)"):
+        run_mlm.main(["--output_dir", str(out), "--train_file", str(tmp_path / "never-read.txt"), "--report_to",
+                      "wandb"])
+    assert not (out / "corpus_report.json").exists()
+    with pytest.raises(InputError, match=r"--report_to tensorbored: not a tracker transformers knows"):
+        parse_args(["--output_dir", str(out), "--report_to", "tensorbored"])
+    assert parse_args(["--output_dir", str(out), "--report_to", "tensorboard"])[-1].report_to == ["tensorboard"]
