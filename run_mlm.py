@@ -19,7 +19,7 @@ from transformers import set_seed
 
 from arguments import parse_args
 from mlm_pretraining.budget import plan_budget
-from mlm_pretraining.checkpoints import check_checkpoint_matches, find_resume_checkpoint
+from mlm_pretraining.checkpoints import check_checkpoint_matches, find_resume_checkpoint, results_before_training
 from mlm_pretraining.data.sources import (
     evaluation_sets,
     evaluation_sizes,
@@ -32,7 +32,7 @@ from mlm_pretraining.errors import InputError, run_cli
 from mlm_pretraining.flag_values import read_token_file
 from mlm_pretraining.logs import get_logger, setup_logging
 from mlm_pretraining.model.base_weights import keep_base_weights
-from mlm_pretraining.model.head_warmup import find_new_weights
+from mlm_pretraining.model.head_warmup import find_new_weights, warmup_results
 from mlm_pretraining.model.loading import (
     load_model_with_info,
     load_tokenizer,
@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     results: dict[str, float] = {}
     if eval_dataset is not None and training_args.do_train and resume_from is None:
         results.update(evaluate(trainer, "eval_before"))
+    elif resume_from is not None:  # measured when the run started; kept for the results and the card
+        results.update(results_before_training(training_args.output_dir))
     if train_dataset is not None:
         train_result = trainer.train(resume_from_checkpoint=resume_from)
         if trainer.stopped_by_signal:  # the checkpoint at this step is the whole result; a rerun continues from it
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if trainer.is_world_process_zero():  # and the base's weights MLM does not use (BERT's pooler), for fine-tuning
             keep_base_weights(model, resolve_model_path(model_args.model_name_or_path), loading_info["unexpected_keys"],
                               training_args.output_dir, model_args.cache_dir, model_args.model_revision)
+        results.update(warmup_results(trainer))  # the base encoder with a fitted head: the fair baseline
         metrics = dict(train_result.metrics)
         if hasattr(train_dataset, "__len__"):  # a stream has no length
             metrics["train_samples"] = len(train_dataset)

@@ -173,3 +173,14 @@ def check_checkpoint_matches(checkpoint: str, model_args, explicit: bool) -> Non
            "be overwritten as new ones are saved).")
     raise InputError(f"{where} holds a checkpoint of a different model than --model_name_or_path {model_name} "
                      f"({'; '.join(differences)}, checkpoint vs model). {fix}")
+
+
+def results_before_training(output_dir: str) -> dict[str, float]:
+    """The before-training evaluation (``eval_before_*``) of the run that started in ``output_dir``, kept in its
+    all_results.json, so a resumed run's results and card still hold the row it did not measure again."""
+    path = Path(output_dir) / "all_results.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {key: value for key, value in results.items() if key.startswith("eval_before_")}

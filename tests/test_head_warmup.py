@@ -100,7 +100,7 @@ def test_encoder_bit_identical_during_warmup_and_moves_after(headless_model_dir,
     with caplog.at_level("INFO", logger="mlm_pretraining.model.head_warmup"):
         warm = run(headless_model_dir, corpus_file, tmp_path / "warm", 4, 4)
     assert "Newly initialised: cls.predictions.bias, cls.predictions.transform.* (5 tensors); training only these " \
-           "for the first 4 of 4 steps (--head_warmup_steps 4)" in caplog.text
+           "until step 4 of 4 (--head_warmup_steps 4)" in caplog.text
     warm_encoder = encoder(warm)
     assert warm_encoder.keys() == encoder(base).keys()
     for key, tensor in encoder(base).items():  # weight decay 0.1 included: AdamW never saw these
@@ -125,7 +125,7 @@ def test_added_token_rows_alone_train_during_warmup(tiny_model_dir, corpus_file,
     with caplog.at_level("INFO", logger="mlm_pretraining.model.head_warmup"):
         out = run(tiny_model_dir, corpus_file, tmp_path / "out", 3, "auto", add_tokens=words)
     assert "Newly initialised: 2 new rows of bert.embeddings.word_embeddings.weight; 2 new rows of " \
-           "cls.predictions.bias; training only these for the first 1 of 3 steps (--head_warmup_steps auto)" \
+           "cls.predictions.bias; training only these until step 1 of 3 (--head_warmup_steps auto)" \
            in caplog.text
     out_steps1 = run(tiny_model_dir, corpus_file, tmp_path / "one", 1, "auto", add_tokens=words)
     rows = base["bert.embeddings.word_embeddings.weight"].shape[0]

@@ -29,6 +29,19 @@ RESULTS = {
 }
 
 
+def test_the_head_warmup_row_is_labelled_as_the_fair_baseline(monkeypatch):
+    warmup = {"eval_warmup_loss": 6.5, "eval_warmup_perplexity": 665.14, "eval_warmup_accuracy": 0.125}
+    assert evaluation_results({**RESULTS, **warmup})[0]["warmup"] == {"loss": 6.5, "perplexity": 665.14,
+                                                                      "accuracy": 0.125}
+    text = card_text(monkeypatch, results={**RESULTS, **warmup})
+    assert ("| validation | before training (new weights untrained: a random head scores near vocabulary-size "
+            "perplexity) | 9.5000 | 13,359.73 | 0.0000 |") in text
+    assert ("| validation | after head warm-up (the base encoder with a fitted head: the fair baseline) | 6.5000 | "
+            "665.14 | 0.1250 |") in text
+    assert "| validation | after training | 4.2500 | 70.11 | 0.3125 |" in text
+    assert "head warm-up" not in card_text(monkeypatch)  # a model with its own head: before and after only
+
+
 def test_evaluation_sets_are_found_by_key_pattern():
     rows = evaluation_results(RESULTS)
     assert [row["name"] for row in rows] == [None, "domain"]  # eval_nsp_accuracy is a metric, not a set
@@ -156,3 +169,36 @@ def test_named_evaluation_sets_in_the_card(tiny_model_dir, tmp_path):
     report = json.loads((out / "corpus_report.json").read_text())
     assert sorted(report["splits"]) == ["train", "validation_domain", "validation_general"]
     assert "| validation_general | 60 |" in card
+
+
+def test_a_headless_models_card_keeps_its_rows_after_a_resume(headless_model_dir, tmp_path, caplog):
+    """A head-less base (like the shipped MiniLM): the card shows the random-head row and the row after the head
+    warm-up, taken from the evaluation at the warm-up's last step; rerunning the command resumes from the last
+    checkpoint, and that run's card still holds both rows (the before row is not measured again)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"the band played the first song of the year {i % 5} . he was known in the city ."
+                                for i in range(100)) + "\n")
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", str(headless_model_dir), "--train_file", str(corpus), "--output_dir", str(out),
+            "--max_seq_length", "32", "--per_device_train_batch_size", "4", "--max_steps", "4",
+            "--head_warmup_steps", "2", "--save_steps", "4", "--validation_split_percentage", "10",
+            "--preprocessing_num_workers", "1", "--report_to", "none", "--dataloader_num_workers", "0"]
+    first = main(argv)
+    at_warmup = next(e for e in json.loads((out / "trainer_state.json").read_text())["log_history"]
+                     if e.get("step") == 2 and "eval_loss" in e)
+    assert first["eval_warmup_loss"] == at_warmup["eval_loss"]
+    assert first["eval_warmup_loss"] != first["eval_before_loss"]  # measured after the head trained two steps
+
+    def rows(card):
+        return [line for line in card.splitlines() if line.startswith("| validation |") and "| 10 |" not in line]
+
+    card = (out / "README.md").read_text()
+    assert [row.split(" | ")[1].split(" (")[0] for row in rows(card)] == [
+        "before training", "after head warm-up", "after training"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mlm_pretraining.model.head_warmup"):
+        resumed = main(argv)  # the same command: resumes from checkpoint-4, the last step
+    assert "ended before step 4, where this run resumes" in caplog.text and "until step" not in caplog.text
+    assert resumed["eval_before_loss"] == first["eval_before_loss"]
+    assert resumed["eval_warmup_loss"] == first["eval_warmup_loss"]
+    assert rows((out / "README.md").read_text())[:2] == rows(card)[:2]

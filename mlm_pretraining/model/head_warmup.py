@@ -126,10 +126,14 @@ class HeadWarmupCallback(TrainerCallback):
         elif self.steps == 0:
             logger.info("Newly initialised: %s; --head_warmup_steps 0: training everything from the start.",
                         self.new_weights.describe())
+        elif state.global_step >= self.steps:  # resumed after the warm-up
+            logger.info("Newly initialised at the start: %s; their warm-up (steps 1-%d, --head_warmup_steps %s) "
+                        "ended before step %d, where this run resumes: training every weight.",
+                        self.new_weights.describe(), self.steps, self.setting, state.global_step)
         else:
-            logger.info("Newly initialised: %s; training only these for the first %d of %d steps "
-                        "(--head_warmup_steps %s), then everything.", self.new_weights.describe(), self.steps,
-                        state.max_steps, self.setting)
+            logger.info("Newly initialised: %s; training only these until step %d of %d (--head_warmup_steps %s)%s, "
+                        "then everything.", self.new_weights.describe(), self.steps, state.max_steps, self.setting,
+                        f", resuming at step {state.global_step}" if state.global_step else "")
         if self.warming_up(state):
             self._freeze(args)
 
@@ -177,3 +181,17 @@ class HeadWarmupCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._unfreeze()  # a model handed back frozen would surprise whoever trains it next
+
+
+def warmup_results(trainer) -> dict[str, float]:
+    """The evaluation at the end of the head warm-up, from the run's log history (kept across resumes), as
+    ``eval_warmup_<metric>`` / ``eval_warmup_<set>_<metric>``: the base encoder with a fitted head, the fair
+    baseline for what continued pretraining changed. Empty when there was no warm-up or no evaluation then."""
+    warmup = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, HeadWarmupCallback)), None)
+    if warmup is None or not warmup.steps:
+        return {}
+    for entry in trainer.state.log_history:
+        if entry.get("step") == warmup.steps and any(key.startswith("eval_") for key in entry):
+            return {f"eval_warmup_{key[len('eval_'):]}": value for key, value in entry.items()
+                    if key.startswith("eval_") and key.endswith(("_loss", "_perplexity", "_accuracy"))}
+    return {}

