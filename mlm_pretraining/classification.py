@@ -21,24 +21,29 @@ from transformers import (
     set_seed,
 )
 
-from mlm_pretraining.speed.cpu_memory import keep_freed_memory
+from arguments import FineTuneSpeedArguments
 from mlm_pretraining.errors import InputError, as_list
-from mlm_pretraining.speed.fast_dropout import enable_fast_dropout
 from mlm_pretraining.internals import PREFIX_CHECKPOINT_DIR
 from mlm_pretraining.model.loading import load_model, load_tokenizer, resolve_max_seq_length
-from mlm_pretraining.speed.precision import drop_pin_memory_on_cpu
+from mlm_pretraining.speed import apply_speedups
 from mlm_pretraining.data.text import (
     load_split,
     resolve_data_files,
     select_text,
     text_column,
 )
-from mlm_pretraining.model.vocab import add_domain_tokens, read_token_file
+from mlm_pretraining.model.vocab import add_domain_tokens
+from mlm_pretraining.flag_values import read_token_file
 
 logger = logging.getLogger(__name__)
 
 # Held-out dev sets and --max_*_samples subsets are drawn with this seed, so every --seed sees the same data.
 SPLIT_SEED = 0
+# What a model folder needs: weights (pickles count here: loading refuses them with its own message) and, unless
+# --tokenizer_name names another, a tokenizer. A folder without tokenizer files still loads, as a tokenizer of the
+# five special tokens that reads every word as [UNK]: it must be refused before, not noticed in the scores.
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.pt", "*.pth", "*.ckpt")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "*.model")
 
 
 @dataclass
@@ -176,6 +181,10 @@ class ClassificationTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if not self.output_dir:
             raise InputError("--output_dir is required: the folder for the fine-tuned model and its results.")
+        if self.num_train_epochs <= 0 and self.max_steps <= 0:
+            raise InputError(f"--num_train_epochs must be positive (or --max_steps given), got "
+                             f"{self.num_train_epochs:g}: without training the scores would be the untrained "
+                             "classifier's.")
         if self.early_stopping_patience < 0:
             raise InputError(f"--early_stopping_patience must be 0 (off) or a positive number of evaluations, "
                              f"got {self.early_stopping_patience}.")
@@ -192,7 +201,6 @@ class ClassificationTrainingArguments(TrainingArguments):
         if self.early_stopping_patience and not self.metric_for_best_model:
             raise InputError("--early_stopping_patience needs --metric_for_best_model (e.g. macro_f1), or 0 to "
                              "train every epoch.")
-        drop_pin_memory_on_cpu(self)
         super().__post_init__()
 
 
@@ -377,13 +385,35 @@ def final_model_step(trainer: Trainer) -> int:
     return state.best_global_step if loaded_best else state.global_step
 
 
+def check_model_folder(model_args) -> None:
+    """An InputError naming --model_name_or_path, the folder and what it lacks when a local model folder holds no
+    weights or (without --tokenizer_name) no tokenizer; a hub id or the embedded model is left to loading."""
+    folder = Path(model_args.model_name_or_path)
+    if not folder.is_dir():
+        return
+
+    def holds(patterns) -> bool:
+        return any(path.name != "training_args.bin" for pattern in patterns for path in folder.glob(pattern))
+
+    missing = ([] if holds(WEIGHT_FILES) else ["no model weights (*.safetensors)"]) + (
+        [] if model_args.tokenizer_name or holds(TOKENIZER_FILES) else
+        [f"no tokenizer ({', '.join(TOKENIZER_FILES)}; or give --tokenizer_name)"])
+    if missing:
+        checkpoints = sorted(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda path: path.stat().st_mtime)
+        hint = (f" It holds {checkpoints[-1].name}: the run writing it may not have finished (rerun it), or give a "
+                "checkpoint folder." if checkpoints else "")
+        raise InputError(f"--model_name_or_path {folder} is a folder with {' and '.join(missing)}.{hint}")
+
+
 def fine_tune(model_args, data_args: ClassificationDataArguments, training_args: ClassificationTrainingArguments,
-              callbacks=()) -> dict[str, float]:
+              speed_args=None, callbacks=()) -> dict[str, float]:
     """Fine-tune, select on dev, score dev and test; save the model and the metrics; return the metrics.
 
-    ``model_args`` is arguments.ModelArguments. The dev metrics are those the Trainer logged when it scored the kept
+    ``model_args`` is arguments.ModelArguments, ``speed_args`` arguments.FineTuneSpeedArguments (None: its
+    defaults, every CPU speed-up on). The dev metrics are those the Trainer logged when it scored the kept
     model during training (the same weights and dev set, so the same numbers) rather than a second evaluation.
     """
+    check_model_folder(model_args)
     set_seed(training_args.seed)  # before the model loads: the new classifier head's initialisation follows --seed
 
     # Labelled files are read and checked before the model loads, so a bad file fails fast.
@@ -398,10 +428,7 @@ def fine_tune(model_args, data_args: ClassificationDataArguments, training_args:
                        config_kwargs={"num_labels": len(labels), "id2label": id2label, "label2id": label2id})
     if model_args.add_tokens:
         add_domain_tokens(tokenizer, model, read_token_file(model_args.add_tokens))
-    if model_args.fast_dropout:
-        enable_fast_dropout(model)
-    if model_args.keep_freed_memory and training_args.device.type == "cpu":
-        keep_freed_memory()
+    apply_speedups(model, speed_args or FineTuneSpeedArguments(), on_cpu=training_args.device.type == "cpu")
     max_seq_length = resolve_max_seq_length(data_args.max_seq_length, tokenizer, model)
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = tokenize_labelled(encoded, tokenizer, max_seq_length)

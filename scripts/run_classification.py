@@ -13,7 +13,7 @@ kept; accuracy, macro-F1 and micro-F1 on dev and test go to output_dir/all_resul
 
 from __future__ import annotations
 
-from arguments import ModelArguments, parse_args
+from arguments import FineTuneSpeedArguments, ModelArguments, parse_args
 from mlm_pretraining.classification import (
     ClassificationDataArguments,
     ClassificationTrainingArguments,
@@ -22,14 +22,14 @@ from mlm_pretraining.classification import (
 from mlm_pretraining.errors import run_cli
 from mlm_pretraining.logs import setup_logging
 
-ARGUMENT_GROUPS = (ModelArguments, ClassificationDataArguments, ClassificationTrainingArguments)
+ARGUMENT_GROUPS = (ModelArguments, ClassificationDataArguments, FineTuneSpeedArguments, ClassificationTrainingArguments)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Fine-tune, select on dev, score dev and test; return (and save) the metrics."""
-    model_args, data_args, training_args = parse_args(argv, groups=ARGUMENT_GROUPS)
+    model_args, data_args, speed_args, training_args = parse_args(argv, groups=ARGUMENT_GROUPS)
     setup_logging(training_args)
-    return fine_tune(model_args, data_args, training_args)
+    return fine_tune(model_args, data_args, training_args, speed_args)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from mlm_lab.paths import SHARED_DATA
 
 WORDS = (
     "the of and to in a is was for on as with by he at from his an were are which it that this be or has had "

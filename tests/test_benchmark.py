@@ -11,6 +11,8 @@ import torch
 from conftest import REPO, SHARED_DATA
 from transformers import BertConfig, BertForMaskedLM
 
+from mlm_lab import runs
+from mlm_pretraining.errors import InputError
 from scripts.benchmarks import benchmark
 
 
@@ -47,10 +49,11 @@ def test_matmul_peak_is_the_best_shapes_flops_over_its_measured_time(monkeypatch
 @pytest.mark.slow
 def test_benchmark_runs_stock_and_ours_and_reports_every_field(tiny_model_dir, tmp_path):
     train, held_out = wikitext_slices(tmp_path)
+    out = tmp_path / "not" / "yet"  # made with its parents
     command = [sys.executable, str(REPO / "scripts" / "benchmarks" / "benchmark.py"), "--model_name_or_path", str(tiny_model_dir),
                "--train_file", str(train), "--validation_file", str(held_out), "--max_seq_length", "32",
                "--batch_size", "4", "--max_steps", "3", "--warmup_steps", "1", "--max_eval_samples", "8",
-               "--preprocessing_num_workers", "1", "--preprocess_mb", "0.05", "--output_dir", str(tmp_path),
+               "--preprocessing_num_workers", "1", "--preprocess_mb", "0.05", "--output_dir", str(out),
                "--repeats", "2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={"OMP_NUM_THREADS": "1", "PATH": "", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path),
@@ -58,6 +61,7 @@ def test_benchmark_runs_stock_and_ours_and_reports_every_field(tiny_model_dir, t
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert [r["variant"] for r in summary["results"]] == ["stock", "ours"]
+    assert benchmark.RESULT_PREFIX in (out / "ours-round2" / runs.LOG_FILE).read_text()  # each run's output kept
     flops = benchmark.training_flops_per_token(BertForMaskedLM.from_pretrained(tiny_model_dir), 32)
     for result in summary["results"]:
         assert result["steps"] == 3 and result["timed_steps"] == 2
@@ -112,6 +116,39 @@ def test_repeated_figures_are_shown_as_median_and_range():
     assert benchmark.with_ranges(runs[0])["train_tokens_per_s"] == "1,000"  # a single run: no range
 
 
+def test_missing_output_dir_is_made_with_its_parents_and_holds_each_runs_folder(tmp_path, monkeypatch):
+    text = tmp_path / "text.txt"
+    text.write_text("a line of text\n")
+    out = tmp_path / "not" / "yet"
+    folders = []
+
+    def fake_run(variant, argv, folder, env=None):  # the parent's side only: no child process
+        folders.append(folder)
+        return {"variant": variant, "pipeline": variant, "device": "cpu", "precision": "fp32", "megabytes": 1.0,
+                "mb_per_s": 1.0, "train_flops_per_token": 1.0, "matmul_peak_gflops": 1.0,
+                "compute_limit_tokens_per_s": 1.0}
+
+    monkeypatch.setattr(benchmark, "run_child", fake_run)
+    benchmark.main(["--output_dir", str(out), "--variants", "stock", "--preprocess_mb", "0.001",
+                    "--train_file", str(text), "--validation_file", str(text)])
+    assert folders[0] == out / "stock-round1"
+    assert [f.parent.parent for f in folders[1:]] == [out, out] and [f.name for f in folders[1:]] == [
+        "prep_stock", "prep_ours"]
+    assert list(out.glob("preprocess-*/preprocess-0.001MB.txt"))  # the text both preprocessing runs read
+
+
+def test_a_default_file_missing_from_the_clone_names_the_flag(tmp_path, monkeypatch):
+    assert SHARED_DATA == REPO.parent / "shared" / "data"  # beside the clone, named once (mlm_lab.paths)
+    missing = tmp_path / "shared" / "data" / "wikitext-2" / "valid.txt"
+    monkeypatch.setitem(benchmark.DEFAULT_FILES, "train_file", missing)
+    with pytest.raises(InputError, match=f"^--train_file defaults to {missing}, the repository's shared test data "
+                                         "beside the clone, which is not here: give --train_file with a file of your "
+                                         "own.$"):
+        benchmark.parse_args(["--validation_file", __file__])
+    with pytest.raises(InputError, match="^--train_file: no such file 'elsewhere.txt'.$"):  # a user's own file
+        benchmark.parse_args(["--train_file", "elsewhere.txt", "--validation_file", __file__])
+
+
 def test_precision_comes_from_the_variant_name():
     assert [benchmark.precision_of(v) for v in ("stock", "ours_bf16", "stock_fp16", "ours_bf16_nodropout")] == [
         "fp32", "bf16", "fp16", "bf16"]
@@ -127,7 +164,7 @@ def test_profile_mode_reports_each_variants_op_classes(tiny_model_dir, tmp_path)
     command = [sys.executable, str(REPO / "scripts" / "benchmarks" / "benchmark.py"), "--model_name_or_path", str(tiny_model_dir),
                "--train_file", str(train), "--validation_file", str(held_out), "--max_seq_length", "32",
                "--batch_size", "4", "--warmup_steps", "1", "--profile", "--profile_steps", "2",
-               "--preprocessing_num_workers", "1", "--output_dir", str(tmp_path)]
+               "--preprocessing_num_workers", "1", "--output_dir", str(tmp_path / "profiles")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={"OMP_NUM_THREADS": "1", "PATH": "", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path),
                                "PYTHONPATH": str(REPO)})

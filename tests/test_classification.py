@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
 from transformers import EarlyStoppingCallback, Trainer
 
 from arguments import parse_args
+import mlm_pretraining.classification as classification
 from mlm_pretraining.errors import InputError
 from mlm_pretraining.classification import (
     build_classification_trainer,
@@ -143,7 +146,7 @@ def run_args(tmp_path, tiny_model_dir, *extra):
 
 
 def test_defaults_learn_a_small_imbalanced_task(tmp_path, tiny_model_dir):
-    _, data_args, training_args = parse_args(run_args(tmp_path, tiny_model_dir), groups=ARGUMENT_GROUPS)
+    _, data_args, _, training_args = parse_args(run_args(tmp_path, tiny_model_dir), groups=ARGUMENT_GROUPS)
     assert training_args.learning_rate == 5e-5 and training_args.num_train_epochs == 10
     assert training_args.warmup_steps == 0.06
     assert training_args.early_stopping_patience == 3 and training_args.metric_for_best_model == "macro_f1"
@@ -158,7 +161,7 @@ def tiny_trainer(tmp_path, tiny_model_dir, tiny_tokenizer, texts, *extra):
     from datasets import Dataset, DatasetDict
     from transformers import AutoModelForSequenceClassification
 
-    _, data_args, training_args = parse_args(run_args(tmp_path, tiny_model_dir, *extra), groups=ARGUMENT_GROUPS)
+    _, data_args, _, training_args = parse_args(run_args(tmp_path, tiny_model_dir, *extra), groups=ARGUMENT_GROUPS)
     encoded = DatasetDict({split: Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(len(texts))]})
                            for split in ("train", "validation")})
     tokenized = tokenize_labelled(encoded, tiny_tokenizer, 64)
@@ -269,8 +272,62 @@ def test_compute_metrics_takes_class_ids_or_logits():
         (["--eval_strategy", "no"], "--eval_strategy no leaves nothing to select"),
         (["--pad_to_multiple_of", "0"], "--pad_to_multiple_of must be a positive integer"),
         (["--metric_for_best_model", "", "--load_best_model_at_end", "false"], "--early_stopping_patience needs"),
+        # No training at all would report the untrained classifier's scores as a result.
+        (["--num_train_epochs", "0"], "--num_train_epochs must be positive .or --max_steps given., got 0: without "
+                                      "training the scores would be the untrained classifier's"),
+        (["--num_train_epochs", "-1", "--max_steps", "0"], "--num_train_epochs must be positive"),
+        # A masked-LM speed-up: run_classification.py does not offer it, rather than accept and ignore it.
+        (["--sparse_prediction", "true"], r"not used by the HfArgumentParser: \['--sparse_prediction'"),
     ],
 )
 def test_new_flags_are_validated(tmp_path, tiny_model_dir, extra, message):
     with pytest.raises(InputError, match=message):
         parse_args(run_args(tmp_path, tiny_model_dir, *extra), groups=ARGUMENT_GROUPS)
+
+
+def test_zero_epochs_are_fine_with_max_steps(tmp_path, tiny_model_dir):
+    training_args = parse_args(run_args(tmp_path, tiny_model_dir, "--num_train_epochs", "0", "--max_steps", "3"),
+                               groups=ARGUMENT_GROUPS)[-1]
+    assert training_args.max_steps == 3
+
+
+@pytest.mark.parametrize(
+    "remove, message",
+    [
+        (("*.safetensors",), r"is a folder with no model weights \(\*.safetensors\)\.$"),
+        (("vocab.txt", "tokenizer*.json", "special_tokens_map.json"),
+         r"is a folder with no tokenizer \(tokenizer.json, vocab.txt, vocab.json, \*.model; or give --tokenizer_name\)"),
+        (("*",), "is a folder with no model weights .* and no tokenizer"),
+    ],
+)
+def test_a_model_folder_without_weights_or_tokenizer_is_refused_before_loading(tmp_path, tiny_model_dir, monkeypatch,
+                                                                              remove, message):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model or tokenizer was loaded before the folder was checked")
+
+    monkeypatch.setattr(classification, "load_model", no_loading)
+    monkeypatch.setattr(classification, "load_tokenizer", no_loading)
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    for pattern in remove:
+        for path in folder.glob(pattern):
+            path.unlink()
+    (folder / "training_args.bin").write_bytes(b"not weights")  # a run's arguments, as every output folder holds
+    argv = run_args(tmp_path, tiny_model_dir)
+    argv[argv.index("--model_name_or_path") + 1] = str(folder)
+    with pytest.raises(InputError, match=f"^--model_name_or_path {re.escape(str(folder))} {message}"):
+        main(argv)
+
+
+def test_a_model_folder_holding_only_checkpoints_points_at_them(tmp_path, tiny_model_dir):
+    folder = tmp_path / "tapt"  # as run_mlm.py leaves it when stopped by a signal: a checkpoint, no model of its own
+    shutil.copytree(tiny_model_dir, folder / "checkpoint-402")
+    (folder / "all_results.json").write_text("{}")
+    argv = run_args(tmp_path, tiny_model_dir)
+    argv[argv.index("--model_name_or_path") + 1] = str(folder)
+    with pytest.raises(InputError, match=r"no model weights .* It holds checkpoint-402: the run writing it may not "
+                                         r"have finished \(rerun it\), or give a checkpoint folder\.$"):
+        main(argv)
+    with pytest.raises(InputError, match="is a folder with no model weights") as info:
+        main([*argv, "--tokenizer_name", str(tiny_model_dir)])
+    assert "tokenizer" not in str(info.value)  # the tokenizer comes from elsewhere: only the weights are missing

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+import scripts.benchmarks.compare_finetuning as compare
+from mlm_lab import runs
 from mlm_pretraining.errors import InputError
 from scripts.benchmarks.compare_finetuning import COLUMNS, main, parse_args, summarise
-from tests.test_classification import labelled_rows, write_jsonl
+from helpers import labelled_rows, write_jsonl
 
 
 @pytest.fixture
@@ -47,9 +49,7 @@ def test_runs_both_pipelines_per_seed_and_reports_every_field(tmp_path, tiny_mod
     assert "test_macro_f1 ours - stock, paired by seed (n = 2): " in printed and "95% t interval [" in printed
 
     # A rerun (here of one of the seeds) reuses the finished runs: no process is started, the rows are the same.
-    import scripts.benchmarks.compare_finetuning as compare
-
-    monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was rerun"))
+    monkeypatch.setattr(runs.subprocess, "Popen", lambda *a, **k: pytest.fail("a finished run was rerun"))
     again = main([*flags, "--learning_rate", "1e-3", "--seeds", "2"])
     assert again["results"] == [r for r in results if r["seed"] == 2][::-1]  # seed 2 alone starts with stock
     # Other settings in the same folder would mislabel a row: refused, naming what differs.
@@ -93,6 +93,27 @@ def test_summary_ratios_and_differences():
 def test_bad_flags_name_the_flag(task_files, extra, message):
     with pytest.raises(InputError, match=message):
         parse_args([*task_files, *extra])
+
+
+def test_a_default_file_missing_from_the_clone_names_the_flag(tmp_path, task_files, monkeypatch):
+    missing = tmp_path / "shared" / "data" / "citation_intent" / "dev.jsonl"
+    monkeypatch.setitem(compare.DEFAULT_FILES, "validation_file", missing)
+    with pytest.raises(InputError, match=f"^--validation_file defaults to {missing}, the repository's shared test "
+                                         "data beside the clone, which is not here: give --validation_file with a "
+                                         "file of your own.$"):
+        parse_args(task_files[:2] + task_files[4:])  # --train_file and --test_file given, not --validation_file
+
+
+def test_a_failed_run_raises_naming_its_log_and_keeps_the_temporary_folder(tmp_path, task_files, monkeypatch):
+    monkeypatch.setattr(compare.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "scratch"))
+    with pytest.raises(runs.ChildRunFailed) as info:  # a child's error, one message: no traceback of the parent's
+        main(["--model_name_or_path", str(tmp_path / "no-model"), *task_files, "--max_steps", "1"])
+    log = tmp_path / "scratch" / "stock-seed1" / runs.LOG_FILE
+    message = str(info.value)
+    assert message.startswith(f"compare_finetuning.py failed (exit status 1), running in {log.parent}.")
+    assert f"log: {log}" in message and log.is_file()  # kept for reading, though the folder was a temporary one
+    assert message.splitlines()[-1] == "    " + log.read_text().splitlines()[-1].strip()  # the child's own error
+    assert "no-model" in message.splitlines()[-1]
 
 
 def test_profile_trains_warm_up_and_profiled_steps_only(task_files):

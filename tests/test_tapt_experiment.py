@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+from conftest import REPO
+from safetensors.torch import load_file
 
 import scripts.experiments.tapt_experiment as tapt
+from mlm_lab import runs
 from mlm_pretraining.errors import InputError
 from scripts.experiments.tapt_experiment import (
     main,
@@ -114,12 +122,14 @@ def test_experiment_runs_both_arms_and_reuses_finished_runs(tmp_path, headless_m
     def no_process(*args, **kwargs):
         raise AssertionError(f"a finished run was launched again: {args}")
 
-    monkeypatch.setattr(tapt.subprocess, "run", no_process)
+    monkeypatch.setattr(runs.subprocess, "Popen", no_process)
     again = main(argv)  # everything finished: nothing is rerun, the same numbers (and costs) come back
     assert again["launched"] == []
     assert again["summary"] == report["summary"] and again["minutes"] == report["minutes"]
-    with pytest.raises(InputError, match="holds a finished run with other settings"):  # a lever changed
-        main([*argv, "--tapt_learning_rate", "5e-4"])
+    lever = argv[:]
+    lever[lever.index("--tapt_learning_rate") + 1] = "5e-4"
+    with pytest.raises(InputError, match=r"holds a finished run with other settings \(--learning_rate\)"):
+        main(lever)  # a lever changed: run_mlm.py's --learning_rate
 
 
 def test_pretrain_flags_pass_the_levers_through(tmp_path, task_dir, corpus):
@@ -135,6 +145,7 @@ def test_pretrain_flags_pass_the_levers_through(tmp_path, task_dir, corpus):
     assert flags[flags.index("--head_warmup_steps") + 1] == "50"
     assert flags[flags.index("--mlm_probability") + 1] == "0.2"
     assert flags[flags.index("--num_train_epochs") + 1] == "40.0"  # the default: long enough to matter
+    assert "--overwrite_output_dir" not in flags  # rerun on a stopped run's checkpoint, run_mlm.py resumes from it
     assert args.seeds == [1, 2, 3, 4, 5]
 
 
@@ -179,10 +190,11 @@ def test_task_dir_must_hold_the_three_splits(tmp_path):
 
 def test_arms_split_an_experiment_and_a_run_with_both_reuses_them(tmp_path, headless_model_dir, task_dir, corpus):
     out = tmp_path / "exp"
-    argv = ["--task_dir", str(task_dir), "--output_dir", str(out), "--model_name_or_path", str(headless_model_dir),
-            "--seeds", "1", "--max_steps", "2", "--per_device_train_batch_size", "4", "--tapt_max_steps", "2",
-            "--tapt_batch_size", "4", "--tapt_max_seq_length", "32", "--tapt_max_eval_samples", "4",
-            "--general_text", "none", "--head_warmup_steps", "1"]
+    settings = ["--task_dir", str(task_dir), "--model_name_or_path", str(headless_model_dir), "--seeds", "1",
+                "--max_steps", "2", "--per_device_train_batch_size", "4", "--tapt_max_steps", "2",
+                "--tapt_batch_size", "4", "--tapt_max_seq_length", "32", "--tapt_max_eval_samples", "4",
+                "--general_text", "none", "--head_warmup_steps", "1"]
+    argv = [*settings, "--output_dir", str(out)]
     base_only = main([*argv, "--arms", "base"])
     assert base_only["launched"] == ["base-finetune-seed1"]  # no TAPT run: the base arm does not need one
     assert not (out / "tapt").exists() and not (out / "results.md").exists()
@@ -193,16 +205,118 @@ def test_arms_split_an_experiment_and_a_run_with_both_reuses_them(tmp_path, head
     assert both["runs"]["base"]["1"] == base_only["runs"]["base"]["1"]
 
     # A lever experiment in its own folder, its base arm taken from the first: only TAPT and its fine-tune run.
-    lever = main([*argv, "--output_dir", str(tmp_path / "lever"), "--base_runs_dir", str(out),
+    lever = main([*settings, "--output_dir", str(tmp_path / "lever"), "--base_runs_dir", str(out),
                   "--tapt_learning_rate", "1e-2"])
     assert lever["launched"] == ["tapt", "tapt-finetune-seed1"]
     assert lever["runs"]["base"]["1"] == base_only["runs"]["base"]["1"]
     assert not (tmp_path / "lever" / "base-finetune").exists()
     assert lever["runs"]["tapt"]["1"]["eval_loss"] != both["runs"]["tapt"]["1"]["eval_loss"]  # another TAPT model
     with pytest.raises(InputError, match="base-finetune/seed1 holds a finished run with other settings"):
-        main([*argv, "--output_dir", str(tmp_path / "lever2"), "--base_runs_dir", str(out), "--learning_rate", "1e-3"])
+        main([*settings, "--output_dir", str(tmp_path / "lever2"), "--base_runs_dir", str(out), "--learning_rate", "1e-3"])
 
 
 def test_arms_must_name_known_arms(tmp_path, task_dir):
     with pytest.raises(InputError, match="--arms must name one or both of base, tapt"):
         main(["--task_dir", str(task_dir), "--output_dir", str(tmp_path), "--arms", "stock"])
+
+
+def stopped_tapt_folder(folder, flags_file=None):
+    """A TAPT folder as run_mlm.py leaves it when SIGTERM stops it at step 402: a checkpoint, no model of its own, and
+    the all_results.json of its before-training evaluation; ``flags_file``: the harness's record of its flags."""
+    (folder / "checkpoint-402").mkdir(parents=True)
+    (folder / "all_results.json").write_text(json.dumps({"eval_before_task_perplexity": 30.0}))
+    if flags_file:
+        name, flags = flags_file
+        (folder / name).write_text(json.dumps(flags))
+
+
+def test_a_stopped_tapt_run_is_not_taken_for_finished_and_an_earlier_finished_one_is_adopted(tmp_path, task_dir):
+    common = ["--task_dir", str(task_dir), "--output_dir", str(tmp_path)]
+    (args,) = tapt.parse_args(common, groups=(tapt.TaptArguments,))
+    (other,) = tapt.parse_args([*common, "--tapt_epochs", "20"], groups=(tapt.TaptArguments,))
+    files = tapt.task_files(str(task_dir))
+    folder = tmp_path / "tapt"
+    recorded = tapt.comparable(tapt.pretrain_flags(args, files, folder), folder)  # the same in every folder
+    stopped_tapt_folder(folder, (runs.STARTED_FILE, recorded))
+    assert tapt.finished(folder, tapt.pretrain_flags(args, files, folder), "eval_task_perplexity") is None  # rerun
+
+    # Folders of the earlier harness: its flags (with --overwrite_output_dir true, without --eval_strategy no, then
+    # run_mlm.py's default) and cost in files of their own.
+    at, end = recorded.index("--output_dir") + 2, recorded.index("--eval_strategy")
+    earlier = [*recorded[:at], "--overwrite_output_dir", "true", *recorded[at:end], *recorded[end + 2:]]
+    stopped = tmp_path / "earlier-stopped"
+    stopped_tapt_folder(stopped, (tapt.EARLIER_FLAGS_FILE, earlier))
+    assert tapt.finished(stopped, tapt.pretrain_flags(args, files, stopped), "eval_task_perplexity") is None
+    assert not (stopped / runs.FINISHED_FILE).exists()
+    with pytest.raises(InputError, match=r"earlier-stopped holds a stopped run with other settings "
+                                         r"\(--num_train_epochs\)"):  # resuming it would mix two settings
+        tapt.finished(stopped, tapt.pretrain_flags(other, files, stopped), "eval_task_perplexity")
+
+    done = tmp_path / "earlier-finished"
+    done.mkdir()
+    results = {"eval_before_task_perplexity": 30.0, "eval_task_perplexity": 12.0, "train_runtime": 3.0}
+    (done / "all_results.json").write_text(json.dumps(results))
+    (done / "model.safetensors").write_bytes(b"weights")
+    (done / tapt.EARLIER_SECONDS_FILE).write_text(json.dumps({"seconds": 90.5}))
+    (done / tapt.EARLIER_FLAGS_FILE).write_text(json.dumps(earlier))
+    record = tapt.finished(done, tapt.pretrain_flags(args, files, done), "eval_task_perplexity")
+    assert record["result"] == results and record["seconds"] == 90.5
+    assert runs.differences(record["settings"], recorded) == []  # the same flags, if not in the same order
+    with pytest.raises(InputError, match=r"earlier-finished holds a finished run with other settings "
+                                         r"\(--num_train_epochs\)"):
+        tapt.finished(done, tapt.pretrain_flags(other, files, done), "eval_task_perplexity")
+
+
+def tapt_weights(folder):
+    return load_file(folder / "tapt" / "model.safetensors")
+
+
+@pytest.mark.slow  # five Python processes, each importing transformers: about a minute on 2 cores
+def test_a_tapt_run_stopped_by_sigterm_resumes_and_ends_as_an_uninterrupted_one(tmp_path, headless_model_dir, task_dir):
+    common = ["--task_dir", str(task_dir), "--model_name_or_path", str(headless_model_dir), "--seeds", "1",
+              "--arms", "tapt", "--max_steps", "2", "--per_device_train_batch_size", "4", "--tapt_batch_size", "4",
+              "--tapt_max_seq_length", "32", "--tapt_max_eval_samples", "4", "--general_text", "none",
+              "--head_warmup_steps", "2", "--tapt_learning_rate", "1e-2",
+              # Steps enough that the SIGTERM, sent once step 10 is logged, lands well before the end.
+              "--tapt_max_steps", "150"]
+    reference = main([*common, "--output_dir", str(tmp_path / "uninterrupted")])
+
+    # As a scheduler stops a job: SIGTERM to its process group, the experiment and its run_mlm.py child, once the
+    # child has logged a training step. The experiment dies at once; run_mlm.py ends its step and saves a checkpoint.
+    out = tmp_path / "stopped"
+    log = out / "tapt" / runs.LOG_FILE
+    experiment = subprocess.Popen([sys.executable, str(REPO / "scripts" / "experiments" / "tapt_experiment.py"),
+                                   *common, "--output_dir", str(out)], start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (log.is_file() and "{'loss'" in log.read_text()):
+        assert experiment.poll() is None and time.time() < deadline, "no training step was logged"
+        time.sleep(0.01)
+    os.killpg(experiment.pid, signal.SIGTERM)
+    assert experiment.wait(timeout=60) == -signal.SIGTERM
+    while True:  # until the orphaned child has exited too
+        try:
+            os.killpg(experiment.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.time() < deadline, "run_mlm.py did not stop"
+        time.sleep(0.05)
+    (checkpoint,) = (out / "tapt").glob("checkpoint-*")
+    step = int(checkpoint.name.split("-")[1])
+    assert 10 <= step < 150 and f"Stopped by SIGTERM at step {step}" in log.read_text()
+    assert (out / "tapt" / "all_results.json").is_file()  # the before-training evaluation's: not a finished run
+    assert not (out / "tapt" / runs.FINISHED_FILE).exists() and not (out / "tapt" / "model.safetensors").exists()
+
+    again = main([*common, "--output_dir", str(out)])
+    assert again["launched"] == ["tapt", "tapt-finetune-seed1"]
+    attempts = log.read_text().split("\n=== ")
+    assert len(attempts) == 2 and f"Resuming from {checkpoint}" in attempts[1]  # from step `step`, not from 0
+    # The resumed run repeats the uninterrupted one's arithmetic (RNG states restored, masks a function of (seed,
+    # epoch, tokens), the same batches), so it ends at the same weights up to float32 round-off; test_resume.py holds
+    # run_mlm.py's own resume to the same 1e-6.
+    resumed, uninterrupted = tapt_weights(out), tapt_weights(tmp_path / "uninterrupted")
+    assert resumed.keys() == uninterrupted.keys()
+    assert max((resumed[k] - uninterrupted[k]).abs().max().item() for k in resumed) <= 1e-6
+    scores = ("eval_loss", "eval_macro_f1", "test_loss", "test_macro_f1", "test_micro_f1")
+    assert {k: again["runs"]["tapt"]["1"][k] for k in scores} == pytest.approx(
+        {k: reference["runs"]["tapt"]["1"][k] for k in scores}, abs=1e-5)

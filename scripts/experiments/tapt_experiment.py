@@ -11,8 +11,9 @@ For one task folder (train/dev/test files with text and label columns):
   (c) fine-tune that checkpoint, once per seed, with exactly the settings and seeds of (a).
 Reports, per metric (dev macro-F1, test macro-F1, test micro-F1 = accuracy), each arm's mean ± std over seeds and
 the paired difference TAPT − base (same seed) with its 95 % Student-t confidence interval; the perplexities; the
-minutes each arm cost. Writes output_dir/results.md, results.json and results.png. Finished runs are reused, so a
-stopped experiment continues where it stood.
+minutes each arm cost. Writes output_dir/results.md, results.json and results.png. Finished runs are reused and a
+stopped TAPT run resumes from its last checkpoint, so a stopped experiment continues where it stood (each run's
+output is in its folder's run.log).
 
     python scripts/experiments/tapt_experiment.py --task_dir ../shared/data/citation_intent --output_dir out/tapt-ci
     # a lever (here the head warm-up) in its own folder, the base arm's runs taken from the first experiment:
@@ -27,9 +28,7 @@ import logging
 import math
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,24 +36,29 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from arguments import parse_args
-from mlm_pretraining.errors import InputError
-from mlm_pretraining.classification import ClassificationDataArguments, load_labelled_datasets, take_subsets
-from mlm_pretraining.errors import run_cli
-from mlm_pretraining.files import write_text_atomically
+from mlm_lab import runs
 from mlm_lab.intervals import CONFIDENCE, excludes_zero, paired_interval
-from mlm_pretraining.logs import get_logger
+from mlm_lab.paths import SHARED_DATA
+from mlm_pretraining.checkpoints import last_complete_checkpoint
+from mlm_pretraining.classification import ClassificationDataArguments, load_labelled_datasets, take_subsets
 from mlm_pretraining.constants import EMBEDDED_MODEL
 from mlm_pretraining.data.text import BUILDERS, resolve_data_files
+from mlm_pretraining.errors import InputError, run_cli
+from mlm_pretraining.files import write_text_atomically
+from mlm_pretraining.logs import get_logger
 
 logger = get_logger("tapt_experiment")
 REPO = Path(__file__).resolve().parents[2]
 SPLIT_NAMES = {"train": ("train",), "validation": ("dev", "validation", "valid"), "test": ("test",)}
-GENERAL_TEXT = REPO.parent / "shared" / "data" / "wikitext-2" / "test.txt"
+GENERAL_TEXT = SHARED_DATA / "wikitext-2" / "test.txt"
 # (results key, title): single-label micro-F1 is accuracy.
 COLUMNS = (("eval_macro_f1", "dev macro-F1"), ("test_macro_f1", "test macro-F1"),
            ("test_micro_f1", "test micro-F1 (= accuracy)"))
-SECONDS_FILE = "wall_seconds.json"  # beside each run's all_results.json: what the run cost, kept for reruns
-FLAGS_FILE = "experiment_flags.json"  # the flags a run was launched with, checked before its results are reused
+# What a run leaves once it has finished, checked before it is recorded as finished: run_mlm.py the TAPT model and its
+# scores, run_classification.py the fine-tuned model (removed afterwards unless --keep_models) and its scores.
+RUN_OUTPUTS = ("*.safetensors", "all_results.json")
+# Runs recorded before mlm_lab.runs existed: their flags, results and cost in these files, no finished record.
+EARLIER_FLAGS_FILE, EARLIER_SECONDS_FILE = "experiment_flags.json", "wall_seconds.json"
 ARMS = ("base", "tapt")
 TAPT_TEXTS = ("fine_tune", "all")
 TAPT_TRAIN_FILE = "tapt_train.jsonl"  # with --max_train_samples: the fine-tuning subset's text, TAPT's training file
@@ -165,7 +169,7 @@ class TaptArguments:
         if self.mix_train_file:  # checked here, not an hour later when run_mlm.py starts; absolute, like the task's
             self.mix_train_file = [str(Path(f).resolve())
                                    for f in resolve_data_files(self.mix_train_file, "--mix_train_file")]
-        from mlm_pretraining.model.head_warmup import parse_warmup_steps
+        from mlm_pretraining.flag_values import parse_warmup_steps
 
         parse_warmup_steps(self.head_warmup_steps)
 
@@ -195,35 +199,43 @@ def comparable(flags: list[str], run_dir: Path) -> list[str]:
             for flag in flags]
 
 
-def finished(run_dir: Path, flags: list[str]) -> dict | None:
-    """The results of a run that completed earlier with these ``flags``, else None; an InputError when it ran
-    with other flags (a lever changed: its results would be mislabelled)."""
-    results, recorded = run_dir / "all_results.json", run_dir / FLAGS_FILE
-    if not results.is_file():
-        return None
-    if recorded.is_file() and json.loads(recorded.read_text()) != comparable(flags, run_dir):
-        raise InputError(f"{run_dir} holds a finished run with other settings (see {recorded}); give another "
-                         "--output_dir for these settings, or delete that folder to rerun it.")
-    return json.loads(results.read_text())
+def finished(run_dir: Path, flags: list[str], last_key: str) -> dict | None:
+    """The record ({'settings', 'result', 'seconds'}) of a run that finished earlier with these ``flags``, else None;
+    an InputError when the folder holds a run with other flags (a lever changed: its results would be mislabelled,
+    and a stopped one resumed would mix two settings). ``last_key``: see :func:`adopt_earlier_run`."""
+    adopt_earlier_run(run_dir, last_key)
+    return runs.finished(run_dir, comparable(flags, run_dir))
 
 
-def wall_seconds(run_dir: Path) -> float | None:
-    """What a finished run cost in wall-clock seconds (None for runs from before this was recorded)."""
-    path = run_dir / SECONDS_FILE
-    return json.loads(path.read_text())["seconds"] if path.is_file() else None
+def adopt_earlier_run(run_dir: Path, last_key: str) -> None:
+    """Take over a run of an earlier version of this script (its flags in experiment_flags.json, its cost in
+    wall_seconds.json): recorded as finished when its all_results.json holds ``last_key``, the score written last
+    (all_results.json alone says nothing: run_mlm.py writes it at its before-training evaluation), else its flags
+    recorded as those it was launched with, checked before it is resumed."""
+    flags_file, results_file = run_dir / EARLIER_FLAGS_FILE, run_dir / "all_results.json"
+    if not flags_file.is_file() or any((run_dir / name).exists() for name in (runs.STARTED_FILE, runs.FINISHED_FILE)):
+        return
+    flags = json.loads(flags_file.read_text())
+    if "--overwrite_output_dir" in flags:  # a TAPT run's then; now left out, so a stopped run resumes
+        at = flags.index("--overwrite_output_dir")
+        flags[at:at + 2] = []
+        flags += ["--eval_strategy", "no"]  # run_mlm.py's default then, given now
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    seconds_file = run_dir / EARLIER_SECONDS_FILE
+    if last_key in results:
+        runs.record(run_dir, flags, results, json.loads(seconds_file.read_text())["seconds"]
+                    if seconds_file.is_file() else None)
+    else:
+        runs.record_start(run_dir, flags)
 
 
 def run_script(script: str, flags: list[str], run_dir: Path) -> dict:
-    """Run one of the repository's entry points in its own process (fresh memory, its own logging); its results.
-    The wall-clock time goes to run_dir/wall_seconds.json, so a rerun that reuses the run still reports it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / FLAGS_FILE).write_text(json.dumps(comparable(flags, run_dir)))
-    start = time.time()
-    done = subprocess.run([sys.executable, str(REPO / script), *flags], check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{script} failed (exit {done.returncode}) writing {run_dir}; its output is above.")
-    (run_dir / SECONDS_FILE).write_text(json.dumps({"seconds": time.time() - start}))
-    return json.loads((run_dir / "all_results.json").read_text())
+    """Run one of the repository's entry points in its own process (fresh memory, its own logging; its output shown
+    and kept in run_dir/run.log) and record it once it has finished: exit status 0, a model and all_results.json in
+    ``run_dir``. Its record, {'settings', 'result', 'seconds'}, lets a rerun reuse it, cost included."""
+    return runs.run_and_record([sys.executable, str(REPO / script), *flags], run_dir, comparable(flags, run_dir),
+                               lambda output: json.loads((run_dir / "all_results.json").read_text()),
+                               outputs=RUN_OUTPUTS, echo=True)
 
 
 def tapt_train_file(args: TaptArguments, files: dict[str, str], out: Path) -> str:
@@ -245,18 +257,20 @@ def tapt_train_file(args: TaptArguments, files: dict[str, str], out: Path) -> st
 def pretrain_flags(args: TaptArguments, files: dict[str, str], run_dir: Path, train_file: str | None = None
                    ) -> list[str]:
     """run_mlm.py's flags for (b) on ``train_file`` (default the task's): the task's dev text and the general text
-    as named evaluation sets."""
+    as named evaluation sets, scored before training, when the head warm-up ends and after (--eval_strategy no: no
+    periodic evaluations, whose time the cost table would count). No --overwrite_output_dir: rerun in a folder
+    holding a stopped run's checkpoint (SIGTERM saves one), run_mlm.py resumes from it."""
     evaluation = [f"task={files['validation']}"] + ([f"general={args.general_text}"] if args.general_text else [])
     flags = ["--model_name_or_path", args.model_name_or_path, "--train_file", train_file or files["train"],
              "--validation_file", *evaluation, "--text_column_name", args.text_column_name,
-             "--output_dir", str(run_dir), "--overwrite_output_dir", "true", "--max_seq_length",
+             "--output_dir", str(run_dir), "--max_seq_length",
              str(args.tapt_max_seq_length), "--mlm_probability", str(args.mlm_probability),
              "--learning_rate", str(args.tapt_learning_rate), "--num_train_epochs", str(args.tapt_epochs),
              "--max_steps", str(args.tapt_max_steps), "--per_device_train_batch_size", str(args.tapt_batch_size),
              "--per_device_eval_batch_size", str(args.tapt_batch_size), "--warmup_steps", "0.06",
              "--head_warmup_steps", str(args.head_warmup_steps), "--max_eval_samples", str(args.tapt_max_eval_samples),
              "--seed", str(args.tapt_seed), "--save_strategy", "no", "--logging_steps", "10", "--report_to", "none",
-             "--log_level", "warning"]
+             "--log_level", "warning", "--eval_strategy", "no"]
     if args.mix_train_file:
         flags += ["--mix_train_file", *args.mix_train_file]
         if args.mix_share is not None:
@@ -281,12 +295,12 @@ def fine_tune_flags(args: TaptArguments, files: dict[str, str], model: str, seed
 
 
 def fine_tune(args: TaptArguments, flags: list[str], run_dir: Path) -> dict:
-    """(a) or (c): run one fine-tuning; keep its results, not its weights (unless --keep_models)."""
-    results = run_script("scripts/run_classification.py", flags, run_dir)
+    """(a) or (c): run one fine-tuning; keep its record, not its weights (unless --keep_models)."""
+    record = run_script("scripts/run_classification.py", flags, run_dir)
     if not args.keep_models:  # results are what the experiment needs; weights are 90 MB a run
         for path in list(run_dir.glob("checkpoint-*")) + list(run_dir.glob("*.safetensors")):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return results
+    return record
 
 
 def result_table(runs: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[str, dict]:
@@ -323,7 +337,7 @@ def warmup_evaluation(run_dir: Path) -> dict[str, float]:
     if not path.is_file():
         return {}
     state = json.loads(path.read_text())
-    # The only evaluation between step 0 (before) and the last step (after): pretrain_flags sets no eval_strategy.
+    # The only evaluation between step 0 (before) and the last step (after): pretrain_flags sets --eval_strategy no.
     inside = [entry for entry in state["log_history"] if any(k.startswith("eval_") for k in entry)
               and 0 < entry.get("step", 0) < state["global_step"]]
     # Each named set is logged as its own entry.
@@ -404,18 +418,21 @@ def main(argv: list[str] | None = None) -> dict:
     tapt_dir = out / "tapt"
     if "tapt" in args.arms:  # the base arm alone needs no TAPT run: it can fine-tune meanwhile
         flags = pretrain_flags(args, files, tapt_dir, tapt_train_file(args, files, out))
-        tapt_results = finished(tapt_dir, flags)
-        if tapt_results is None:
-            logger.info("(b) masked-LM on %s's training text -> %s", Path(args.task_dir).name, tapt_dir)
-            tapt_results = run_script("run_mlm.py", flags, tapt_dir)
+        tapt_record = finished(tapt_dir, flags, "eval_task_perplexity")
+        if tapt_record is None:
+            checkpoint = last_complete_checkpoint(str(tapt_dir)) if tapt_dir.is_dir() else None
+            logger.info("(b) masked-LM on %s's training text -> %s%s", Path(args.task_dir).name, tapt_dir,
+                        f", resuming the stopped run from {Path(checkpoint).name}" if checkpoint else "")
+            tapt_record = run_script("run_mlm.py", flags, tapt_dir)
             launched.append("tapt")
+        tapt_results = tapt_record["result"]
         perplexity, perplexities = perplexity_table(tapt_results, warmup_evaluation(tapt_dir))
         for name, values in perplexities.items():
             logger.info("TAPT %s perplexity: %s before, %s after head warm-up, %.2f after", name,
                         *(f"{values[k]:.2f}" if values[k] is not None else "–" for k in ("before", "after_head_warmup")),
                         values["after"])
 
-    runs: dict[str, dict[int, dict]] = {"base": {}, "tapt": {}}
+    arm_runs: dict[str, dict[int, dict]] = {"base": {}, "tapt": {}}
     fine_tune_minutes: dict[str, dict[str, float | None]] = {"base": {}, "tapt": {}}
     for seed in args.seeds:
         for arm, model in (("base", args.model_name_or_path), ("tapt", str(tapt_dir))):
@@ -423,13 +440,13 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             run_dir = (base_out if arm == "base" else out) / f"{arm}-finetune" / f"seed{seed}"
             flags = fine_tune_flags(args, files, model, seed, run_dir)
-            results = finished(run_dir, flags)
-            if results is None:
+            record = finished(run_dir, flags, "test_macro_f1")
+            if record is None:
                 logger.info("(%s) fine-tune %s, seed %d -> %s", "a" if arm == "base" else "c", model, seed, run_dir)
-                results = fine_tune(args, flags, run_dir)
+                record = fine_tune(args, flags, run_dir)
                 launched.append(f"{arm}-finetune-seed{seed}")
-            runs[arm][seed] = results
-            seconds = wall_seconds(run_dir)
+            results = arm_runs[arm][seed] = record["result"]
+            seconds = record["seconds"]
             fine_tune_minutes[arm][str(seed)] = None if seconds is None else seconds / 60
             logger.info("%s seed %d: dev macro-F1 %.4f, test macro-F1 %.4f", arm, seed, results["eval_macro_f1"],
                         results["test_macro_f1"])
@@ -437,8 +454,8 @@ def main(argv: list[str] | None = None) -> dict:
     if set(args.arms) != set(ARMS):  # a share of the experiment: the table waits for a run with both arms
         logger.info("Finished the %s arm's runs; rerun with both arms for the table (finished runs are reused).",
                     " and ".join(args.arms))
-        return {"runs": {arm: {str(s): r for s, r in runs[arm].items()} for arm in args.arms}, "launched": launched}
-    tapt_seconds = wall_seconds(tapt_dir)
+        return {"runs": {arm: {str(s): r for s, r in arm_runs[arm].items()} for arm in args.arms}, "launched": launched}
+    tapt_seconds = tapt_record["seconds"]
     minutes = {}
     for arm in ("base", "tapt"):
         parts = list(fine_tune_minutes[arm].values()) + ([None if tapt_seconds is None else tapt_seconds / 60]
@@ -448,7 +465,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "total": None if None in parts else sum(parts)}
     tokens = round(tapt_results.get("train_samples", 0) * args.tapt_max_seq_length * tapt_results.get("epoch", 0))
 
-    table, summary = result_table(runs, args.seeds)
+    table, summary = result_table(arm_runs, args.seeds)
     title = (f"TAPT on {Path(args.task_dir).name}: {Path(args.model_name_or_path).name}, {len(args.seeds)} "
              f"seed{'s' if len(args.seeds) > 1 else ''} ({', '.join(map(str, args.seeds))})")
     text = (f"the fine-tuning subset's text ({args.max_train_samples:,} rows)" if args.tapt_on_subset else
@@ -467,7 +484,7 @@ def main(argv: list[str] | None = None) -> dict:
         "task": Path(args.task_dir).name, "settings": asdict(args), "summary": summary,
         "tapt": {"perplexity": perplexities, "tokens": tokens,
                  **{k: tapt_results[k] for k in ("train_runtime", "epoch", "train_samples") if k in tapt_results}},
-        "runs": {arm: {str(seed): runs[arm][seed] for seed in args.seeds} for arm in runs},
+        "runs": {arm: {str(seed): arm_runs[arm][seed] for seed in args.seeds} for arm in arm_runs},
         "minutes": minutes, "launched": launched, "chart": str(chart),
     }
     (out / "results.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
