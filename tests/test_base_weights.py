@@ -14,7 +14,7 @@ from mlm_pretraining.model.base_weights import (
     base_weights_to_keep,
     keep_base_weights,
 )
-from tests.test_resume import flags
+from helpers import flags
 
 POOLER = ["bert.pooler.dense.bias", "bert.pooler.dense.weight"]
 

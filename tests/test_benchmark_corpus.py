@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 
 import pytest
@@ -38,8 +39,20 @@ def test_benchmark_corpus_measures_everything_on_a_small_corpus(tiny_model_dir, 
         json.dumps(summary["results"], default=str))
 
 
-def test_a_step_is_recognised_by_its_log_line_not_by_the_arguments_dump():
+@pytest.mark.slow
+def test_a_step_is_recognised_by_its_log_line_not_by_the_arguments_dump(tiny_model_dir, corpus, tmp_path):
     # run_mlm.py prints its TrainingArguments first; their include_for_metrics=['loss'] once passed for a step and
-    # made every "time to the first step" the time to that dump.
-    assert benchmark_corpus.STEP_LOGGED not in "include_for_metrics=['loss'],"
-    assert benchmark_corpus.STEP_LOGGED in "{'loss': '6.382', 'grad_norm': '4.357', 'learning_rate': '9.2e-05'}"
+    # made every "time to the first step" the time to that dump. A real run, stopped where the benchmark stops it.
+    args = benchmark_corpus.parse_args(["--model_name_or_path", str(tiny_model_dir), "--batch_size", "4",
+                                        "--timeout", "300"])
+    flags = benchmark_corpus.run_flags(args, tmp_path / "run", train_file=corpus, max_seq_length=32,
+                                       preprocessing_num_workers=1)
+    log = tmp_path / "run.log"
+    assert benchmark_corpus.time_to_first_step(args, flags, log, tmp_path / "cache") > 0
+    lines = log.read_text().splitlines()
+    assert lines[-1].startswith("{"), f"stopped at {lines[-1]!r}, not at a step's log"
+    step = ast.literal_eval(lines[-1])  # the line it stopped at: the first training step's log
+    assert isinstance(step, dict) and {"loss", "grad_norm", "learning_rate", "epoch"} <= set(step)
+    assert not any(line.startswith("{") for line in lines[:-1])  # no step before it
+    dump = [line for line in lines[:-1] if "include_for_metrics=" in line]
+    assert dump and "'loss'" in dump[0]  # the trap is in the real output, earlier, and was not taken for a step

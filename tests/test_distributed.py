@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from safetensors.torch import load_file
 
 import run_mlm
 from arguments import parse_args
 from collators import MLMCollator
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +69,49 @@ def test_gradient_accumulation_equals_one_big_batch(no_dropout_model, corpus, tm
     assert losses(tmp_path / "accumulated") == pytest.approx(losses(tmp_path / "big"), abs=1e-5)
     big, accumulated = (load_file(tmp_path / d / "model.safetensors") for d in ("big", "accumulated"))
     assert max((big[k] - accumulated[k]).abs().max().item() for k in big) <= 1e-6
+
+
+# Why test_torchrun_two_processes_match_one failed once in CI, a child aborting with "terminate called without an
+# active exception" (SIGABRT; torchrun then SIGTERMs the other rank). A gloo worker thread that drops the last reference
+# to a collective's tensor whose Python object C++ now owns must take the GIL to free it. If the main thread starts
+# finalizing the interpreter while the worker waits for the GIL (on 2 loaded cores a worker can be descheduled between
+# completing a collective and releasing it), Python ends the waiting thread with pthread_exit; the forced unwind
+# reaches a noexcept C++ destructor (~AsyncWork) and std::terminate aborts the process. Seen here in 1 of 76 runs of
+# that test (rank 1, just after the last step, while rank 0 was still saving); a 15-line gloo script exiting with a
+# collective in flight aborts in 6 of 15 runs, its core's backtrace: ~AsyncAllreduceWork -> TensorImpl::decref_pyobject
+# -> gil_scoped_acquire -> take_gil -> PyThread_exit_thread -> _Unwind_ForcedUnwind -> std::terminate, the main
+# thread in Py_FinalizeEx; 0 of 15 when it calls torch.distributed.destroy_process_group() first (the workers finish
+# and are joined while Python is alive). Nothing in how the test launches torchrun (ports, rendezvous, threads)
+# causes it: the scripts must destroy their process group before the interpreter finalizes, which this checks.
+CHECK_AT_EXIT = """
+import atexit, os, sys
+
+
+def process_group_left():  # registered first, so it runs last of the atexit handlers
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        os.write(2, b"the process group is still alive when the interpreter finalizes\\n")
+        os._exit(3)
+
+
+atexit.register(process_group_left)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="run_mlm.py does not destroy its process group yet: see CHECK_AT_EXIT")
+def test_torchrun_children_end_their_process_group_before_the_interpreter_finalizes(no_dropout_model, corpus,
+                                                                                      tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CHECK_AT_EXIT)  # imported at start-up by every Python of the run
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", HF_DATASETS_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "run_mlm.py", *flags(no_dropout_model, corpus, tmp_path / "two", max_steps=1,
+                                               per_device_train_batch_size=4)],
+                         cwd=REPO, env=env, capture_output=True, text=True)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -23,8 +23,8 @@ from mlm_pretraining.model.head_warmup import (
     resolve_warmup_steps,
 )
 from mlm_pretraining.model.loading import load_model_with_info
-from tests.test_resume import _cli, flags, losses, max_weight_difference
 from conftest import write_season_corpus
+from helpers import flags, launch_run_mlm, losses, max_weight_difference
 
 HEAD = {"cls.predictions.bias", "cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
         "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias"}
@@ -166,7 +166,7 @@ def test_kill9_during_and_after_warmup_then_rerun_is_exact(full_warmup_run, head
     """SIGKILL once checkpoint-``step`` is written (4: inside the warm-up, 8: after it), rerun: as uninterrupted."""
     out = tmp_path / "out"
     argv = flags(headless_model_dir, corpus_file, out, head_warmup_steps=WARMUP, weight_decay=0.1)
-    process = _cli(argv, tmp_path / "killed.log")
+    process = launch_run_mlm(argv, tmp_path / "killed.log")
     deadline = time.time() + 300
     while process.poll() is None and not (out / f"checkpoint-{step}" / "trainer_state.json").exists():
         assert time.time() < deadline
@@ -174,7 +174,7 @@ def test_kill9_during_and_after_warmup_then_rerun_is_exact(full_warmup_run, head
     process.kill()
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    rerun = _cli(argv, tmp_path / "rerun.log")
+    rerun = launch_run_mlm(argv, tmp_path / "rerun.log")
     assert rerun.wait() == 0, (tmp_path / "rerun.log").read_text()[-3000:]
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 14
     assert losses(out) == pytest.approx(losses(full_warmup_run), abs=1e-6)

@@ -95,45 +95,107 @@ def test_attention_implementation_is_a_config_attribute_not_saved(tmp_path):
           "is now saved in config.json")
 
 
-def test_trainer_counts_step_tokens_scales_by_processes_and_collates_eval_with_its_attribute(tmp_path):
-    model = BertForMaskedLM(BertConfig(**SMALL))
-    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True))
+def tiny_trainer(tmp_path, trainer: dict | None = None, **args) -> Trainer:
+    """A Trainer (``trainer``: its other arguments) around a tiny BertForMaskedLM without dropout, so two forward
+    passes give the same loss; ``args``: TrainingArguments."""
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(**SMALL, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    return Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                                                       save_strategy="no", **args), **(trainer or {}))
+
+
+def masked_batch() -> dict[str, torch.Tensor]:
+    """Two sequences, 4 labelled tokens."""
+    ids = torch.randint(5, 60, (2, 6))
+    labels = torch.full_like(ids, -100)
+    labels[0, :3] = ids[0, :3]
+    labels[1, 0] = ids[1, 0]
+    return {"input_ids": ids, "labels": labels}
+
+
+def test_private_trainer_methods_take_the_arguments_we_pass():
+    """The private methods we call or override, with the arguments we call them with (trainer.py, classification.py)."""
+    for method, parameters in ((internals.TRAINER_COUNT_ITEMS, ["self", "batch_samples", "device"]),
+                               (internals.TRAINER_LOAD_RNG_STATE, ["self", "checkpoint"]),
+                               (internals.TRAINER_EVAL_SAMPLER, ["self", "eval_dataset"]),
+                               ("get_batch_samples", ["self", "epoch_iterator", "num_batches", "device"])):
+        function = getattr(Trainer, method, None)
+        guard(callable(function), f"Trainer.{method}", "is gone")
+        found = list(inspect.signature(function).parameters)
+        guard(found == parameters, f"Trainer.{method}", f"takes {found}, not {parameters}")
+    guard("num_items_in_batch" in inspect.signature(Trainer.compute_loss).parameters, "Trainer.compute_loss",
+          "no longer takes num_items_in_batch")
+
+
+def test_trainer_counts_the_labelled_tokens_of_a_step(tmp_path):
+    trainer = tiny_trainer(tmp_path)
     guard(getattr(trainer, internals.TRAINER_LOSS_KWARGS, None) is True, f"Trainer.{internals.TRAINER_LOSS_KWARGS}",
           "is not True for BertForMaskedLM (its forward takes **kwargs)")
-    labels = torch.full((2, 6), -100)
-    labels[0, :3] = 7
-    labels[1, 0] = 9
+    labels = masked_batch()["labels"]
     count = getattr(trainer, internals.TRAINER_COUNT_ITEMS)([{"labels": labels}, {"labels": labels}],
                                                             torch.device("cpu"))
     guard(int(count) == 8, f"Trainer.{internals.TRAINER_COUNT_ITEMS}", f"counted {count} labelled tokens, not 8")
-    guard(f"self.{internals.TRAINER_CREATED_SCHEDULER} = True" in inspect.getsource(Trainer.create_scheduler),
-          f"Trainer.{internals.TRAINER_CREATED_SCHEDULER}", "is no longer set by create_scheduler")
-    guard(f"if self.{internals.TRAINER_CREATED_SCHEDULER}:" in inspect.getsource(Trainer._prepare_for_training),
-          f"Trainer.{internals.TRAINER_CREATED_SCHEDULER}", "no longer makes train() replace the scheduler it made")
-    batches, _ = Trainer.get_batch_samples(trainer, iter([{"labels": labels}]), 1, torch.device("cpu"))
-    guard(len(batches) == 1, "Trainer.get_batch_samples", "no longer returns (batches, count)")
-    guard("num_items_in_batch" in inspect.signature(Trainer.compute_loss).parameters, "Trainer.compute_loss",
-          "no longer takes num_items_in_batch")
-    source = inspect.getsource(Trainer.training_step)
-    guard("loss_is_scaled_for_ga" in source and "num_items_in_batch is not None" in source, "Trainer.training_step",
-          "no longer skips the division by accumulation steps for a loss normalised by num_items_in_batch")
-    guard("num_processes" in inspect.getsource(Trainer.compute_loss), "Trainer.compute_loss",
-          "no longer multiplies the loss by the process count under average_tokens_across_devices")
-    guard(f"self.{internals.TRAINER_EVAL_SAMPLER}" in inspect.getsource(Trainer.get_eval_dataloader),
-          f"Trainer.{internals.TRAINER_EVAL_SAMPLER}", "is no longer where evaluation takes its sampler from")
-    marker = object()
-    setattr(trainer, internals.TRAINER_COLLATOR, lambda rows: marker)
-    loader = trainer.get_eval_dataloader([{"input_ids": torch.tensor([1, 2])}])
-    guard(loader.collate_fn([]) is marker or getattr(loader, "collate_fn", None) is not None and
-          _collates_with(loader, marker), "Trainer.get_eval_dataloader", f"does not collate with "
-          f"self.{internals.TRAINER_COLLATOR}")
+    batches, count = Trainer.get_batch_samples(trainer, iter([{"labels": labels}]), 1, torch.device("cpu"))
+    guard(len(batches) == 1 and int(count) == 4, "Trainer.get_batch_samples",
+          f"no longer returns (batches, labelled tokens): ({len(batches)} batches, {count})")
 
 
-def _collates_with(loader, marker) -> bool:
-    try:
-        return next(iter(loader)) is marker
-    except Exception:
-        return False
+def test_a_loss_normalised_by_the_step_count_is_not_divided_by_accumulation_but_scaled_by_processes(tmp_path,
+                                                                                                  monkeypatch):
+    """What MLMTrainer.compute_loss relies on to normalise the loss exactly once: with num_items_in_batch given,
+    training_step does not divide by the accumulation steps (it does without), and compute_loss multiplies by the
+    process count under average_tokens_across_devices."""
+    trainer = tiny_trainer(tmp_path, gradient_accumulation_steps=2)
+    model, batch = trainer.model, masked_batch()
+    trainer.current_gradient_accumulation_steps = 2  # as the training loop sets it
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=4).item()
+    with_count = trainer.training_step(model, dict(batch), num_items_in_batch=4).item()
+    without_count = trainer.training_step(model, dict(batch)).item()
+    guard(with_count == pytest.approx(loss), "Trainer.training_step",
+          f"divides a loss normalised by num_items_in_batch by the accumulation steps ({with_count} vs {loss})")
+    guard(without_count == pytest.approx(loss / 2), "Trainer.training_step",
+          f"no longer divides a batch-mean loss by the accumulation steps ({without_count} vs {loss / 2})")
+    guard(trainer.args.average_tokens_across_devices, "TrainingArguments.average_tokens_across_devices",
+          "is no longer on by default")
+    monkeypatch.setattr(type(trainer.accelerator), "num_processes", property(lambda self: 3))
+    scaled = trainer.compute_loss(model, dict(batch), num_items_in_batch=4).item()
+    guard(scaled == pytest.approx(3 * loss), "Trainer.compute_loss",
+          f"no longer multiplies the loss by the process count ({scaled} with 3 processes, {loss} with 1)")
+
+
+def test_a_scheduler_the_trainer_made_is_made_again_by_the_next_train(tmp_path):
+    """MLMTrainer.create_scheduler sets the flag as create_scheduler does, so a later train() replaces a budget's
+    schedule as it replaces its own: the flag, not anything else, decides."""
+    rows = [{"input_ids": row, "labels": row} for row in torch.randint(5, 60, (4, 8))]
+    trainer = tiny_trainer(tmp_path, max_steps=1, per_device_train_batch_size=4, disable_tqdm=True,
+                           trainer={"train_dataset": rows})
+    flag = internals.TRAINER_CREATED_SCHEDULER
+    guard(getattr(trainer, flag, None) is False, f"Trainer.{flag}", "is not False before a scheduler exists")
+    trainer.create_optimizer()
+    trainer.create_scheduler(num_training_steps=1)
+    guard(getattr(trainer, flag) is True, f"Trainer.{flag}", "is no longer set by create_scheduler")
+    trainer.train()
+    first = trainer.lr_scheduler
+    trainer.train()
+    guard(trainer.lr_scheduler is not first, f"Trainer.{flag}", "no longer makes train() replace the scheduler it made")
+    setattr(trainer, flag, False)
+    kept = trainer.lr_scheduler
+    trainer.train()
+    guard(trainer.lr_scheduler is kept, f"Trainer.{flag}", "is not what decides whether train() replaces a scheduler")
+
+
+def test_evaluation_takes_its_sampler_and_its_collator_from_the_trainer(tmp_path, monkeypatch):
+    """ClassificationTrainer overrides the eval sampler; MLMTrainer swaps the collator attribute for evaluation."""
+    trainer = tiny_trainer(tmp_path)
+    rows = [{"input_ids": torch.tensor([i])} for i in range(3)]
+    monkeypatch.setattr(trainer, internals.TRAINER_EVAL_SAMPLER, lambda eval_dataset: [2, 0, 1])
+    setattr(trainer, internals.TRAINER_COLLATOR, lambda batch: {"ours": torch.cat([r["input_ids"] for r in batch])})
+    batches = list(trainer.get_eval_dataloader(rows))
+    guard(len(batches) == 1 and "ours" in batches[0], "Trainer.get_eval_dataloader",
+          f"does not collate with self.{internals.TRAINER_COLLATOR}")
+    order = batches[0]["ours"].tolist()
+    guard(order == [2, 0, 1], f"Trainer.{internals.TRAINER_EVAL_SAMPLER}",
+          f"is no longer where evaluation takes its order from (read {order})")
 
 
 @pytest.mark.parametrize("name", sorted(internals.MLM_HEAD_ATTRIBUTES))
@@ -222,15 +284,19 @@ def test_a_stream_resumed_with_ignore_data_skip_is_not_skipped_and_its_epoch_res
           "see streaming.StreamPositionCallback.on_step_end")
 
 
-def test_accelerate_reads_a_stream_on_process_zero_and_dispatches_it():
+def test_accelerate_reads_a_stream_on_process_zero_and_dispatches_it(tmp_path):
     """A stream's batches are read by process 0 and sliced for the others (accelerate's default for an
     IterableDataset): blocks used = steps x batch x accumulation x processes, in stream order, and the dataloader
     batches of process 0 are blocks / batch size (streaming.StreamPositionCallback.resume)."""
-    import accelerate.data_loader as accelerate_data_loader
+    from accelerate.data_loader import DataLoaderDispatcher
 
-    source = inspect.getsource(accelerate_data_loader.prepare_data_loader)
-    guard("dispatch_batches = isinstance(dataloader.dataset, IterableDataset)" in source,
-          "accelerate.data_loader.prepare_data_loader", "no longer dispatches an IterableDataset's batches by default")
+    stream = tiny_trainer(tmp_path, max_steps=1, trainer={"train_dataset": _Counting()}).get_train_dataloader()
+    guard(isinstance(stream, DataLoaderDispatcher), "accelerate.data_loader.prepare_data_loader",
+          f"no longer dispatches an IterableDataset's batches by default (the Trainer got a {type(stream).__name__})")
+    rows = [{"input_ids": torch.tensor([5, 6])}] * 4
+    listed = tiny_trainer(tmp_path, max_steps=1, trainer={"train_dataset": rows}).get_train_dataloader()
+    guard(not isinstance(listed, DataLoaderDispatcher), "accelerate.data_loader.prepare_data_loader",
+          "now dispatches a map-style dataset's batches too")
     from transformers.trainer_pt_utils import AcceleratorConfig
 
     guard(AcceleratorConfig().dispatch_batches is None and AcceleratorConfig().split_batches is False,

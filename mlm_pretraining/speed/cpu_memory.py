@@ -8,6 +8,11 @@ whichever op first writes the buffer. :func:`keep_freed_memory` sets, with ``mal
 only, not an environment variable), an mmap threshold of 1 GiB and a trim threshold of 2 GiB: blocks are then
 carved from the heap and reused step after step, as a GPU's caching allocator does. The price is that the process
 keeps its peak memory until it exits. Only glibc on Linux has ``mallopt``; elsewhere nothing changes.
+
+The heap settles over the first few steps, not at once: torch asks for 64-byte-aligned blocks (``posix_memalign``),
+which glibc cuts from a chunk 96 bytes larger, handing the slack to its per-thread cache (tcache: up to 7 small free
+chunks per size, kept apart from their neighbours). Until those cache bins are full, a freed block is a few bytes short
+of the next request of its size and the heap grows by a fresh block instead; then blocks are reused.
 """
 
 from __future__ import annotations
