@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, IntervalStrategy, TrainingArguments
+from transformers.training_args import ParallelMode
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_tf32_available
 
 from collators import check_mask_probabilities
@@ -358,6 +359,61 @@ class MLMTrainingArguments(TrainingArguments):
                   "and will be overwritten as new ones are saved)."},
     )
 
+    # Defaults made for continued pretraining where the Trainer's are made for fine-tuning (README: "Defaults that
+    # differ from transformers' Trainer"); a value the user gives is kept.
+    learning_rate: float = field(
+        default=1e-4,
+        metadata={"help": "Peak learning rate. Default 1e-4: BERT's own pretraining rate (Devlin et al. 2019, batch "
+                  "256) and the TAPT rate of Gururangan et al. 2020, the rate our TAPT experiments measured (the "
+                  "Trainer's 5e-5 is a fine-tuning rate)."},
+    )
+    warmup_steps: float = field(
+        default=0.06,
+        metadata={"help": "Learning-rate warm-up: steps, or a share of training below 1. Default 0.06, the 6 %% of "
+                  "RoBERTa and of DAPT/TAPT (Liu et al. 2019; Gururangan et al. 2020): an optimizer meeting new "
+                  "text starts gently."},
+    )
+    weight_decay: float = field(
+        default=0.01,
+        metadata={"help": "AdamW weight decay. Default 0.01, as in BERT's and RoBERTa's pretraining."},
+    )
+    logging_steps: float = field(
+        default=0.01,
+        metadata={"help": "Log the training loss every N steps, or a share of training below 1. Default 0.01: a "
+                  "hundred points on the curve, whatever the run's length (under --max_train_time: every 1 %% "
+                  "of the budget)."},
+    )
+    eval_strategy: str = field(
+        default="steps",
+        metadata={"help": "When to evaluate during training: steps, epoch or no. Default steps (every --eval_steps), "
+                  "besides the evaluations before and after training; off by itself when there is no evaluation "
+                  "text.", "choices": ["no", "steps", "epoch"]},
+    )
+    eval_steps: float | None = field(
+        default=0.1,
+        metadata={"help": "Evaluate every N steps, or a share of training below 1. Default 0.1: ten evaluations "
+                  "over a run of any length (under --max_train_time: every 10 %% of the budget)."},
+    )
+    save_steps: float = field(
+        default=0.1,
+        metadata={"help": "Save a checkpoint every N steps, or a share of training below 1. Default 0.1, with each "
+                  "evaluation (so --load_best_model_at_end can keep the best); SIGTERM/Ctrl-C also save one."},
+    )
+    save_total_limit: int | None = field(
+        default=2,
+        metadata={"help": "Checkpoints kept in --output_dir, the newest (and with --load_best_model_at_end the "
+                  "best). Default 2: a checkpoint with its optimizer state is ~3x the model (bert-base ~1.3 GB); "
+                  "0 or -1 keeps every one."},
+    )
+
+    hub_strategy: str = field(
+        default="end",
+        metadata={"help": "With --push_to_hub: end (default) pushes once, the finished output_dir with the base's "
+                  "pooler, our model card, results and curves; every_save, checkpoint, all_checkpoints push at each "
+                  "save too (transformers' default is every_save).",
+                  "choices": ["end", "every_save", "checkpoint", "all_checkpoints"]},
+    )
+
     tf32: bool | None = field(
         default=None,
         metadata={"help": "TF32 matrix products on NVIDIA Ampere and newer GPUs (default: on there, where it is "
@@ -438,10 +494,31 @@ class MLMTrainingArguments(TrainingArguments):
             self.use_cpu = True
             self.notices.append("--bf16 on a machine without a GPU: training on the CPU (--use_cpu True).")
         parse_warmup_steps(self.head_warmup_steps)
+        if not self.do_eval:  # the Trainer would turn --do_eval back on for our periodic evaluation default
+            self.eval_strategy = "no"
         if self.tf32 is None and not self.use_cpu and is_torch_tf32_available():
             self.tf32 = True
             self.notices.append("TF32 matrix products on (this GPU has them; --tf32 False for strict fp32).")
         super().__post_init__()
+        if self.fsdp:
+            self._check_fsdp_config()
+
+    def _check_fsdp_config(self) -> None:
+        """With FSDP2 the model is sharded by mlm_pretraining.model.sharding, not by accelerate: the fsdp_config
+        settings only accelerate's own wrapping applies are refused, not dropped in silence."""
+        config = self.fsdp_config
+        if int(config.get("version", 2)) != 2:
+            return
+        if str(config.get("activation_checkpointing", "false")).lower() == "true":
+            raise InputError("--fsdp_config activation_checkpointing is not applied to the layer-sharded model: use "
+                             "--gradient_checkpointing instead.")
+        if str(config.get("cpu_ram_efficient_loading", "false")).lower() == "true":
+            raise InputError("--fsdp_config cpu_ram_efficient_loading is not supported: every process loads the "
+                             "model, then it is sharded; drop the setting.")
+        if config.get("auto_wrap_policy", "TRANSFORMER_BASED_WRAP") != "TRANSFORMER_BASED_WRAP":
+            raise InputError(f"--fsdp_config auto_wrap_policy {config['auto_wrap_policy']}: the model is sharded "
+                             "by its layers (TRANSFORMER_BASED_WRAP, the default); name them with "
+                             "transformer_layer_cls_to_wrap if need be, and drop auto_wrap_policy.")
 
 
 ARGUMENT_GROUPS = (ModelArguments, DataArguments, MaskingArguments, SpeedArguments, MLMTrainingArguments)
@@ -452,7 +529,7 @@ def parse_args(argv: list[str] | None = None, groups=ARGUMENT_GROUPS):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(groups)
     config: dict = {}
-    _refuse_repeated_flags(argv)
+    _refuse_repeated_lists(parser, argv)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         config_path = Path(argv.pop(0))
         if not config_path.is_file():
@@ -490,6 +567,7 @@ def parse_args(argv: list[str] | None = None, groups=ARGUMENT_GROUPS):
     _check_trackers(parsed)
     _check_across_groups(parsed, explicit)
     _settle_device_defaults(parsed, explicit)
+    _settle_fsdp(parsed, explicit)
     return parsed
 
 
@@ -572,15 +650,18 @@ def _description(group) -> str:
     return (group.__doc__ or "").strip().splitlines()[0]
 
 
-def _refuse_repeated_flags(argv: list[str]) -> None:
-    """A flag given twice would keep only its last value (argparse's rule), losing the first without a word."""
+def _refuse_repeated_lists(parser: HfArgumentParser, argv: list[str]) -> None:
+    """A flag that takes several values (--train_file a.txt b.txt), given twice, would keep only its last values
+    (argparse's rule), losing the first without a word. A flag of one value given twice is an override, last wins."""
+    takes_several = {option for action in parser._actions if action.nargs in ("+", "*")
+                     for option in action.option_strings}
     seen: set[str] = set()
     for arg in argv:
-        if arg.startswith("--") and len(arg) > 2:
-            name = arg[2:].partition("=")[0]
+        name = "--" + arg[2:].partition("=")[0].replace("-", "_") if arg.startswith("--") else arg
+        if name in takes_several:
             if name in seen:
-                raise InputError(f"--{name} is given twice; only the last would count. Give every value after one "
-                                 f"--{name} (e.g. --{name} a.txt b.txt).")
+                raise InputError(f"{name} is given twice; only the last values would count. Give them all after one "
+                                 f"{name} (e.g. {name} a.txt b.txt).")
             seen.add(name)
 
 
@@ -658,11 +739,45 @@ def _settle_device_defaults(parsed, explicit: set[str]) -> None:
         if getattr(args, "train_sampling_strategy", "") is None:  # lines vary in length; blocks do not
             line_by_line = data_args is not None and data_args.line_by_line
             args.train_sampling_strategy = "group_by_length" if line_by_line else "random"
+        if isinstance(args, MLMTrainingArguments) and args.eval_strategy != IntervalStrategy.NO and (
+                not args.do_eval or (data_args is not None and not _has_evaluation_text(data_args))):
+            if "eval_strategy" in explicit:
+                raise InputError(f"--eval_strategy {args.eval_strategy.value}, but there is no evaluation text "
+                                 "(--validation_file, or --validation_split_percentage above 0 without --streaming "
+                                 "or --tokenized_dataset) or --do_eval is False; give one, or drop --eval_strategy.")
+            args.eval_strategy = IntervalStrategy.NO  # our periodic default needs evaluation text
         if args.dataloader_pin_memory and (args.use_cpu or not has_gpu()):
             args.dataloader_pin_memory = False
             if "dataloader_pin_memory" in explicit:
                 args.notices.append("--dataloader_pin_memory off: this run trains on the CPU, where pinned memory "
                                     "does nothing.")
+
+
+def _settle_fsdp(parsed, explicit: set[str]) -> None:
+    """--fsdp: the full prediction head (the sparse head finds the model's vocabulary projection by the model's class
+    name, which FSDP2 changes to FSDPBertForMaskedLM, so it would fail at the first step); and several processes."""
+    speed_args = next((a for a in parsed if isinstance(a, SpeedArguments)), None)
+    training_args = next((a for a in parsed if isinstance(a, MLMTrainingArguments)), None)
+    if training_args is None or not training_args.fsdp:
+        return
+    if speed_args is not None and speed_args.sparse_prediction:
+        if "sparse_prediction" in explicit:
+            raise InputError("--sparse_prediction with --fsdp: the sparse head does not work on an FSDP-sharded "
+                             "model yet; drop --sparse_prediction (the full head gives the same loss).")
+        speed_args.sparse_prediction = False
+        training_args.notices.append("--fsdp: the full prediction head (--sparse_prediction False), the sparse head "
+                                     "does not work on a sharded model yet; same loss, more FLOPs in the head.")
+    if training_args.parallel_mode != ParallelMode.DISTRIBUTED:  # the Trainer's own refusal would come after loading
+        raise InputError("--fsdp shards the model across processes, one per GPU: launch them with torchrun or "
+                         "accelerate launch (torchrun --nproc_per_node 8 run_mlm.py ...); this is one process.")
+
+
+def _has_evaluation_text(data_args: DataArguments) -> bool:
+    """Whether the run will have evaluation text: a --validation_file, a hub dataset (its validation split, else a
+    held-out share), or a held-out share of in-memory training text."""
+    if data_args.validation_file or data_args.dataset_name:
+        return True
+    return data_args.validation_split_percentage > 0 and not data_args.streaming and not data_args.tokenized_dataset
 
 
 def _given_flags(argv: list[str]) -> set[str]:

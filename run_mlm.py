@@ -3,7 +3,8 @@
 
     python run_mlm.py --model_name_or_path bert-base-uncased --train_file corpus.txt --output_dir out
     python run_mlm.py examples/quickstart.yaml                 # every flag from one YAML/JSON file
-    torchrun --nproc_per_node 8 run_mlm.py ...                 # several GPUs
+    torchrun --nproc_per_node 8 run_mlm.py ...                 # several GPUs (or: accelerate launch)
+    torchrun --nproc_per_node 8 run_mlm.py examples/fsdp.yaml ...  # a model sharded across them (FSDP2)
     python run_mlm.py --tokenized_dataset prepared/ ...        # a corpus tokenized once by scripts/prepare_corpus.py
 
 Rerunning the same command resumes from the last complete checkpoint in --output_dir. SIGTERM or Ctrl-C saves a
@@ -126,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                            signal.Signals(trainer.stopped_by_signal).name, trainer.state.global_step,
                            training_args.output_dir)
             return dict(train_result.metrics, stopped_by_signal=trainer.stopped_by_signal)
-        trainer.save_model()  # model and tokenizer, loadable with AutoModelForMaskedLM / pipeline("fill-mask")
+        # Model and tokenizer, loadable with AutoModelForMaskedLM / pipeline("fill-mask"); under FSDP gathered whole.
+        trainer.save_model()
         if trainer.is_world_process_zero():  # and the base's weights MLM does not use (BERT's pooler), for fine-tuning
             keep_base_weights(model, resolve_model_path(model_args.model_name_or_path), loading_info["unexpected_keys"],
                               training_args.output_dir, model_args.cache_dir, model_args.model_revision)
@@ -144,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.save_state()  # after the last evaluation, so plot_curves.py finds it in trainer_state.json
         if training_args.process_index == 0:
             write_model_card(trainer, model_args, data_args, mask_args, results, report, argv)
+        if training_args.push_to_hub:  # once, at the end: the folder as the user has it (pooler, card, results)
+            trainer.push_to_hub()
     return results
 
 

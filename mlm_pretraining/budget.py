@@ -139,6 +139,7 @@ class BudgetCallback(TrainerCallback, ExportableState):
         self.exact_steps = exact_steps
         self.elapsed_before = 0.0  # seconds spent by earlier runs of this training (restored on resume)
         self.progress = 0.0  # at the last optimizer step, agreed across processes
+        self._progress_before_step = 0.0  # at the step before: a share of the budget crossed triggers a log, eval, save
         self._start: float | None = None
         self._session_start: tuple[float, float] | None = None  # (clock, progress) when this run began
 
@@ -181,6 +182,7 @@ class BudgetCallback(TrainerCallback, ExportableState):
         attributes = (stored or {}).get("attributes", {})
         self.elapsed_before = float(attributes.get("elapsed_before", 0.0))
         self.progress = float(attributes.get("progress", 0.0))
+        self._progress_before_step = self.progress
         self._start = clock()
         self._session_start = (self._start, self._measure(state, step_done=False))
         if self.elapsed_before:
@@ -195,6 +197,14 @@ class BudgetCallback(TrainerCallback, ExportableState):
             lr_scheduler.set_progress(self.progress)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.max_train_seconds is not None:  # the step count is unknown: a share of the budget, not of the steps
+            for kind, flag in (("logging", "should_log"), ("eval", "should_evaluate"), ("save", "should_save")):
+                share = getattr(args, f"{kind}_steps")
+                strategy = getattr(args, f"{kind}_strategy")
+                if share is not None and 0 < share < 1 and strategy == "steps" and \
+                        int(self.progress / share) > int(self._progress_before_step / share):
+                    setattr(control, flag, True)
+            self._progress_before_step = self.progress
         if self.progress >= 1.0:
             control.should_training_stop = True
             control.should_log = True

@@ -1,25 +1,32 @@
 """Our Trainer and the one function that builds it, used by run_mlm.py and scripts/benchmarks/benchmark.py alike.
 
-:class:`MLMTrainer` overrides six methods of transformers' ``Trainer``, each through a documented hook or one named in
+:class:`MLMTrainer` overrides nine methods of transformers' ``Trainer``, each through a documented hook or one named in
 internals.py: ``get_eval_dataloader`` (evaluation batches from their own collator, with fixed masks);
 ``compute_loss`` (the loss averaged over all masked tokens of the optimizer step, across processes and
 gradient-accumulation steps); ``train`` and ``get_batch_samples`` (a streamed training set resumes by position: where
 a step takes its batches their stream positions are noted, and on resume the stream seeks and the Trainer does not
 skip batches; a mask-rate schedule masks each step's batches at its rate); ``create_scheduler`` (under a budget, a
-schedule over the share of the budget spent); ``log`` (the mask rate and the budget's progress in the logs).
-:func:`build_trainer` adds the masking collators, our callbacks and the speed-ups.
+schedule over the share of the budget spent); ``log`` (the mask rate and the budget's progress in the logs);
+``evaluate`` (under FSDP2, the model sharded again after it). Two more make the finished folder what the user gets:
+``save_model`` (under FSDP the whole model, whatever the checkpoints' ``state_dict_type``; never a push) and
+``push_to_hub`` (``output_dir`` uploaded once, as it stands).
+:func:`build_trainer` adds the masking collators, our callbacks and the speed-ups, refuses --fsdp / --deepspeed that
+accelerate did not engage, and under --fsdp shards the model (:func:`settle_fsdp`).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 
-from transformers import Trainer
+from transformers import IntervalStrategy, Trainer
+from transformers.utils.hub import hf_api
 
 from collators import STREAM_POSITION, MLMCollator
 from mlm_pretraining.budget import BudgetCallback, mask_rate, progress_scheduler
 from mlm_pretraining.callbacks import GracefulStopCallback, MaskEpochCallback
 from mlm_pretraining.model.head_warmup import HeadWarmupCallback
+from mlm_pretraining.model.sharding import fsdp_layer_classes, shard_by_layers
 from mlm_pretraining.internals import (
     TRAINER_COLLATOR,
     TRAINER_COUNT_ITEMS,
@@ -27,12 +34,17 @@ from mlm_pretraining.internals import (
     TRAINER_LOAD_RNG_STATE,
     TRAINER_LOSS_KWARGS,
 )
+from mlm_pretraining.errors import InputError
 from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_pretraining.reporting.plotting import TrainingCurveCallback
 from mlm_pretraining.speed import apply_speedups
 from mlm_pretraining.data.streaming import PackedStream, StreamPositionCallback
 
 logger = logging.getLogger(__name__)
+
+# What a push leaves out of output_dir, as the Trainer's own push does: checkpoints (resuming state, not the model)
+# and files starting with '_'.
+HUB_IGNORE_PATTERNS = ["_*", "checkpoint-*"]
 
 
 class MLMTrainer(Trainer):
@@ -41,6 +53,12 @@ class MLMTrainer(Trainer):
 
     def __init__(self, *args, eval_data_collator=None, graceful_stop: GracefulStopCallback | None = None,
                  mlm_probability_end: float | None = None, **kwargs):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if training_args is not None and kwargs.get("eval_dataset") is None \
+                and training_args.eval_strategy != IntervalStrategy.NO:
+            # Our periodic-evaluation default needs evaluation text (e.g. a hub dataset without a validation split).
+            logger.warning("No evaluation text: no evaluation during training (--eval_strategy no).")
+            training_args.eval_strategy = IntervalStrategy.NO
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator or self.data_collator
         self.graceful_stop = graceful_stop
@@ -138,6 +156,19 @@ class MLMTrainer(Trainer):
                 logger.info("Budget: %s", budget.describe(self.state))
         super().log(logs, start_time)
 
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        """The Trainer's evaluation; under FSDP2 the model's units are sharded again afterwards. A unit that stays
+        gathered after its forward (the root: embeddings and head) is only sharded again by a backward, which
+        evaluation has not, and the optimizer built next, the checkpoints and the final save need the shards."""
+        metrics = super().evaluate(*args, **kwargs)
+        if self.is_fsdp_enabled:
+            from torch.distributed.fsdp import FSDPModule
+
+            for module in self.model.modules():
+                if isinstance(module, FSDPModule):
+                    module.reshard()
+        return metrics
+
     def get_eval_dataloader(self, eval_dataset=None):
         """The Trainer's evaluation dataloader, collated by the fixed-mask evaluation collator."""
         train_collator = getattr(self, TRAINER_COLLATOR)
@@ -146,6 +177,54 @@ class MLMTrainer(Trainer):
             return super().get_eval_dataloader(eval_dataset)
         finally:
             setattr(self, TRAINER_COLLATOR, train_collator)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model for ``from_pretrained``, as the Trainer does, except: under FSDP the whole model is gathered
+        and written whatever ``fsdp_config``'s ``state_dict_type`` (the Trainer writes no weights at all for
+        SHARDED_STATE_DICT, which is meant for checkpoints, and checkpoints keep it); and nothing is pushed here,
+        since run_mlm.py pushes the finished folder once, with the base's pooler, our card and results
+        (:meth:`push_to_hub`)."""
+        if _internal_call or not self.is_fsdp_enabled:  # checkpoints, and every run without FSDP: the Trainer's
+            return super().save_model(output_dir, _internal_call=True)
+        output_dir = output_dir or self.args.output_dir
+        state_dict = self.accelerator.get_state_dict(self.model)  # a collective: every process gathers its shards
+        # The gather copies tied weights (BERT's decoder and word embeddings) apart; one tensor again, so
+        # save_pretrained writes each once, as without FSDP.
+        tied = collections.defaultdict(list)
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            tied[id(param)].append(name)
+        for first, *others in tied.values():
+            for name in others:
+                if first in state_dict and name in state_dict:
+                    state_dict[name] = state_dict[first]
+        if self.args.should_save:
+            self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict)
+            self.processing_class.save_pretrained(output_dir)
+            logger.info("FSDP: the whole model gathered from %d processes and saved to %s.", self.args.world_size,
+                        output_dir)
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None, **kwargs):
+        """Upload ``output_dir`` as it stands to ``--hub_model_id``, from process 0 (others return None).
+
+        The Trainer's push saves the model again and writes its own model card first, which would replace the model
+        holding the base's pooler and our card; this one uploads the folder the user has, checkpoints left out. It
+        queues behind any checkpoint push of ``--hub_strategy`` on transformers' one upload thread, so the finished
+        folder lands last."""
+        if not self.is_world_process_zero():
+            return None
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        upload = hf_api().run_as_future(
+            hf_api().upload_folder, repo_id=self.hub_model_id, folder_path=self.args.output_dir,
+            commit_message=commit_message, token=token if token is not None else self.args.hub_token,
+            revision=revision or self.args.hub_revision, ignore_patterns=HUB_IGNORE_PATTERNS)
+        if not blocking:
+            return upload
+        commit = upload.result()
+        logger.info("Pushed %s to %s", self.args.output_dir, getattr(commit, "commit_url", self.hub_model_id))
+        return commit
 
     @property
     def stopped_by_signal(self) -> int | None:
@@ -177,7 +256,7 @@ def build_trainer(model, tokenizer, speed_args, mask_args, training_args, *, tra
     if new_weights is not None:
         callbacks = [*callbacks, HeadWarmupCallback(model, new_weights, training_args.head_warmup_steps,
                                                     evaluate_at_end=eval_dataset is not None)]
-    return MLMTrainer(
+    trainer = MLMTrainer(
         model=model,
         args=training_args,
         data_collator=train_collator,
@@ -191,3 +270,48 @@ def build_trainer(model, tokenizer, speed_args, mask_args, training_args, *, tra
         compute_metrics=MLMMetrics(),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
     )
+    check_engaged(trainer)
+    if training_args.fsdp:
+        settle_fsdp(trainer, new_weights)
+    return trainer
+
+
+def check_engaged(trainer: MLMTrainer) -> None:
+    """Refuse --fsdp or --deepspeed where accelerate did not engage it, rather than train as plain DDP in silence:
+    accelerate runs both on GPUs (and other accelerators) only; on CPU processes every process would hold the whole
+    model and optimizer state."""
+    for flag, asked, engaged, name in (("--fsdp", trainer.args.fsdp, trainer.is_fsdp_enabled, "FSDP"),
+                                       ("--deepspeed", trainer.args.deepspeed, trainer.is_deepspeed_enabled,
+                                        "DeepSpeed")):
+        if asked and not engaged:
+            raise InputError(
+                f"{flag}: accelerate did not engage {name} on these {trainer.args.world_size} processes (distributed "
+                f"type {trainer.accelerator.state.distributed_type.value}, device {trainer.args.device.type}); it "
+                f"runs {name} on GPUs and other accelerators only, and here every process would hold the whole "
+                f"model, as plain DDP. Drop {flag} (torchrun alone trains with DDP, on CPUs too), or run on GPUs.")
+
+
+def settle_fsdp(trainer: MLMTrainer, new_weights=None) -> None:
+    """Shard the model for FSDP2 (model/sharding.py: each encoder layer a unit, unless --fsdp_config names
+    transformer_layer_cls_to_wrap; the embeddings, head and their tied weights the root), before the Trainer builds
+    the optimizer. Refuse a head warm-up, whose frozen-weight bookkeeping holds the parameters sharding replaces."""
+    if new_weights and trainer.args.head_warmup_steps not in ("0", 0):
+        raise InputError(
+            f"--fsdp with weights the checkpoint lacks ({new_weights.describe()}): the head warm-up cannot freeze "
+            "weights FSDP has sharded. Pass --head_warmup_steps 0 (train every weight from the start), or warm the "
+            "head up without --fsdp first and continue from that model.")
+    plugin = trainer.accelerator.state.fsdp_plugin
+    layer_classes = plugin.transformer_cls_names_to_wrap or fsdp_layer_classes(trainer.model)
+    if plugin.fsdp_version == 1:  # deprecated in transformers; accelerate wraps, the ties all in its root unit
+        plugin.transformer_cls_names_to_wrap = layer_classes
+    else:
+        units = shard_by_layers(trainer.model, layer_classes, reshard_after_forward=plugin.reshard_after_forward,
+                                mp_policy=plugin.mixed_precision_policy, offload_policy=plugin.cpu_offload)
+        # accelerate still looks the wrap classes up by name, and sharding renamed them (FSDPBertLayer).
+        plugin.transformer_cls_names_to_wrap = []
+        shard = sum(p.to_local().numel() for p in trainer.model.parameters())
+        total = sum(p.numel() for p in trainer.model.parameters())
+        logger.info("FSDP2 on %d processes: %d units of %s and the root (embeddings, head, tied weights); this "
+                    "process holds %s of the %s parameters. Checkpoints %s, the final folder one whole model.",
+                    trainer.args.world_size, units, ", ".join(layer_classes), f"{shard:,}", f"{total:,}",
+                    str(plugin.state_dict_type).rsplit(".", 1)[-1])

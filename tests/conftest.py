@@ -121,7 +121,7 @@ def run(tiny_model_dir, tmp_path, monkeypatch):
         if before_model:
             def no_model(*args, **kwargs):
                 raise AssertionError("the model was loaded before the bad input was reported")
-            monkeypatch.setattr(run_mlm, "load_model", no_model)
+            monkeypatch.setattr(run_mlm, "load_model_with_info", no_model)
         argv = ["--model_name_or_path", str(model or tiny_model_dir), "--output_dir", str(tmp_path / "out"),
                 "--report_to", "none", "--max_steps", "2", "--preprocessing_num_workers", "1", *flags]
         with pytest.raises(InputError, match=pattern) as info:

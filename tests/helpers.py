@@ -47,10 +47,11 @@ MAX_STEPS = 14  # 10 steps per epoch: runs cross an epoch boundary, so the per-e
 
 
 def flags(model: Path, corpus: Path, out: Path, **extra) -> list[str]:
-    """run_mlm.py flags for a tiny CPU run of MAX_STEPS steps logging every step and saving every 4; ``extra``
-    adds or overrides flags (``name=value``)."""
+    """run_mlm.py flags for a tiny CPU run of MAX_STEPS steps logging every step and saving every 4, every
+    checkpoint kept; ``extra`` adds or overrides flags (``name=value``)."""
     args = {"model_name_or_path": model, "train_file": corpus, "output_dir": out, "max_seq_length": 32,
-            "per_device_train_batch_size": 8, "max_steps": MAX_STEPS, "save_steps": 4, "logging_steps": 1,
+            "per_device_train_batch_size": 8, "max_steps": MAX_STEPS, "save_steps": 4, "save_total_limit": 0,
+            "logging_steps": 1,
             "do_eval": False, "report_to": "none", "use_cpu": True, "preprocessing_num_workers": 1,
             "disable_tqdm": True, **extra}
     return [item for key, value in args.items() for item in (f"--{key}", str(value))]

@@ -122,8 +122,8 @@ def test_dataset_name_and_train_file(tmp_path):
     (["--validation_file", "dev.txt", "--validation_split_percentage", "10"],
      r"--validation_split_percentage holds out training text .* --validation_file already gives the evaluation"),
     # a name given twice: the first would be lost
-    (["--train_file", "a.txt", "--train_file", "b.txt"],
-     r"--train_file is given twice; only the last would count\. Give every value after one --train_file"),
+    (["--train_file", "a.txt", "--train-file", "b.txt"],
+     r"--train_file is given twice; only the last values would count\. Give them all after one --train_file"),
     (["--validation_file", "a=dev.txt", "a=other.txt"], r"--validation_file: the set name 'a' is given twice"),
     # a value that leaves the run nothing to do
     (["--num_train_epochs", "0"], r"--num_train_epochs 0 trains nothing"),
@@ -142,6 +142,7 @@ def test_the_same_flags_with_what_they_need_are_accepted(tmp_path):
     assert data.mix_share == 0.3 and data.validation_file == ["a=dev.txt", "b=other.txt"] and training.max_steps == 5
     assert parse_args(["--output_dir", str(tmp_path), "--mix_train_file", "g.txt"])[1].mix_share == 0.2
     assert parse_args(["--output_dir", str(tmp_path)])[1].mix_share is None
+    assert parse_args(["--output_dir", str(tmp_path), "--max_steps", "5", "--max_steps", "7"])[-1].max_steps == 7
 
 
 def test_validation_split_out_of_range(tmp_path):

@@ -31,8 +31,8 @@ LR = 1e-3
 
 def flags(model: Path, corpus: Path, out: Path, **extra) -> list[str]:
     args = {"model_name_or_path": model, "train_file": corpus, "output_dir": out, "max_seq_length": 32,
-            "per_device_train_batch_size": 4, "learning_rate": LR, "logging_steps": 1, "save_strategy": "no",
-            "do_eval": False, "report_to": "none", "use_cpu": True, "preprocessing_num_workers": 1,
+            "per_device_train_batch_size": 4, "learning_rate": LR, "warmup_steps": 0, "logging_steps": 1,
+            "save_strategy": "no", "do_eval": False, "report_to": "none", "use_cpu": True, "preprocessing_num_workers": 1,
             "disable_tqdm": True, **extra}
     return [item for key, value in args.items() for item in (f"--{key}", str(value))]
 

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import NEGATIVE, POSITIVE, labelled_rows, write_jsonl
 from transformers import EarlyStoppingCallback, Trainer
 
 from arguments import parse_args
@@ -21,22 +22,6 @@ from mlm_pretraining.classification import (
     tokenize_labelled,
 )
 from scripts.run_classification import ARGUMENT_GROUPS, main
-
-POSITIVE = ["the band played the first song of the year", "he released a new album which became known"]
-NEGATIVE = ["the war was in the south during the season", "the river and the park of the city"]
-NEUTRAL = ["it was one of the national team", "she had been called early"]
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return str(path)
-
-
-def labelled_rows(n):
-    groups = [("music", POSITIVE), ("place", NEGATIVE), ("other", NEUTRAL)]
-    return [{"text": groups[i % 3][1][i % 2] + f" {i % 5}", "label": groups[i % 3][0], "metadata": []}
-            for i in range(n)]
-
 
 def test_metrics_match_hand_computed_values():
     # class 0: P=1/2 R=1/2 F1=1/2; class 1: P=2/3 R=1 F1=4/5; class 2: F1=0. Accuracy 3/5.

@@ -99,7 +99,6 @@ atexit.register(process_group_left)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="run_mlm.py does not destroy its process group yet: see CHECK_AT_EXIT")
 def test_torchrun_children_end_their_process_group_before_the_interpreter_finalizes(no_dropout_model, corpus,
                                                                                       tmp_path):
     site = tmp_path / "site"
@@ -166,7 +165,7 @@ def test_torchrun_stream_resumed_by_position_matches_the_uninterrupted_run(tiny_
 
 def test_fsdp_example_parses_into_training_arguments(tmp_path):
     training_args = parse_args([str(REPO / "examples" / "fsdp.yaml"), "--output_dir", str(tmp_path),
-                                "--bf16", "False"])[3]
+                                "--bf16", "False"])[-1]
     assert training_args.fsdp_config["transformer_layer_cls_to_wrap"] == ["BertLayer"]
     assert training_args.fsdp_config["state_dict_type"] == "SHARDED_STATE_DICT"
     assert training_args.fsdp and training_args.max_steps == 10000
@@ -185,4 +184,4 @@ def test_deepspeed_zero2_example_parses(tmp_path):
         import deepspeed  # noqa: F401
     except ImportError:
         pytest.skip("deepspeed not installed: --deepspeed parsing covered by test_bad_input")
-    assert parse_args(["--output_dir", str(tmp_path), "--deepspeed", str(path)])[3].deepspeed == str(path)
+    assert parse_args(["--output_dir", str(tmp_path), "--deepspeed", str(path)])[-1].deepspeed == str(path)

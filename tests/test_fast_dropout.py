@@ -10,7 +10,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from mlm_pretraining.speed import fast_dropout
-from mlm_pretraining import trainer as trainer_module
+from mlm_pretraining import speed
 from mlm_pretraining.speed.fast_dropout import (
     ATTENTION_NAME,
     FastDropout,
@@ -196,7 +196,7 @@ def test_run_mlm_uses_it_unless_switched_off(tiny_model_dir, corpus, tmp_path, m
     import run_mlm
 
     switched = []
-    monkeypatch.setattr(trainer_module, "enable_fast_dropout", lambda model: switched.append(enable_fast_dropout(model)))
+    monkeypatch.setattr(speed, "enable_fast_dropout", lambda model: switched.append(enable_fast_dropout(model)))
     flags = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(corpus), "--max_seq_length", "32",
              "--per_device_train_batch_size", "4", "--max_steps", "1", "--do_eval", "false", "--report_to", "none",
              "--save_strategy", "no"]

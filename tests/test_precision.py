@@ -13,7 +13,7 @@ from arguments import parse_args
 from mlm_pretraining.errors import InputError
 from mlm_pretraining.speed import precision
 from mlm_pretraining.hardware import cpu_flags, cpu_has_native_bf16
-from mlm_pretraining.speed.precision import bf16_warning
+from mlm_pretraining.speed.precision import bf16_advice, bf16_warning
 
 
 def test_bf16_warning_only_on_cpus_without_native_bf16():
@@ -36,6 +36,17 @@ def test_bf16_runs_on_a_cpu_only_machine_and_fp16_is_refused(tmp_path):
         parse_args(["--output_dir", str(tmp_path), "--fp16"])
 
 
+def test_fp32_on_a_cpu_with_native_bf16_is_told_the_measured_speed_up():
+    avx2 = "flags\t\t: fpu sse2 avx avx2 fma\n"
+    amx = "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    advice = bf16_advice(False, False, on_cpu=True, cpuinfo=amx)
+    assert advice.startswith("This CPU computes bf16 natively (AMX / AVX-512 BF16): --bf16 trains about 2.3x faster "
+                             "here (2,397 against 1,042 tokens/s")
+    assert bf16_advice(True, False, on_cpu=True, cpuinfo=amx) is None  # already bf16
+    assert bf16_advice(False, False, on_cpu=True, cpuinfo=avx2) is None  # emulated bf16 would be slower
+    assert bf16_advice(False, False, on_cpu=False, cpuinfo=amx) is None  # a GPU trains; its own advice is the README's
+
+
 def test_cpu_flags_reads_the_flags_or_features_line():
     x86 = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2\nbugs\t\t: spectre_v1\n"
     assert cpu_flags(x86) == {"fpu", "sse2", "avx2"}
@@ -55,7 +66,7 @@ def test_warn_about_precision_logs_only_when_bf16_would_be_emulated(monkeypatch,
     monkeypatch.setattr(precision, "has_gpu", lambda: gpu)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: native)
     with caplog.at_level(logging.WARNING, logger="mlm_pretraining.speed.precision"):
-        precision.warn_about_precision(SimpleNamespace(bf16=bf16, use_cpu=use_cpu))
+        precision.warn_about_precision(SimpleNamespace(bf16=bf16, fp16=False, use_cpu=use_cpu))
     assert ("training will be several times SLOWER than fp32" in caplog.text) == warned
 
 

@@ -6,43 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import kill_when_saved, write_season_corpus
-from safetensors.torch import load_file
+from helpers import MAX_STEPS, flags, launch_run_mlm, losses, max_weight_difference
 
 import run_mlm
 from mlm_pretraining.checkpoints import checkpoint_problem, last_complete_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-MAX_STEPS = 14  # 10 steps per epoch: runs cross an epoch boundary, so the per-epoch masks are exercised too
-
-
-def flags(model: Path, corpus: Path, out: Path, **extra) -> list[str]:
-    args = {"model_name_or_path": model, "train_file": corpus, "output_dir": out, "max_seq_length": 32,
-            "per_device_train_batch_size": 8, "max_steps": MAX_STEPS, "save_steps": 4, "logging_steps": 1,
-            "do_eval": False, "report_to": "none", "use_cpu": True, "preprocessing_num_workers": 1,
-            "disable_tqdm": True, **extra}
-    return [item for key, value in args.items() for item in (f"--{key}", str(value))]
-
-
-def losses(out: Path) -> list[float]:
-    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-    return [entry["loss"] for entry in history if "loss" in entry]
-
-
-def max_weight_difference(a: Path, b: Path) -> float:
-    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    assert wa.keys() == wb.keys()
-    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
 @pytest.fixture(scope="module")
@@ -120,21 +95,15 @@ def test_skipping_seen_batches_does_not_touch_the_data(tiny_model_dir, tiny_toke
     assert torch.equal(first["labels"], all_batches[10])
 
 
-def _cli(argv: list[str], out_log: Path) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, str(REPO / "run_mlm.py"), *argv], cwd=REPO, env=env,
-                            stdout=open(out_log, "w"), stderr=subprocess.STDOUT)
-
-
 @pytest.mark.slow
 def test_kill9_after_a_checkpoint_then_rerun_is_exact(full_run, tiny_model_dir, corpus_file, tmp_path):
     """SIGKILL once checkpoint-4 is written, rerun the same command: same loss curve and weights as uninterrupted."""
     out = tmp_path / "out"
     argv = flags(tiny_model_dir, corpus_file, out)
-    kill_when_saved(_cli(argv, tmp_path / "killed.log"), out / "checkpoint-4" / "trainer_state.json")
+    kill_when_saved(launch_run_mlm(argv, tmp_path / "killed.log"), out / "checkpoint-4" / "trainer_state.json")
     assert not (out / "model.safetensors").exists()
     first_checkpoint = (out / "checkpoint-4" / "trainer_state.json").stat().st_mtime_ns
-    rerun = _cli(argv, tmp_path / "rerun.log")
+    rerun = launch_run_mlm(argv, tmp_path / "rerun.log")
     assert rerun.wait() == 0, (tmp_path / "rerun.log").read_text()[-3000:]
     assert (out / "checkpoint-4" / "trainer_state.json").stat().st_mtime_ns == first_checkpoint  # resumed
     assert losses(out) == pytest.approx(losses(full_run), abs=1e-6)
@@ -144,7 +113,7 @@ def test_kill9_after_a_checkpoint_then_rerun_is_exact(full_run, tiny_model_dir, 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_model_dir, corpus_file, tmp_path):
     out = tmp_path / "out"
-    process = _cli(flags(tiny_model_dir, corpus_file, out, max_steps=100_000, save_steps=100_000), tmp_path / "log")
+    process = launch_run_mlm(flags(tiny_model_dir, corpus_file, out, max_steps=100_000, save_steps=100_000), tmp_path / "log")
     deadline = time.time() + 300
     while "{'loss'" not in (tmp_path / "log").read_text():  # a logged training step
         assert process.poll() is None and time.time() < deadline

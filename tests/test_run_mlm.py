@@ -17,11 +17,13 @@ from run_mlm import main
 
 
 def run(model_dir, corpus, out, *extra):
+    """Six steps, evaluated before and after training only (flags in ``extra`` override these)."""
+    held_out = [] if "--validation_file" in extra else ["--validation_split_percentage", "10"]
     return main([
         "--model_name_or_path", str(model_dir), "--train_file", str(corpus), "--output_dir", str(out),
         "--max_seq_length", "32", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
         "--learning_rate", "0.001", "--max_steps", "6", "--logging_steps", "1", "--save_steps", "3",
-        "--validation_split_percentage", "10", "--preprocessing_num_workers", "1", "--seed", "1",
+        "--eval_strategy", "no", *held_out, "--preprocessing_num_workers", "1", "--seed", "1",
         "--dataloader_num_workers", "0", *extra,
     ])
 
@@ -116,7 +118,7 @@ def test_saved_model_loads_and_fills_a_mask(trained):
 def test_rerun_resumes_from_the_last_checkpoint(trained, tiny_model_dir, tmp_path, caplog):
     _, _, corpus = trained
     out = tmp_path / "out"
-    run(tiny_model_dir, corpus, out, "--max_steps", "3")
+    first = run(tiny_model_dir, corpus, out, "--max_steps", "3")
     assert (out / "checkpoint-3").is_dir()
     with caplog.at_level("INFO"):
         results = run(tiny_model_dir, corpus, out)  # same folder, more steps: resumes from checkpoint-3
@@ -125,7 +127,8 @@ def test_rerun_resumes_from_the_last_checkpoint(trained, tiny_model_dir, tmp_pat
     assert state["global_step"] == 6
     train_steps = [e["step"] for e in state["log_history"] if "loss" in e]
     assert train_steps == [1, 2, 3, 4, 5, 6]
-    assert "eval_before_loss" not in results  # a resumed run has no 'before'
+    # a resumed run does not evaluate 'before' again: it keeps the figures its start measured
+    assert results["eval_before_loss"] == first["eval_before_loss"]
 
 
 def test_explicit_resume_from_checkpoint(trained, tiny_model_dir, tmp_path):
@@ -207,3 +210,18 @@ def test_evaluating_a_checkpoint_without_training(trained, tmp_path):
     assert "train_loss" not in again and "eval_before_loss" not in again
     assert again["eval_perplexity"] == pytest.approx(math.exp(again["eval_loss"]))
     assert again["eval_loss"] < results["eval_before_loss"]  # the trained checkpoint, not a fresh one
+
+
+def test_the_default_cadence_follows_the_runs_length(trained, tiny_model_dir, tmp_path):
+    """No cadence flags: the loss logged at every 1 % of the steps, an evaluation and a checkpoint every 10 %, the
+    newest two checkpoints kept (a 20-step run: every step; every 2 steps; checkpoint-18 and -20)."""
+    _, _, corpus = trained
+    out = tmp_path / "defaults"
+    main(["--model_name_or_path", str(tiny_model_dir), "--train_file", str(corpus), "--output_dir", str(out),
+          "--max_seq_length", "32", "--per_device_train_batch_size", "4", "--max_steps", "20",
+          "--max_eval_samples", "4", "--preprocessing_num_workers", "1", "--report_to", "none",
+          "--dataloader_num_workers", "0"])
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e] == list(range(1, 21))
+    assert sorted({e["step"] for e in history if "eval_loss" in e}) == list(range(2, 21, 2))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-18", "checkpoint-20"]

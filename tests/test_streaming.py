@@ -150,7 +150,7 @@ def test_resume_by_position_reads_only_the_text_it_trains_on(stream_run, tiny_mo
     from mlm_pretraining.trainer import MLMTrainer
 
     counted, at_first_step = [], []
-    encode = streaming.encode_texts
+    encode = streaming.encode_flat
     training_step = MLMTrainer.training_step
 
     def counting_encode(tokenizer, texts, **options):
@@ -162,7 +162,7 @@ def test_resume_by_position_reads_only_the_text_it_trains_on(stream_run, tiny_mo
             at_first_step.append(sum(counted))
         return training_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(streaming, "encode_texts", counting_encode)
+    monkeypatch.setattr(streaming, "encode_flat", counting_encode)
     monkeypatch.setattr(MLMTrainer, "training_step", first_step)
     read = {}
     for how in ("seek", "replay"):

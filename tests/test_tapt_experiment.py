@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from helpers import labelled_rows, write_jsonl
 from conftest import REPO
 from safetensors.torch import load_file
 
@@ -23,7 +24,6 @@ from scripts.experiments.tapt_experiment import (
     perplexity_table,
     result_table,
 )
-from tests.test_classification import labelled_rows, write_jsonl
 
 
 RUNS = {"base": {1: {"eval_macro_f1": 0.5, "test_macro_f1": 0.4, "test_micro_f1": 0.6},
@@ -240,10 +240,11 @@ def test_a_stopped_tapt_run_is_not_taken_for_finished_and_an_earlier_finished_on
     stopped_tapt_folder(folder, (runs.STARTED_FILE, recorded))
     assert tapt.finished(folder, tapt.pretrain_flags(args, files, folder), "eval_task_perplexity") is None  # rerun
 
-    # Folders of the earlier harness: its flags (with --overwrite_output_dir true, without --eval_strategy no, then
-    # run_mlm.py's default) and cost in files of their own.
+    # Folders of the earlier harness: its flags (with --overwrite_output_dir true, without --eval_strategy no
+    # --weight_decay 0.0, then run_mlm.py's defaults) and cost in files of their own.
     at, end = recorded.index("--output_dir") + 2, recorded.index("--eval_strategy")
-    earlier = [*recorded[:at], "--overwrite_output_dir", "true", *recorded[at:end], *recorded[end + 2:]]
+    assert recorded[end:end + 4] == ["--eval_strategy", "no", "--weight_decay", "0.0"]
+    earlier = [*recorded[:at], "--overwrite_output_dir", "true", *recorded[at:end], *recorded[end + 4:]]
     stopped = tmp_path / "earlier-stopped"
     stopped_tapt_folder(stopped, (tapt.EARLIER_FLAGS_FILE, earlier))
     assert tapt.finished(stopped, tapt.pretrain_flags(args, files, stopped), "eval_task_perplexity") is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
+from helpers import TEXTS, blocks, make_trainer
 from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 
 from arguments import MLMTrainingArguments, parse_args
@@ -17,25 +17,6 @@ from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_pretraining.reporting.plotting import TrainingCurveCallback
 from mlm_pretraining.speed.sparse_head import enable_sparse_prediction
 from mlm_pretraining.trainer import MLMTrainer, build_trainer
-
-TEXTS = ["the city park was known for its music and the band played the first song",
-         "he released a new album , which became known in the world during the war",
-         "the band played", "music"] * 4
-
-
-def blocks(tokenizer) -> list[dict[str, list[int]]]:
-    return [{"input_ids": ids} for ids in tokenizer(TEXTS)["input_ids"]]
-
-
-def make_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, *flags, callbacks=()):
-    _, _, mask_args, speed_args, training_args = parse_args([
-        "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--report_to", "none",
-        "--per_device_eval_batch_size", "4", "--per_device_train_batch_size", "4", *flags])
-    model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir)
-    data = Dataset.from_list(blocks(tiny_tokenizer))
-    return build_trainer(model, tiny_tokenizer, speed_args, mask_args, training_args, train_dataset=data,
-                         eval_dataset=data, callbacks=callbacks)
-
 
 # --- evaluation masks --------------------------------------------------------------------------------------------
 

@@ -219,7 +219,7 @@ def adopt_earlier_run(run_dir: Path, last_key: str) -> None:
     if "--overwrite_output_dir" in flags:  # a TAPT run's then; now left out, so a stopped run resumes
         at = flags.index("--overwrite_output_dir")
         flags[at:at + 2] = []
-        flags += ["--eval_strategy", "no"]  # run_mlm.py's default then, given now
+        flags += ["--eval_strategy", "no", "--weight_decay", "0.0"]  # run_mlm.py's defaults then, given now
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     seconds_file = run_dir / EARLIER_SECONDS_FILE
     if last_key in results:
@@ -270,7 +270,9 @@ def pretrain_flags(args: TaptArguments, files: dict[str, str], run_dir: Path, tr
              "--per_device_eval_batch_size", str(args.tapt_batch_size), "--warmup_steps", "0.06",
              "--head_warmup_steps", str(args.head_warmup_steps), "--max_eval_samples", str(args.tapt_max_eval_samples),
              "--seed", str(args.tapt_seed), "--save_strategy", "no", "--logging_steps", "10", "--report_to", "none",
-             "--log_level", "warning", "--eval_strategy", "no"]
+             "--log_level", "warning",
+             # the Trainer's defaults, with which docs/experiments.md was measured (run_mlm.py's own differ now)
+             "--eval_strategy", "no", "--weight_decay", "0.0"]
     if args.mix_train_file:
         flags += ["--mix_train_file", *args.mix_train_file]
         if args.mix_share is not None:
