@@ -106,17 +106,23 @@ def test_a_failing_card_never_fails_the_run(tmp_path, caplog):
     assert "Could not write the model card" in caplog.text and not (tmp_path / "README.md").exists()
 
 
-@pytest.fixture(scope="module")
-def run(tiny_model_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("card")
+def card_run(model_dir, folder, *extra) -> tuple[list[str], object, object]:
+    """run_mlm.py flags for a 2-step run on 100 lines (the last 10 held out) written to ``folder``; ``extra``
+    overrides. Returns (flags, output folder, corpus)."""
     corpus = folder / "corpus.txt"
     corpus.write_text("\n".join(f"the band played the first song of the year {i % 7} . he was known in the city ."
                                 for i in range(100)) + "\n")
     out = folder / "out"
-    argv = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(corpus), "--output_dir", str(out),
+    argv = ["--model_name_or_path", str(model_dir), "--train_file", str(corpus), "--output_dir", str(out),
             "--max_seq_length", "32", "--per_device_train_batch_size", "4", "--max_steps", "2",
             "--validation_split_percentage", "10", "--preprocessing_num_workers", "1", "--report_to", "none",
-            "--dataloader_num_workers", "0"]
+            "--dataloader_num_workers", "0", *extra]
+    return argv, out, corpus
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir, tmp_path_factory):
+    argv, out, corpus = card_run(tiny_model_dir, tmp_path_factory.mktemp("card"))
     return main(argv), out, corpus
 
 
@@ -175,14 +181,8 @@ def test_a_headless_models_card_keeps_its_rows_after_a_resume(headless_model_dir
     """A head-less base (like the shipped MiniLM): the card shows the random-head row and the row after the head
     warm-up, taken from the evaluation at the warm-up's last step; rerunning the command resumes from the last
     checkpoint, and that run's card still holds both rows (the before row is not measured again)."""
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(f"the band played the first song of the year {i % 5} . he was known in the city ."
-                                for i in range(100)) + "\n")
-    out = tmp_path / "out"
-    argv = ["--model_name_or_path", str(headless_model_dir), "--train_file", str(corpus), "--output_dir", str(out),
-            "--max_seq_length", "32", "--per_device_train_batch_size", "4", "--max_steps", "4",
-            "--head_warmup_steps", "2", "--save_steps", "4", "--validation_split_percentage", "10",
-            "--preprocessing_num_workers", "1", "--report_to", "none", "--dataloader_num_workers", "0"]
+    argv, out, _ = card_run(headless_model_dir, tmp_path, "--max_steps", "4", "--head_warmup_steps", "2",
+                            "--save_steps", "4")
     first = main(argv)
     at_warmup = next(e for e in json.loads((out / "trainer_state.json").read_text())["log_history"]
                      if e.get("step") == 2 and "eval_loss" in e)
