@@ -8,7 +8,7 @@ a step takes its batches their stream positions are noted, and on resume the str
 skip batches; a mask-rate schedule masks each step's batches at its rate); ``create_scheduler`` (under a budget, a
 schedule over the share of the budget spent); ``log`` (the mask rate and the budget's progress in the logs);
 ``evaluate`` (under FSDP2, the model sharded again after it). Two more make the finished folder what the user gets:
-``save_model`` (under FSDP the whole model, whatever the checkpoints' ``state_dict_type``; never a push) and
+``save_model`` (under FSDP and ZeRO-1/2 the whole model, tied weights once; never a push) and
 ``push_to_hub`` (``output_dir`` uploaded once, as it stands).
 :func:`build_trainer` adds the masking collators, our callbacks and the speed-ups, refuses --fsdp / --deepspeed that
 accelerate did not engage, and under --fsdp shards the model (:func:`settle_fsdp`).
@@ -179,19 +179,21 @@ class MLMTrainer(Trainer):
             setattr(self, TRAINER_COLLATOR, train_collator)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the model for ``from_pretrained``, as the Trainer does, except: under FSDP the whole model is gathered
-        and written whatever ``fsdp_config``'s ``state_dict_type`` (the Trainer writes no weights at all for
-        SHARDED_STATE_DICT, which is meant for checkpoints, and checkpoints keep it); and nothing is pushed here,
-        since run_mlm.py pushes the finished folder once, with the base's pooler, our card and results
-        (:meth:`push_to_hub`)."""
-        if _internal_call or not self.is_fsdp_enabled:  # checkpoints, and every run without FSDP: the Trainer's
+        """Save the model for ``from_pretrained``, as the Trainer does, except: under FSDP and DeepSpeed ZeRO-1/2 the
+        whole model is gathered and written with its tied weights once (under FSDP whatever ``fsdp_config``'s
+        ``state_dict_type``: the Trainer writes no weights at all for SHARDED_STATE_DICT, which is meant for
+        checkpoints, and checkpoints keep it); and nothing is pushed here, since run_mlm.py pushes the finished folder
+        once, with the base's pooler, our card and results (:meth:`push_to_hub`)."""
+        zero = (self.accelerator.deepspeed_config.get("zero_optimization", {}).get("stage", 0)
+                if self.is_deepspeed_enabled else None)
+        if _internal_call or not (self.is_fsdp_enabled or zero in (0, 1, 2)):  # the Trainer's (ZeRO-3's included)
             return super().save_model(output_dir, _internal_call=True)
         output_dir = output_dir or self.args.output_dir
-        state_dict = self.accelerator.get_state_dict(self.model)  # a collective: every process gathers its shards
-        # The gather copies tied weights (BERT's decoder and word embeddings) apart; one tensor again, so
-        # save_pretrained writes each once, as without FSDP.
+        # A collective under FSDP: every process gathers its shards. The gathered copies of tied weights (BERT's
+        # decoder and word embeddings) are separate tensors; made one again, save_pretrained writes each once.
+        state_dict = self.accelerator.get_state_dict(self.model_wrapped if zero is not None else self.model)
         tied = collections.defaultdict(list)
-        for name, param in self.model.named_parameters(remove_duplicate=False):
+        for name, param in self.accelerator.unwrap_model(self.model).named_parameters(remove_duplicate=False):
             tied[id(param)].append(name)
         for first, *others in tied.values():
             for name in others:
@@ -200,7 +202,7 @@ class MLMTrainer(Trainer):
         if self.args.should_save:
             self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict)
             self.processing_class.save_pretrained(output_dir)
-            logger.info("FSDP: the whole model gathered from %d processes and saved to %s.", self.args.world_size,
+            logger.info("The whole model gathered from %d processes and saved to %s.", self.args.world_size,
                         output_dir)
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,

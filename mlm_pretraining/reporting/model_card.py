@@ -3,8 +3,9 @@ the masking settings, perplexity and accuracy before and after training per eval
 and how to load the model.
 
 The YAML metadata and the hyperparameter list come from transformers' own model-card code
-(``transformers.modelcard.TrainingSummary`` and ``extract_hyperparameters_from_trainer``); the license is passed
-in (read from the base model's local card, else "unknown"), so nothing asks the hub for it.
+(``transformers.modelcard.TrainingSummary`` and ``extract_hyperparameters_from_trainer``), the ``model-index`` (the
+evaluation results the hub shows) from huggingface_hub's ``EvalResult``; the license is passed in (read from the base
+model's local card, else "unknown"), so nothing asks the hub for it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import yaml
 
 from mlm_pretraining.reporting.corpus_report import SUMMARY_HEADER, SUMMARY_NOTE, summary_rows
 from mlm_pretraining.constants import EMBEDDED_MODEL
+from mlm_pretraining.flag_values import parse_named_files
 from mlm_pretraining.model.loading import resolve_model_path
 from mlm_pretraining.reporting.plotting import CURVES_FILE
 
@@ -60,6 +62,37 @@ def evaluation_results(results: dict) -> list[dict]:
     return rows
 
 
+# model-index metrics: our result key, the hub's metric type, its label.
+INDEX_METRICS = (("perplexity", "perplexity", "Perplexity"), ("accuracy", "accuracy", "Masked-token accuracy"))
+
+
+def model_index(model_name: str, results: dict, data_args: DataArguments) -> list[dict]:
+    """The card's ``model-index`` in the hub's format: the fill-mask task with, per evaluation set, its perplexity
+    and masked-token accuracy after training (finite values only; an empty results list when none)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    files = parse_named_files(data_args.validation_file, "--validation_file") if data_args.validation_file else {}
+    evals = []
+    for row in evaluation_results(results):
+        name = row["name"] or ""
+        if data_args.dataset_name:  # the hub dataset's own id
+            dataset = dict(dataset_type=data_args.dataset_name, dataset_config=data_args.dataset_config_name)
+        elif files:  # the set's files (the hub wants an id; a local file's name is the nearest thing)
+            dataset = dict(dataset_type=", ".join(Path(f).name for f in files.get(name, [])) or name)
+        else:  # held out from the training text
+            dataset = dict(dataset_type=", ".join(Path(f).name for f in data_args.train_file or []) or "text",
+                           dataset_split=f"held-out {data_args.validation_split_percentage:g} %")
+        for key, metric_type, label in INDEX_METRICS:
+            value = row["after"][key]
+            if value is not None and math.isfinite(value):
+                evals.append(EvalResult(task_type="fill-mask", task_name="Masked Language Modeling",
+                                        dataset_name=name or "validation", **dataset, metric_type=metric_type,
+                                        metric_name=label, metric_value=round(float(value), 4)))
+    if not evals:
+        return [{"name": model_name, "results": []}]
+    return ModelCardData(model_name=model_name, eval_results=evals).to_dict()["model-index"]
+
+
 def base_model_license(model_name_or_path: str) -> str:
     """The base model's license from its card, read locally (its folder, or the hub cache), else 'unknown'."""
     from huggingface_hub import ModelCard, try_to_load_from_cache
@@ -93,17 +126,21 @@ def model_card(*, base_model: str, license: str, model_name: str, command: str, 
     """The model card's Markdown text, YAML metadata first."""
     from transformers.modelcard import TrainingSummary
 
-    final = next((row["after"] for row in evaluation_results(results)), {})
     summary = TrainingSummary(
         model_name=model_name, license=license, finetuned_from=base_model, tasks="fill-mask",
         tags=["fill-mask", "generated_from_trainer"], hyperparameters=hyperparameters,
         dataset=[data_args.dataset_name] if data_args.dataset_name else None,
         dataset_tags=[data_args.dataset_name] if data_args.dataset_name else None,
         dataset_args=[data_args.dataset_config_name] if data_args.dataset_name else None,
-        eval_results={"accuracy": final["accuracy"]} if final.get("accuracy") is not None else None,
     )
     metadata = summary.create_metadata()
     metadata["pipeline_tag"] = "fill-mask"
+    metadata["model-index"] = model_index(model_name, results, data_args)
+    metrics = [metric for _, metric, _ in INDEX_METRICS
+               if any(m["type"] == metric for r in metadata["model-index"][0]["results"] for m in r["metrics"])]
+    metadata.pop("metrics", None)
+    if metrics:
+        metadata["metrics"] = metrics
     lines = [f"---\n{yaml.dump(metadata, sort_keys=False, allow_unicode=True)}---", "", f"# {model_name}", "",
              (f"[{base_model}]({_link(base_model)}) further pretrained with masked-language modelling on the text "
              "below (continued pretraining: DAPT/TAPT) with `run_mlm.py`."), ""]
