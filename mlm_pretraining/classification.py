@@ -1,5 +1,6 @@
-"""Downstream sequence classification: its arguments, reading labelled files, label ids, F1 metrics, and the
-fine-tuning run itself (:func:`fine_tune`, used by scripts/run_classification.py and scripts/benchmarks/compare_finetuning.py)."""
+"""Downstream sequence classification: its arguments, its labelled files (read by data/labelled.py), label ids, F1
+metrics, and the fine-tuning run itself (:func:`fine_tune`, used by scripts/run_classification.py and
+scripts/benchmarks/compare_finetuning.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 from sklearn.metrics import accuracy_score, f1_score
 from torch.utils.data import SequentialSampler
 from transformers import (
@@ -22,18 +23,17 @@ from transformers import (
 )
 
 from arguments import FineTuneSpeedArguments
+from mlm_pretraining.data.labelled import label_list, read_labelled
 from mlm_pretraining.errors import InputError, as_list
+from mlm_pretraining.flag_values import read_token_file
 from mlm_pretraining.internals import PREFIX_CHECKPOINT_DIR
-from mlm_pretraining.model.loading import load_model, load_tokenizer, resolve_max_seq_length
-from mlm_pretraining.speed import apply_speedups
-from mlm_pretraining.data.text import (
-    load_split,
-    resolve_data_files,
-    select_text,
-    text_column,
+from mlm_pretraining.model.loading import (
+    load_model,
+    load_tokenizer,
+    resolve_max_seq_length,
 )
 from mlm_pretraining.model.vocab import add_domain_tokens
-from mlm_pretraining.flag_values import read_token_file
+from mlm_pretraining.speed import apply_speedups
 
 logger = logging.getLogger(__name__)
 
@@ -215,9 +215,8 @@ def load_labelled_datasets(args: ClassificationDataArguments, cache_dir: str | N
                                   ("validation", "--validation_file", args.validation_file),
                                   ("test", "--test_file", args.test_file)):
         if patterns:
-            files = resolve_data_files(patterns, flag)
-            raw[split] = _select_columns(load_split(files, flag, cache_dir=cache_dir, allow_text=False), args,
-                                         f"{flag} ({', '.join(files[:3])})")
+            raw[split] = read_labelled(patterns, flag, text_column_name=args.text_column_name,
+                                       label_column_name=args.label_column_name, cache_dir=cache_dir)
     raw = DatasetDict(raw)
     if "validation" not in raw:
         held_out = raw["train"].train_test_split(test_size=args.validation_split_percentage / 100, seed=SPLIT_SEED)
@@ -238,32 +237,6 @@ def take_subsets(raw: DatasetDict, args: ClassificationDataArguments) -> Dataset
         if split in raw and limit is not None and limit < len(raw[split]):
             raw[split] = raw[split].shuffle(seed=SPLIT_SEED).select(range(limit))
     return raw
-
-
-def _select_columns(ds: Dataset, args: ClassificationDataArguments, where: str) -> Dataset:
-    """Keep the text and label columns, named 'text' and 'label'; drop rows with a blank text."""
-    label = args.label_column_name
-    if label not in ds.column_names:
-        raise InputError(f"{where} has no label column '{label}'; choose one with --label_column_name. "
-                         f"Columns: {', '.join(ds.column_names)}.")
-    n = len(ds)
-    ds = select_text(ds, text_column(ds, args.text_column_name, where, exclude=(label,)), where, keep=(label,))
-    if label != "label":
-        ds = ds.rename_column(label, "label")
-    if len(ds) < n:
-        logger.warning("Dropped %d rows of %s with a blank text.", n - len(ds), where)
-    missing = sum(value is None for value in ds["label"])
-    if missing:
-        raise InputError(f"{where} has {missing} row(s) without a label in column '{label}'.")
-    return ds
-
-
-def label_list(train: Dataset) -> list:
-    """The sorted distinct training labels; label id i is the i-th (numbers sort numerically, strings by name)."""
-    labels = sorted(set(train["label"]))
-    if len(labels) < 2:
-        raise InputError(f"The training data has {len(labels)} distinct label(s); classification needs at least 2.")
-    return labels
 
 
 def label_maps(labels: list) -> tuple[dict[int, str], dict[str, int]]:

@@ -23,23 +23,23 @@ from arguments import (
     ModelArguments,
     parse_args,
 )
-from mlm_pretraining.reporting.corpus_report import (
-    REPORT_FILE,
-    corpus_report,
-    format_report,
-    write_report,
-)
 from mlm_pretraining.data.sources import prepare_datasets, tokenize_corpus
+from mlm_pretraining.data.text import read_corpus
 from mlm_pretraining.errors import run_cli
+from mlm_pretraining.flag_values import read_token_file
 from mlm_pretraining.model.loading import (
     load_model,
     load_tokenizer,
     model_class_for,
     resolve_max_seq_length,
 )
-from mlm_pretraining.data.text import read_corpus
 from mlm_pretraining.model.vocab import add_domain_tokens
-from mlm_pretraining.flag_values import read_token_file
+from mlm_pretraining.reporting.corpus_report import (
+    REPORT_FILE,
+    corpus_report,
+    format_report,
+    write_report,
+)
 
 
 @dataclass

@@ -16,8 +16,7 @@ from transformers import AutoModelForMaskedLM
 
 from arguments import ModelArguments, parse_args
 from mlm_pretraining.constants import EMBEDDED_MODEL
-from mlm_pretraining.errors import InputError
-from mlm_pretraining.errors import run_cli
+from mlm_pretraining.errors import InputError, run_cli
 from mlm_pretraining.model.loading import load_model, load_tokenizer
 
 MASK = "[MASK]"

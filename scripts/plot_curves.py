@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from arguments import parse_args
-from mlm_pretraining.errors import InputError
-from mlm_pretraining.errors import run_cli
+from mlm_pretraining.errors import InputError, run_cli
 from mlm_pretraining.reporting.plotting import plot_runs, read_log_history
 
 

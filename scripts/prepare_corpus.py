@@ -33,14 +33,19 @@ from arguments import (
     ModelArguments,
     parse_args,
 )
-from mlm_pretraining.errors import run_cli
-from mlm_pretraining.logs import get_logger, setup_logging
-from mlm_pretraining.model.loading import load_model, load_tokenizer, model_class_for, resolve_max_seq_length
 from mlm_pretraining.data.prepared import METADATA_FILE, SHARD_NAME, prepare_corpus
 from mlm_pretraining.data.text import read_corpus
-from mlm_pretraining.model.vocab import add_domain_tokens
-from mlm_pretraining.flag_values import read_token_file
 from mlm_pretraining.data.whole_word import check_tokenizer, use_chinese_segmentation
+from mlm_pretraining.errors import run_cli
+from mlm_pretraining.flag_values import read_token_file
+from mlm_pretraining.logs import get_logger, setup_logging
+from mlm_pretraining.model.loading import (
+    load_model,
+    load_tokenizer,
+    model_class_for,
+    resolve_max_seq_length,
+)
+from mlm_pretraining.model.vocab import add_domain_tokens
 
 logger = get_logger("prepare_corpus")
 

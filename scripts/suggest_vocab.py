@@ -18,9 +18,9 @@ from arguments import (
     ModelArguments,
     parse_args,
 )
+from mlm_pretraining.data.text import read_corpus
 from mlm_pretraining.errors import run_cli
 from mlm_pretraining.model.loading import load_tokenizer
-from mlm_pretraining.data.text import read_corpus
 from mlm_pretraining.model.vocab import count_words, suggest_tokens
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import torch
+from helpers import flags
 from safetensors.torch import load_file, save_file
 
 import run_mlm
@@ -14,7 +15,6 @@ from mlm_pretraining.model.base_weights import (
     base_weights_to_keep,
     keep_base_weights,
 )
-from helpers import flags
 
 POOLER = ["bert.pooler.dense.bias", "bert.pooler.dense.weight"]
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 from conftest import REPO, SHARED_DATA
+from mlm_lab import runs
 from transformers import BertConfig, BertForMaskedLM
 
-from mlm_lab import runs
 from mlm_pretraining.errors import InputError
 from scripts.benchmarks import benchmark
 

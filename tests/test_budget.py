@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 
 import run_mlm
 from arguments import parse_args
-from mlm_pretraining.errors import InputError
 from collators import MLMCollator
 from mlm_pretraining import budget
 from mlm_pretraining.budget import ProgressScheduler, mask_rate, progress_scheduler
+from mlm_pretraining.errors import InputError
 from mlm_pretraining.flag_values import parse_duration
 from mlm_pretraining.trainer import MLMTrainer, build_trainer
 

@@ -15,13 +15,13 @@ import torch
 
 import run_mlm
 from arguments import ModelArguments
-from mlm_pretraining.errors import InputError
 from mlm_pretraining.checkpoints import (
     check_checkpoint_matches,
     checkpoint_problem,
     find_resume_checkpoint,
     last_complete_checkpoint,
 )
+from mlm_pretraining.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ import pytest
 from helpers import NEGATIVE, POSITIVE, labelled_rows, write_jsonl
 from transformers import EarlyStoppingCallback, Trainer
 
-from arguments import parse_args
 import mlm_pretraining.classification as classification
-from mlm_pretraining.errors import InputError
+from arguments import parse_args
 from mlm_pretraining.classification import (
     build_classification_trainer,
     classification_metrics,
@@ -21,7 +20,9 @@ from mlm_pretraining.classification import (
     predicted_class,
     tokenize_labelled,
 )
+from mlm_pretraining.errors import InputError
 from scripts.run_classification import ARGUMENT_GROUPS, main
+
 
 def test_metrics_match_hand_computed_values():
     # class 0: P=1/2 R=1/2 F1=1/2; class 1: P=2/3 R=1 F1=4/5; class 2: F1=0. Accuracy 3/5.

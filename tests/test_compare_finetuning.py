@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from helpers import labelled_rows, write_jsonl
+from mlm_lab import runs
 
 import scripts.benchmarks.compare_finetuning as compare
-from mlm_lab import runs
 from mlm_pretraining.errors import InputError
 from scripts.benchmarks.compare_finetuning import COLUMNS, main, parse_args, summarise
-from helpers import labelled_rows, write_jsonl
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerFast
 
 from arguments import DataArguments
-from mlm_pretraining.errors import InputError
-from mlm_pretraining.reporting.corpus_report import corpus_report, format_report
 from mlm_pretraining.data.sources import prepare_datasets, tokenize_corpus
 from mlm_pretraining.data.text import read_corpus
+from mlm_pretraining.errors import InputError
 from mlm_pretraining.model.vocab import count_words
+from mlm_pretraining.reporting.corpus_report import corpus_report, format_report
 
 # With the conftest vocabulary: 'bandsly' is band ##s ##ly and 'songsly' song ##s ##ly (3 pieces each), 'zzz' is
 # [UNK]. Tokens per text (+1 [SEP] separator when packing): 3, 8, 14, 3; characters 13, 21, 64, 7.

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from mlm_pretraining.speed import fast_dropout
 from mlm_pretraining import speed
+from mlm_pretraining.speed import fast_dropout
 from mlm_pretraining.speed.fast_dropout import (
     ATTENTION_NAME,
     FastDropout,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_model
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from mlm_pretraining.errors import InputError
 from scripts.fill_mask import main, predict
-from conftest import build_model
 
 
 def test_predictions_are_the_models_top_k_probabilities(tiny_model_dir, tiny_tokenizer):

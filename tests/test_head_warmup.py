@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_season_corpus
+from helpers import flags, launch_run_mlm, losses, max_weight_difference
 from safetensors.torch import load_file
 
 import run_mlm
@@ -23,8 +25,6 @@ from mlm_pretraining.model.head_warmup import (
     resolve_warmup_steps,
 )
 from mlm_pretraining.model.loading import load_model_with_info
-from conftest import write_season_corpus
-from helpers import flags, launch_run_mlm, losses, max_weight_difference
 
 HEAD = {"cls.predictions.bias", "cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
         "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias"}

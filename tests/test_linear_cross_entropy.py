@@ -7,7 +7,10 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForMaskedLM
 
-from mlm_pretraining.speed.linear_cross_entropy import default_chunk_rows, linear_cross_entropy
+from mlm_pretraining.speed.linear_cross_entropy import (
+    default_chunk_rows,
+    linear_cross_entropy,
+)
 from mlm_pretraining.speed.sparse_head import enable_sparse_prediction
 
 

@@ -11,8 +11,8 @@ import torch
 
 from arguments import parse_args
 from mlm_pretraining.errors import InputError
-from mlm_pretraining.speed import precision
 from mlm_pretraining.hardware import cpu_flags, cpu_has_native_bf16
+from mlm_pretraining.speed import precision
 from mlm_pretraining.speed.precision import bf16_advice, bf16_warning
 
 

@@ -10,16 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_season_corpus
 from safetensors.torch import load_file
 
 import run_mlm
 from arguments import DataArguments, parse_args
-from mlm_pretraining.errors import InputError
+from mlm_pretraining.data.prepared import (
+    METADATA_FILE,
+    load_prepared,
+    tokenizer_fingerprint,
+)
 from mlm_pretraining.data.sources import prepare_datasets, read_data
-from mlm_pretraining.data.prepared import METADATA_FILE, load_prepared, tokenizer_fingerprint
 from mlm_pretraining.data.text import read_corpus
+from mlm_pretraining.errors import InputError
 from scripts import prepare_corpus
-from conftest import write_season_corpus
 
 
 def prepare(model, corpus, out, *extra) -> dict:

@@ -7,9 +7,6 @@ import time
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM
-
-from mlm_pretraining.speed.fast_dropout import enable_fast_dropout
 from mlm_lab.profiling import (
     ATTENTION,
     COPIES,
@@ -28,6 +25,9 @@ from mlm_lab.profiling import (
     op_class_table,
     shares,
 )
+from transformers import BertConfig, BertForMaskedLM
+
+from mlm_pretraining.speed.fast_dropout import enable_fast_dropout
 from mlm_pretraining.speed.sparse_head import enable_sparse_prediction
 
 

@@ -9,8 +9,8 @@ import signal
 import sys
 
 import pytest
-
 from mlm_lab import runs
+
 from mlm_pretraining.errors import InputError, run_cli
 
 

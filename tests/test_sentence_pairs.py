@@ -12,12 +12,12 @@ import torch
 from datasets import Dataset
 
 from arguments import DataArguments, ModelArguments
-from mlm_pretraining.errors import InputError
 from collators import MLMCollator
-from mlm_pretraining.data.sources import prepare_datasets
-from mlm_pretraining.model.loading import model_class_for
 from mlm_pretraining.data.sentence_pairs import build_pairs
+from mlm_pretraining.data.sources import prepare_datasets
 from mlm_pretraining.data.text import read_corpus
+from mlm_pretraining.errors import InputError
+from mlm_pretraining.model.loading import model_class_for
 
 CLS, SEP = 2, 3
 OFFSET = 100  # synthetic token ids: OFFSET + position in the flat stream, so every token says where it came from

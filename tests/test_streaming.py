@@ -18,13 +18,13 @@ from safetensors.torch import load_file
 
 import run_mlm
 from arguments import DataArguments
-from mlm_pretraining.errors import InputError
 from collators import STREAM_POSITION, MLMCollator
 from mlm_pretraining.data.packing import pack, special_token_template, tokenize
 from mlm_pretraining.data.sources import prepare_datasets
 from mlm_pretraining.data.streaming import STATE_FILE, PackedStream
 from mlm_pretraining.data.text import TextStream, read_corpus
 from mlm_pretraining.data.whole_word import use_chinese_segmentation
+from mlm_pretraining.errors import InputError
 
 
 def stream_of(corpus: Path, **kwargs):

@@ -12,19 +12,18 @@ import sys
 import time
 
 import pytest
-from helpers import labelled_rows, write_jsonl
 from conftest import REPO
+from helpers import labelled_rows, write_jsonl
+from mlm_lab import runs
 from safetensors.torch import load_file
 
 import scripts.experiments.tapt_experiment as tapt
-from mlm_lab import runs
 from mlm_pretraining.errors import InputError
 from scripts.experiments.tapt_experiment import (
     main,
     perplexity_table,
     result_table,
 )
-
 
 RUNS = {"base": {1: {"eval_macro_f1": 0.5, "test_macro_f1": 0.4, "test_micro_f1": 0.6},
                  2: {"eval_macro_f1": 0.7, "test_macro_f1": 0.6, "test_micro_f1": 0.8},

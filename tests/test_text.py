@@ -8,8 +8,8 @@ import json
 import pytest
 
 from arguments import DataArguments
-from mlm_pretraining.errors import InputError
 from mlm_pretraining.data.text import parse_named_files, read_corpus, resolve_data_files
+from mlm_pretraining.errors import InputError
 
 
 def texts(path, **kwargs):

@@ -12,9 +12,9 @@ from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 from arguments import MLMTrainingArguments, parse_args
 from collators import MLMCollator
 from mlm_pretraining.callbacks import GracefulStopCallback, MaskEpochCallback
-from mlm_pretraining.speed.fast_dropout import ATTENTION_NAME
 from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_pretraining.reporting.plotting import TrainingCurveCallback
+from mlm_pretraining.speed.fast_dropout import ATTENTION_NAME
 from mlm_pretraining.speed.sparse_head import enable_sparse_prediction
 from mlm_pretraining.trainer import MLMTrainer, build_trainer
 

@@ -8,8 +8,8 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from arguments import ModelArguments
 from mlm_pretraining.errors import InputError
-from mlm_pretraining.model.vocab import add_domain_tokens, count_words, suggest_tokens
 from mlm_pretraining.flag_values import read_token_file
+from mlm_pretraining.model.vocab import add_domain_tokens, count_words, suggest_tokens
 from run_mlm import main as run_mlm
 from scripts.suggest_vocab import main as suggest_vocab
 

@@ -15,7 +15,6 @@ from conftest import SHARED_DATA, build_model
 from datasets import Dataset, DatasetDict
 
 from arguments import DataArguments, MaskingArguments
-from mlm_pretraining.errors import InputError
 from collators import MLMCollator
 from mlm_pretraining.data.packing import pack, special_token_template, tokenize
 from mlm_pretraining.data.sources import prepare_datasets
@@ -27,6 +26,7 @@ from mlm_pretraining.data.whole_word import (
     splits_chinese_characters,
     use_chinese_segmentation,
 )
+from mlm_pretraining.errors import InputError
 
 CHINESE = SHARED_DATA / "chinese"
 needs_chinese = pytest.mark.skipif(not (CHINESE / "bert-base-chinese-vocab.txt").exists(),

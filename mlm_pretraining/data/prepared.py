@@ -29,11 +29,17 @@ import numpy as np
 import pyarrow as pa
 from datasets import Dataset, concatenate_datasets
 
-from mlm_pretraining.data.packing import Packer, blocks_table, encode_flat, special_token_template, text_separator
-from mlm_pretraining.errors import InputError
-from mlm_pretraining.files import write_text_atomically
+from mlm_pretraining.data.packing import (
+    Packer,
+    blocks_table,
+    encode_flat,
+    special_token_template,
+    text_separator,
+)
 from mlm_pretraining.data.streaming import text_batches
 from mlm_pretraining.data.text import TextStream
+from mlm_pretraining.errors import InputError
+from mlm_pretraining.files import write_text_atomically
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset
 
-from mlm_pretraining.errors import InputError
 from mlm_pretraining.data.whole_word import dense_word_ids
+from mlm_pretraining.errors import InputError
 
 IS_RANDOM_NEXT = 1  # BertForPreTraining: next_sentence_label 0 = B continues A, 1 = B is from elsewhere
 

@@ -33,11 +33,16 @@ import torch
 from transformers import TrainerCallback
 
 from collators import STREAM_POSITION
-from mlm_pretraining.data.packing import Packer, encode_flat, special_token_template, text_separator
-from mlm_pretraining.files import write_text_atomically
-from mlm_pretraining.errors import InputError
-from mlm_pretraining.internals import PREFIX_CHECKPOINT_DIR
+from mlm_pretraining.data.packing import (
+    Packer,
+    encode_flat,
+    special_token_template,
+    text_separator,
+)
 from mlm_pretraining.data.text import START, TextStream
+from mlm_pretraining.errors import InputError
+from mlm_pretraining.files import write_text_atomically
+from mlm_pretraining.internals import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.modeling_outputs import MaskedLMOutput
 
-from mlm_pretraining.internals import MLM_DECODER_ATTRIBUTES, MLM_HEAD_ATTRIBUTES, MODERNBERT_SPARSE_SWITCH
+from mlm_pretraining.internals import (
+    MLM_DECODER_ATTRIBUTES,
+    MLM_HEAD_ATTRIBUTES,
+    MODERNBERT_SPARSE_SWITCH,
+)
 from mlm_pretraining.speed.linear_cross_entropy import linear_cross_entropy
 
 logger = logging.getLogger(__name__)

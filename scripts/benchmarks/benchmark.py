@@ -36,11 +36,11 @@ import time
 from itertools import chain
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from mlm_lab import runs
 from mlm_lab.paths import SHARED_DATA, check_file
 from mlm_lab.tables import markdown_table
+from transformers import TrainerCallback
+
 from mlm_pretraining.errors import InputError, run_cli
 from mlm_pretraining.hardware import cpu_has_native_bf16
 
@@ -321,7 +321,12 @@ def build_stock(args, precision: str, output_dir: str):
 
 def build_ours(args, precision: str, output_dir: str):
     """Our recipe, built by the same function as run_mlm.py (mlm_pretraining.trainer.build_trainer)."""
-    from arguments import MaskingArguments, MLMTrainingArguments, ModelArguments, SpeedArguments
+    from arguments import (
+        MaskingArguments,
+        MLMTrainingArguments,
+        ModelArguments,
+        SpeedArguments,
+    )
     from mlm_pretraining.model.loading import load_model, load_tokenizer
     from mlm_pretraining.trainer import build_trainer
 
@@ -393,7 +398,6 @@ def run_variant(args) -> dict:
 def profile_variant(args, trainer) -> dict:
     """Train --warmup_steps steps, then profile --profile_steps steps; seconds per step in each op class."""
     import torch
-
     from mlm_lab.profiling import StepProfiler
 
     profiler = StepProfiler(first_step=args.warmup_steps, steps=args.profile_steps)

@@ -37,9 +37,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlm_pretraining.constants import EMBEDDED_MODEL
 from mlm_lab.paths import SHARED_DATA
 from mlm_lab.tables import markdown_table
+
+from mlm_pretraining.constants import EMBEDDED_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
 MB = 2**20
@@ -176,8 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def measure(args, work: Path) -> dict:
-    from mlm_pretraining.model.loading import load_tokenizer
     from arguments import ModelArguments
+    from mlm_pretraining.model.loading import load_tokenizer
 
     corpus = repeated_text(args.source, args.corpus_mb, work / "corpus.txt")
     corpus_mb = corpus.stat().st_size / MB

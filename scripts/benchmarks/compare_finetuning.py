@@ -40,12 +40,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from mlm_lab import runs
 from mlm_lab.intervals import CONFIDENCE, paired_interval
 from mlm_lab.paths import SHARED_DATA, check_file
 from mlm_lab.tables import markdown_table
+from transformers import TrainerCallback
+
 from mlm_pretraining.constants import EMBEDDED_MODEL
 from mlm_pretraining.errors import InputError, run_cli
 
@@ -238,7 +238,6 @@ def run_ours(args, run_dir: str, timer: EpochTimer, callbacks=()) -> dict:
 def run_variant(args) -> dict:
     """Fine-tune one pipeline for one seed in this process; return its times and scores."""
     import torch
-
     from mlm_lab.profiling import StepProfiler
 
     timer = EpochTimer()

@@ -21,11 +21,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from arguments import parse_args
-from mlm_pretraining.errors import InputError
-from mlm_pretraining.errors import run_cli
-from mlm_pretraining.files import write_text_atomically
 from mlm_lab.intervals import CONFIDENCE, excludes_zero, paired_interval
+
+from arguments import parse_args
+from mlm_pretraining.errors import InputError, run_cli
+from mlm_pretraining.files import write_text_atomically
 
 # Settings that change the TAPT run (a lever) and settings that change the fine-tuning (must match for pairing).
 TAPT_SETTINGS = ("tapt_text", "tapt_epochs", "tapt_max_steps", "tapt_learning_rate", "tapt_batch_size",

@@ -34,22 +34,26 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from arguments import parse_args
 from mlm_lab import runs
 from mlm_lab.intervals import CONFIDENCE, excludes_zero, paired_interval
 from mlm_lab.paths import SHARED_DATA
+
+from arguments import parse_args
 from mlm_pretraining.checkpoints import last_complete_checkpoint
-from mlm_pretraining.classification import ClassificationDataArguments, load_labelled_datasets, take_subsets
+from mlm_pretraining.classification import (
+    ClassificationDataArguments,
+    load_labelled_datasets,
+    take_subsets,
+)
 from mlm_pretraining.constants import EMBEDDED_MODEL
-from mlm_pretraining.data.text import BUILDERS, resolve_data_files
+from mlm_pretraining.data.labelled import task_files
+from mlm_pretraining.data.text import resolve_data_files
 from mlm_pretraining.errors import InputError, run_cli
 from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.logs import get_logger
 
 logger = get_logger("tapt_experiment")
 REPO = Path(__file__).resolve().parents[2]
-SPLIT_NAMES = {"train": ("train",), "validation": ("dev", "validation", "valid"), "test": ("test",)}
 GENERAL_TEXT = SHARED_DATA / "wikitext-2" / "test.txt"
 # (results key, title): single-label micro-F1 is accuracy.
 COLUMNS = (("eval_macro_f1", "dev macro-F1"), ("test_macro_f1", "test macro-F1"),
@@ -178,18 +182,6 @@ class TaptArguments:
         """Whether TAPT reads only the text of the fine-tuning subset (--max_train_samples with --tapt_text
         fine_tune) rather than the task's training file."""
         return self.max_train_samples is not None and self.tapt_text == "fine_tune"
-
-
-def task_files(task_dir: str) -> dict[str, str]:
-    """The task's train, validation and test files, found by name (train.jsonl, dev.jsonl, test.jsonl, ...)."""
-    found = {}
-    for split, stems in SPLIT_NAMES.items():
-        matches = [p for p in sorted(Path(task_dir).iterdir()) if p.stem in stems and p.suffix.lower() in BUILDERS]
-        if not matches:
-            raise InputError(f"--task_dir {task_dir}: no {split} file (named {' or '.join(stems)} with a "
-                             ".jsonl/.json/.csv extension).")
-        found[split] = str(matches[0].resolve())  # absolute: the flags of a run do not depend on the cwd
-    return found
 
 
 def comparable(flags: list[str], run_dir: Path) -> list[str]:
