@@ -19,7 +19,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 __all__ = ["sdpa_attention_forward", "sdpa_mask", "PREFIX_CHECKPOINT_DIR", "TRAINER_STATE_FILE", "OPTIMIZER_FILES",
            "RNG_STATE_GLOB", "ATTENTION_IMPLEMENTATION", "TRAINER_LOSS_KWARGS", "TRAINER_COLLATOR",
            "TRAINER_COUNT_ITEMS", "TRAINER_CREATED_SCHEDULER", "TRAINER_EVAL_SAMPLER", "TRAINER_LOAD_RNG_STATE",
-           "MLM_HEAD_ATTRIBUTES", "MLM_DECODER_ATTRIBUTES", "MODERNBERT_SPARSE_SWITCH"]
+           "MLM_HEAD_ATTRIBUTES", "MLM_DECODER_ATTRIBUTES", "MODERNBERT_SPARSE_SWITCH", "ACCELERATE_PREPARED",
+           "ACCELERATE_MODELS"]
 
 # Files a complete Trainer checkpoint holds (besides the weights and config.json); trainer_state.json is written last.
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -79,3 +80,10 @@ MLM_DECODER_ATTRIBUTES = {
     "DistilBertForMaskedLM": "vocab_projector",
 }
 MODERNBERT_SPARSE_SWITCH = "sparse_prediction"
+
+# accelerate marks a model it prepared with this attribute and keeps it in Accelerator._models; prepare() returns a
+# marked model as it is. Trainer.evaluate before train() prepares the model for evaluation only (no DDP wrapper) and
+# marks it, so train() would then train it unwrapped: under DDP no gradient would be averaged. MLMTrainer.train
+# clears the mark of a model left unwrapped that way (transformers 5.23, accelerate 1.16).
+ACCELERATE_PREPARED = "_is_accelerate_prepared"
+ACCELERATE_MODELS = "_models"

@@ -322,3 +322,17 @@ def test_mlm_heads_end_with_the_decoder_the_fused_loss_takes_over(name):
     guard(model.get_submodule(path) is decoder, f"{name}.{path}", "was not put back")
     torch.testing.assert_close(torch.nn.functional.linear(features, decoder.weight, decoder.bias), head(hidden),
                                msg=f"{name}: the head is not decoder(features) with {path} as the decoder")
+
+
+def test_accelerate_marks_a_model_prepared_for_evaluation_and_returns_it_as_is():
+    """ACCELERATE_PREPARED / ACCELERATE_MODELS: prepare_model(evaluation_mode=True) marks the model and lists it, and a
+    marked model comes back from prepare_model unwrapped, which is why MLMTrainer.train unmarks it."""
+    import torch
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(2, 2)
+    assert accelerator.prepare_model(model, evaluation_mode=True) is model
+    assert getattr(model, internals.ACCELERATE_PREPARED), internals.ACCELERATE_PREPARED
+    assert model in getattr(accelerator, internals.ACCELERATE_MODELS), internals.ACCELERATE_MODELS
+    assert accelerator.prepare_model(model) is model  # marked: returned as it is
