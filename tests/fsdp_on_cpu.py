@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import runpy
 import sys
+from pathlib import Path
 
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
@@ -33,4 +34,6 @@ def _init_engaging_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
 if __name__ == "__main__":
     AcceleratorState.__init__ = _init_engaging_fsdp_on_cpu
     sys.argv = sys.argv[1:]
+    # As `python run_mlm.py` would have it: the script's folder first on the import path, not this file's.
+    sys.path[0] = str(Path(sys.argv[0]).resolve().parent)
     runpy.run_path(sys.argv[0], run_name="__main__")

@@ -3,8 +3,8 @@ against torchrun's DDP run of the same global batch (2 processes x 4 sequences),
 
 Every run trains the same tiny BERT (a pretraining checkpoint: MLM head plus the pooler run_mlm.py keeps; no dropout,
 so runs that split work differently still draw nothing differently) for a budget of 3,072 tokens: 12 steps of 8 x 32,
-with our budget schedule and a checkpoint every 2 steps. The references do not evaluate before training: under DDP
-that leaves the model unwrapped (test_ddp_after_an_evaluation_before_training_synchronises_gradients).
+with our budget schedule and a checkpoint every 2 steps. The DDP reference does not evaluate before training (the
+plain path); test_ddp_after_an_evaluation_before_training_synchronises_gradients checks the path that does.
 
 Tolerances: DDP averages each gradient with one all-reduce, FSDP2 with a reduce-scatter per shard (and the FSDP run
 uses the full prediction head where DDP uses the sparse one, which fuses the projection with a chunked loss), so the

@@ -75,10 +75,13 @@ def model_index(model_name: str, results: dict, data_args: DataArguments) -> lis
     evals = []
     for row in evaluation_results(results):
         name = row["name"] or ""
-        if data_args.dataset_name:  # the hub dataset's own id
-            dataset = dict(dataset_type=data_args.dataset_name, dataset_config=data_args.dataset_config_name)
-        elif files:  # the set's files (the hub wants an id; a local file's name is the nearest thing)
-            dataset = dict(dataset_type=", ".join(Path(f).name for f in files.get(name, [])) or name)
+        # The hub tells results apart by task, dataset type, config and split, not by name: each set is a split.
+        if files:  # the set's files (the hub wants a dataset id; a local file's name is the nearest thing)
+            dataset = dict(dataset_type=", ".join(Path(f).name for f in files.get(name, [])) or name,
+                           dataset_split=name or "validation")
+        elif data_args.dataset_name:  # the hub dataset's own id
+            dataset = dict(dataset_type=data_args.dataset_name, dataset_config=data_args.dataset_config_name,
+                           dataset_split="validation")
         else:  # held out from the training text
             dataset = dict(dataset_type=", ".join(Path(f).name for f in data_args.train_file or []) or "text",
                            dataset_split=f"held-out {data_args.validation_split_percentage:g} %")
