@@ -163,14 +163,6 @@ def test_torchrun_stream_resumed_by_position_matches_the_uninterrupted_run(tiny_
     assert max((full[k] - again[k]).abs().max().item() for k in full) <= 1e-6
 
 
-def test_fsdp_example_parses_into_training_arguments(tmp_path):
-    training_args = parse_args([str(REPO / "examples" / "fsdp.yaml"), "--output_dir", str(tmp_path),
-                                "--bf16", "False"])[-1]
-    assert training_args.fsdp_config["transformer_layer_cls_to_wrap"] == ["BertLayer"]
-    assert training_args.fsdp_config["state_dict_type"] == "SHARDED_STATE_DICT"
-    assert training_args.fsdp and training_args.max_steps == 10000
-
-
 def test_deepspeed_zero2_example_parses(tmp_path):
     """deepspeed is not installed here, so TrainingArguments cannot take --deepspeed (it imports the package);
     the config is checked with accelerate's DeepSpeed config reader, and parsed whole where deepspeed exists."""
