@@ -323,6 +323,90 @@ class SpeedArguments(FineTuneSpeedArguments):
     )
 
 
+PROBE_POOLINGS = ("mean", "cls")
+
+
+@dataclass
+class ProbeArguments:
+    """A linear probe on your labelled task at every evaluation: does continued pretraining help the task?"""
+
+    probe_task: str | None = field(
+        default=None,
+        metadata={"help": "A labelled task folder to watch: its train and dev files found by name as in "
+                  "scripts/experiments/tapt_experiment.py's --task_dir (train.jsonl; dev.jsonl, validation.jsonl "
+                  "or valid.jsonl; also .json/.csv/.tsv), a text and a label column as scripts/run_classification.py "
+                  "reads them. Before training and at every evaluation the current encoder embeds the texts "
+                  "(evaluation mode, no gradients), a seeded logistic regression (scikit-learn) is fitted on the "
+                  "train embeddings and scores dev: eval_probe_macro_f1, eval_probe_accuracy, eval_probe_micro_f1 "
+                  "and eval_probe_seconds (its cost) in the metrics, TensorBoard, the training-curve PNG and the "
+                  "model card. With --metric_for_best_model probe_macro_f1 --load_best_model_at_end the run keeps "
+                  "the checkpoint whose encoder serves the task best."},
+    )
+    probe_train_file: list[str] | None = field(
+        default=None,
+        metadata={"help": "Instead of --probe_task: the probe's labelled training files (.csv/.tsv/.json/.jsonl, "
+                  "files, folders or globs); needs --probe_validation_file."},
+    )
+    probe_validation_file: list[str] | None = field(
+        default=None,
+        metadata={"help": "Instead of --probe_task: the probe's labelled dev files, scored at every evaluation."},
+    )
+    probe_text_column_name: str | None = field(
+        default=None,
+        metadata={"help": "Column holding the probe's text. Default: 'text', or the only string column besides the "
+                  "label."},
+    )
+    probe_label_column_name: str = field(
+        default="label", metadata={"help": "Column holding the probe's label (strings or integers)."}
+    )
+    probe_pooling: str = field(
+        default="mean",
+        metadata={"help": "How the probe makes one vector of a text: mean (the mean of the encoder's last hidden "
+                  "states over the text's real tokens, padding left out) or cls (the last hidden state of its "
+                  "first token, [CLS] or <s>). Default mean: masked-LM trains every token's state, but nothing "
+                  "trains [CLS] to summarise the text (no next-sentence objective; BERT's pooler is not used), so a "
+                  "[CLS] probe measures what the base model's pretraining left there more than what continued "
+                  "pretraining changed.",
+                  "choices": list(PROBE_POOLINGS)},
+    )
+    probe_max_samples: int = field(
+        default=1000,
+        metadata={"help": "At most this many texts of each probe split (train and dev), a fixed random draw (the "
+                  "same for every --seed and after a resume). A probe costs about what a masked-LM evaluation of "
+                  "as many tokens costs (logged as eval_probe_seconds), eleven times a run at the default cadence: "
+                  "the default bounds it at 2,000 texts, a small share of a run over more than a few hundred "
+                  "thousand tokens; lower it for a short TAPT run."},
+    )
+
+    def __post_init__(self):
+        self.probe_train_file = as_list(self.probe_train_file)
+        self.probe_validation_file = as_list(self.probe_validation_file)
+        files = bool(self.probe_train_file or self.probe_validation_file)
+        if self.probe_task and files:
+            raise InputError("Give the probe's data once: --probe_task (a folder with train and dev files) or "
+                             "--probe_train_file with --probe_validation_file, not both.")
+        if files and not (self.probe_train_file and self.probe_validation_file):
+            missing = "--probe_validation_file" if self.probe_train_file else "--probe_train_file"
+            raise InputError(f"The probe needs a train and a dev split: add {missing} (or give --probe_task, a "
+                             "folder with train and dev files).")
+        if self.probe_task and not Path(self.probe_task).is_dir():
+            raise InputError(f"--probe_task {self.probe_task}: no such folder (a folder with train and dev files, "
+                             "e.g. train.jsonl and dev.jsonl, is expected).")
+        if self.probe_pooling not in PROBE_POOLINGS:
+            raise InputError(f"--probe_pooling must be one of {', '.join(PROBE_POOLINGS)}, got "
+                             f"{self.probe_pooling!r}.")
+        if self.probe_max_samples < 2:
+            raise InputError(f"--probe_max_samples must be at least 2 (texts per split), got "
+                             f"{self.probe_max_samples}.")
+        if not self.probe_label_column_name:
+            raise InputError("--probe_label_column_name must name a column.")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a probe was asked for."""
+        return bool(self.probe_task or self.probe_train_file)
+
+
 @dataclass
 class MLMTrainingArguments(TrainingArguments):
     """transformers' TrainingArguments with defaults suited to continued pretraining."""
@@ -521,7 +605,8 @@ class MLMTrainingArguments(TrainingArguments):
                              "transformer_layer_cls_to_wrap if need be, and drop auto_wrap_policy.")
 
 
-ARGUMENT_GROUPS = (ModelArguments, DataArguments, MaskingArguments, SpeedArguments, MLMTrainingArguments)
+ARGUMENT_GROUPS = (ModelArguments, DataArguments, MaskingArguments, SpeedArguments, ProbeArguments,
+                   MLMTrainingArguments)
 
 
 def parse_args(argv: list[str] | None = None, groups=ARGUMENT_GROUPS):
@@ -548,11 +633,12 @@ def parse_args(argv: list[str] | None = None, groups=ARGUMENT_GROUPS):
                              "Run with --help for the list.")
         # Values from the file become defaults, so flags after the file override them.
         base = config_path.parent
-        for key in ("train_file", "validation_file", "mix_train_file"):
+        for key in ("train_file", "validation_file", "mix_train_file", "probe_train_file", "probe_validation_file"):
             if config.get(key):
                 config[key] = [_relative_to(base, p) for p in as_list(config[key])]
-        if config.get("tokenized_dataset"):
-            config["tokenized_dataset"] = _relative_to(base, config["tokenized_dataset"])
+        for key in ("tokenized_dataset", "probe_task"):
+            if config.get(key):
+                config[key] = _relative_to(base, config[key])
         parser.set_defaults(**config)
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv)
@@ -591,6 +677,7 @@ START_HERE = {
     "max_train_tokens": "a budget of real tokens (instead of epochs or steps)",
     "max_train_time": "a wall-clock budget, e.g. 8h (instead of epochs or steps)",
     "save_total_limit": "checkpoints kept on disk",
+    "probe_task": "your labelled task: a linear probe at every evaluation (selects the checkpoint)",
 }
 
 
@@ -724,6 +811,35 @@ def _check_across_groups(parsed, explicit: set[str] = frozenset()) -> None:
         raise InputError("--max_train_tokens with --streaming --line_by_line: a stream's lengths are not known in "
                          "advance, so the schedule cannot be laid out; drop --line_by_line (packed: exact) or use "
                          "--max_steps.")
+    if isinstance(training_args, MLMTrainingArguments):
+        _check_probe(next((a for a in parsed if isinstance(a, ProbeArguments)), None), data_args, training_args)
+
+
+PROBE_METRICS = ("probe_macro_f1", "probe_accuracy", "probe_micro_f1")
+
+
+def _check_probe(probe_args: ProbeArguments | None, data_args: DataArguments | None,
+                 training_args: MLMTrainingArguments) -> None:
+    """The probe runs inside each evaluation, on the main process: it needs evaluations and an unsharded model; a
+    probe score as --metric_for_best_model needs the probe."""
+    metric = (training_args.metric_for_best_model or "").removeprefix("eval_")
+    enabled = probe_args is not None and probe_args.enabled
+    if metric.startswith("probe_") and not enabled:
+        raise InputError(f"--metric_for_best_model {training_args.metric_for_best_model} is a probe score: add "
+                         "--probe_task (or --probe_train_file and --probe_validation_file), or choose another metric.")
+    if metric.startswith("probe_") and metric not in PROBE_METRICS:
+        raise InputError(f"--metric_for_best_model {training_args.metric_for_best_model}: the probe's scores are "
+                         f"{', '.join(PROBE_METRICS)}.")
+    if not enabled:
+        return
+    flag = "--probe_task" if probe_args.probe_task else "--probe_train_file"
+    if not training_args.do_eval or (data_args is not None and not _has_evaluation_text(data_args)):
+        raise InputError(f"{flag}: the probe runs with each evaluation, and this run has none. Give evaluation "
+                         "text (--validation_file, or --validation_split_percentage above 0 without --streaming or "
+                         "--tokenized_dataset) and keep --do_eval, or drop the probe.")
+    if training_args.fsdp or training_args.deepspeed:
+        raise InputError(f"{flag} with --{'fsdp' if training_args.fsdp else 'deepspeed'}: the probe embeds on the "
+                         "main process alone, which a model sharded across processes cannot do; drop one of the two.")
 
 
 def _settle_device_defaults(parsed, explicit: set[str]) -> None:

@@ -42,6 +42,7 @@ from mlm_pretraining.model.loading import (
     resolve_model_path,
 )
 from mlm_pretraining.model.vocab import add_domain_tokens
+from mlm_pretraining.probe import read_probe
 from mlm_pretraining.reporting.corpus_report import report_corpus
 from mlm_pretraining.reporting.model_card import write_model_card
 from mlm_pretraining.speed.precision import warn_about_precision
@@ -60,7 +61,7 @@ def evaluate(trainer, prefix: str, earlier: dict[str, float] | None = None) -> d
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, mask_args, speed_args, training_args = parse_args(argv)
+    model_args, data_args, mask_args, speed_args, probe_args, training_args = parse_args(argv)
     setup_logging(training_args)
     logger.info("Training arguments: %s", training_args)
     warn_about_precision(training_args)
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # process reads (and caches) first, the others then read the cache. With --streaming 'train' is a stream.
     with training_args.main_process_first(desc="reading the corpus"):
         raw = read_data(data_args, mask_args.whole_word_mask, model_args.cache_dir)
+        probe = read_probe(probe_args, model_args.cache_dir)  # --probe_task: the labelled texts it embeds, or None
     tokenizer = load_tokenizer(model_args)
     model, loading_info = load_model_with_info(model_args, tokenizer, model_class_for(model_args, nsp=data_args.nsp))
     added_tokens = []
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer = build_trainer(model, tokenizer, speed_args, mask_args, training_args,
                             train_dataset=train_dataset, eval_dataset=eval_dataset,
                             pad_to_multiple_of=data_args.pad_to_multiple_of,
-                            callbacks=[budget] if budget else [], new_weights=new_weights)
+                            callbacks=[budget] if budget else [], new_weights=new_weights, probe=probe)
 
     results: dict[str, float] = {}
     if eval_dataset is not None and training_args.do_train and resume_from is None:

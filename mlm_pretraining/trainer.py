@@ -20,6 +20,7 @@ import collections
 import logging
 
 from transformers import IntervalStrategy, Trainer
+from transformers.training_args import ParallelMode
 from transformers.utils.hub import hf_api
 
 from collators import STREAM_POSITION, MLMCollator
@@ -28,6 +29,8 @@ from mlm_pretraining.callbacks import GracefulStopCallback, MaskEpochCallback
 from mlm_pretraining.model.head_warmup import HeadWarmupCallback
 from mlm_pretraining.model.sharding import fsdp_layer_classes, shard_by_layers
 from mlm_pretraining.internals import (
+    ACCELERATE_MODELS,
+    ACCELERATE_PREPARED,
     TRAINER_COLLATOR,
     TRAINER_COUNT_ITEMS,
     TRAINER_CREATED_SCHEDULER,
@@ -36,6 +39,7 @@ from mlm_pretraining.internals import (
 )
 from mlm_pretraining.errors import InputError
 from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
+from mlm_pretraining.probe import Probe, ProbeCallback
 from mlm_pretraining.reporting.plotting import TrainingCurveCallback
 from mlm_pretraining.speed import apply_speedups
 from mlm_pretraining.data.streaming import PackedStream, StreamPositionCallback
@@ -75,7 +79,20 @@ class MLMTrainer(Trainer):
                 and positions.resume(resume_from_checkpoint, self.args):
             self.args.ignore_data_skip = True  # the stream is already at the checkpoint's block
             self._rng_checkpoint = resume_from_checkpoint
+        self._forget_evaluation_only_preparation()
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _forget_evaluation_only_preparation(self) -> None:
+        """An evaluation before training (run_mlm.py's 'before' row) leaves the model prepared for evaluation only,
+        unwrapped, and marked prepared: under DDP train() would then skip the DDP wrapper and never average the
+        gradients. Unmark it so train() wraps it (see internals.ACCELERATE_PREPARED); FSDP and DeepSpeed wrap the
+        model for evaluation too and are left as they are."""
+        if self.args.parallel_mode != ParallelMode.DISTRIBUTED or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return
+        if getattr(self.model, ACCELERATE_PREPARED, False) and not hasattr(self.model, "module"):
+            delattr(self.model, ACCELERATE_PREPARED)
+            models = getattr(self.accelerator, ACCELERATE_MODELS)
+            models[:] = [m for m in models if m is not self.model]
 
     @property
     def stream_positions(self) -> StreamPositionCallback | None:
@@ -235,14 +252,16 @@ class MLMTrainer(Trainer):
 
 
 def build_trainer(model, tokenizer, speed_args, mask_args, training_args, *, train_dataset=None, eval_dataset=None,
-                  pad_to_multiple_of: int | None = None, callbacks=(), new_weights=None) -> MLMTrainer:
+                  pad_to_multiple_of: int | None = None, callbacks=(), new_weights=None,
+                  probe: Probe | None = None) -> MLMTrainer:
     """Our Trainer for ``model``: masking collators (training masks new each epoch, evaluation masks fixed, both
     functions of (seed, [epoch,] tokens)), metrics, callbacks (mask epoch, graceful stop, training-curve PNG, the
     stream position of a streamed ``train_dataset``, plus ``callbacks``, e.g. budget.BudgetCallback) and the
     speed-ups ``speed_args`` asks for (sparse prediction head, fast CPU dropout, freed CPU memory kept for reuse). With
     --mlm_probability_end training masks follow the schedule and evaluation masks use the end rate, so perplexities
     stay comparable over a run. ``new_weights`` (:func:`mlm_pretraining.model.head_warmup.find_new_weights`) adds the head
-    warm-up of --head_warmup_steps."""
+    warm-up of --head_warmup_steps; ``probe`` (:func:`mlm_pretraining.probe.read_probe`) a task probe at every
+    evaluation."""
     apply_speedups(model, speed_args, on_cpu=training_args.device.type == "cpu")
     masking = dict(mlm_probability=mask_args.mlm_probability, mask_replace_prob=mask_args.mask_replace_prob,
                    random_replace_prob=mask_args.random_replace_prob, pad_to_multiple_of=pad_to_multiple_of,
@@ -253,6 +272,9 @@ def build_trainer(model, tokenizer, speed_args, mask_args, training_args, *, tra
     if mlm_probability_end is not None:
         masking["mlm_probability"] = mlm_probability_end
     graceful_stop = GracefulStopCallback()
+    probe_callback = []
+    if probe is not None:  # listed before the curve's callback, which draws at the same evaluation, with its point
+        probe_callback = [ProbeCallback(probe, list(eval_dataset)[-1] if isinstance(eval_dataset, dict) else None)]
     if isinstance(train_dataset, PackedStream):
         callbacks = [*callbacks, StreamPositionCallback(train_dataset)]
     if new_weights is not None:
@@ -265,13 +287,16 @@ def build_trainer(model, tokenizer, speed_args, mask_args, training_args, *, tra
         eval_data_collator=MLMCollator(tokenizer, **masking, seed=training_args.seed),
         graceful_stop=graceful_stop,
         mlm_probability_end=mlm_probability_end,
-        callbacks=[MaskEpochCallback(train_collator), graceful_stop, TrainingCurveCallback(), *callbacks],
+        callbacks=[MaskEpochCallback(train_collator), graceful_stop, *probe_callback, TrainingCurveCallback(),
+                   *callbacks],
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         compute_metrics=MLMMetrics(),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
     )
+    for callback in probe_callback:  # its scores logged as the Trainer logs (TensorBoard, log history)
+        callback.log = trainer.log
     check_engaged(trainer)
     if training_args.fsdp:
         settle_fsdp(trainer, new_weights)

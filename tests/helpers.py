@@ -91,7 +91,7 @@ def blocks(tokenizer) -> list[dict[str, list[int]]]:
 
 def make_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, *extra, callbacks=()):
     """build_trainer on the tiny model with run_mlm.py's flags plus ``extra``, training and evaluating on blocks()."""
-    _, _, mask_args, speed_args, training_args = parse_args([
+    _, _, mask_args, speed_args, *_, training_args = parse_args([
         "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--report_to", "none",
         "--per_device_eval_batch_size", "4", "--per_device_train_batch_size", "4", *extra])
     model = AutoModelForMaskedLM.from_pretrained(tiny_model_dir)

@@ -29,7 +29,7 @@ def test_every_argument_has_help_text():
 
 
 def test_flags(tmp_path):
-    model, data, masking, _, training = parse_args(
+    model, data, masking, *_, training = parse_args(
         ["--train_file", "a.txt", "b.txt", "--output_dir", str(tmp_path), "--mlm_probability", "0.2", "--max_steps", "3"]
     )
     assert data.train_file == ["a.txt", "b.txt"]
@@ -43,7 +43,7 @@ def test_yaml_config_with_flag_overrides(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"train_file: corpus.txt\noutput_dir: {tmp_path}/out\nmax_steps: 7\nlearning_rate: 0.0003\n"
                       "line_by_line: true\nmlm_probability: 0.3\n")
-    _, data, masking, _, training = parse_args([str(config), "--max_steps", "9"])
+    _, data, masking, *_, training = parse_args([str(config), "--max_steps", "9"])
     assert training.max_steps == 9  # the flag wins
     assert training.learning_rate == 0.0003 and data.line_by_line and masking.mlm_probability == 0.3
     assert data.train_file == [str(tmp_path / "corpus.txt")]  # relative to the config file when not in cwd
@@ -113,6 +113,7 @@ def test_help_shows_our_groups_first_and_the_main_flags_on_the_first_screen(caps
     assert headings[0].endswith(" [CONFIG.yaml|CONFIG.json] [--flag value ...]")
     assert headings[1:] == ["options:", "Start here:",
                         "Model arguments:", "Data arguments:", "Masking arguments:", "Speed arguments:",
+                        "Probe arguments:",
                         "Training arguments: our additions and defaults:",
                         "transformers Trainer options (TrainingArguments, passed to the Trainer as they are):"]
     listed = [line.split()[0] for line in text.split("Model arguments:")[1].splitlines()

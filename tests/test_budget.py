@@ -281,7 +281,7 @@ def test_mask_rate_falls_linearly_in_the_logs(tiny_model_dir, corpus, tmp_path):
 def test_evaluation_masks_at_the_end_rate(tiny_model_dir, tmp_path):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    _, _, mask_args, speed_args, training_args = parse_args(
+    _, _, mask_args, speed_args, *_, training_args = parse_args(
         ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--use_cpu", "--report_to",
          "none", "--mlm_probability", "0.3", "--mlm_probability_end", "0.15"])
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -45,7 +45,7 @@ SEPARATORS = {"&&", "||", ";", "|", "&", ";;"}
 # Flags whose paths the parse itself looks at (a file read, a folder listed), whatever the program; a relative one is
 # created as a placeholder before parsing (a folder when it has no extension, else a file holding one token).
 CHECKED_PATH_FLAGS = {"--add_tokens", "--task_dir", "--general_text", "--mix_train_file", "--source", "--train_file",
-                      "--validation_file", "--test_file"}
+                      "--validation_file", "--test_file", "--probe_task"}
 GLOB = re.compile(r"[*?\[]")
 
 

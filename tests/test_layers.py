@@ -22,7 +22,7 @@ LAYERS = (
     ("arguments", ("arguments",)),
     ("data, model, speed", (f"{PACKAGE}.data", f"{PACKAGE}.model", f"{PACKAGE}.speed")),
     ("training parts, reporting", (f"{PACKAGE}.budget", f"{PACKAGE}.callbacks", f"{PACKAGE}.metrics",
-                                   f"{PACKAGE}.checkpoints", f"{PACKAGE}.reporting")),
+                                   f"{PACKAGE}.checkpoints", f"{PACKAGE}.probe", f"{PACKAGE}.reporting")),
     ("trainers", (f"{PACKAGE}.trainer", f"{PACKAGE}.classification")),
     ("entry points", ("run_mlm", "scripts")),
     ("lab", ("mlm_lab",)),

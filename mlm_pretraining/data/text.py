@@ -151,8 +151,10 @@ def load_hub_dataset(name: str, config: str | None, *, streaming: bool = False, 
                          "(HF_HUB_OFFLINE=1) only datasets already in the cache load; or give --train_file.") from None
 
 
-def text_column(ds: Dataset | IterableDataset, requested: str | None, where: str, exclude: tuple[str, ...] = ()) -> str:
-    """The column holding the text: ``requested``, else 'text', else the only string column (``exclude`` aside)."""
+def text_column(ds: Dataset | IterableDataset, requested: str | None, where: str, exclude: tuple[str, ...] = (),
+                flag: str = "--text_column_name") -> str:
+    """The column holding the text: ``requested`` (given to ``flag``), else 'text', else the only string column
+    (``exclude`` aside)."""
     columns = list(ds.column_names or [])
     strings = [c for c in columns if c not in exclude
                and getattr((ds.features or {}).get(c), "dtype", None) in ("string", "large_string")]
@@ -162,14 +164,14 @@ def text_column(ds: Dataset | IterableDataset, requested: str | None, where: str
         strings = [c for c, value in first.items() if c not in exclude and isinstance(value, str)]
     if requested is not None:
         if requested not in columns:
-            raise InputError(f"--text_column_name '{requested}' is not a column of {where}. "
+            raise InputError(f"{flag} '{requested}' is not a column of {where}. "
                              f"Columns: {', '.join(columns)}.")
         return requested
     if "text" in columns:
         return "text"
     if len(strings) == 1:
         return strings[0]
-    raise InputError(f"{where} has no 'text' column; choose one with --text_column_name. Columns: {', '.join(columns)}.")
+    raise InputError(f"{where} has no 'text' column; choose one with {flag}. Columns: {', '.join(columns)}.")
 
 
 def select_text(ds: Dataset | IterableDataset, column: str, where: str, keep: tuple[str, ...] = ()):

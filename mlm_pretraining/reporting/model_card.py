@@ -96,6 +96,23 @@ def model_index(model_name: str, results: dict, data_args: DataArguments) -> lis
     return ModelCardData(model_name=model_name, eval_results=evals).to_dict()["model-index"]
 
 
+# The task probe's dev scores (run_mlm.py --probe_task), key and label, per phase as in PHASES.
+PROBE_METRICS = (("probe_macro_f1", "macro-F1"), ("probe_accuracy", "accuracy"), ("probe_micro_f1", "micro-F1"))
+
+
+def probe_lines(results: dict) -> list[str]:
+    """The card's task-probe table: before and after training (after: the kept model); none without a probe."""
+    rows = [(label, [results.get(f"eval_{infix}{key}") for key, _ in PROBE_METRICS]) for _, infix, label in PHASES]
+    rows = [(label, values) for label, values in rows if any(value is not None for value in values)]
+    if not rows:
+        return []
+    return ["Task probe (`--probe_task`): a logistic regression fitted on the encoder's embeddings of the task's "
+            "training texts, scored on its dev texts; how well the encoder separates the task's labels without "
+            "fine-tuning.", "", "| task probe on dev | " + " | ".join(label for _, label in PROBE_METRICS) + " |",
+            "|---" + "|---:" * len(PROBE_METRICS) + "|",
+            *[f"| {label} | " + " | ".join(_number(value) for value in values) + " |" for label, values in rows], ""]
+
+
 def base_model_license(model_name_or_path: str) -> str:
     """The base model's license from its card, read locally (its folder, or the hub cache), else 'unknown'."""
     from huggingface_hub import ModelCard, try_to_load_from_cache
@@ -169,6 +186,7 @@ def model_card(*, base_model: str, license: str, model_name: str, command: str, 
         lines.append("")
     else:
         lines += ["No evaluation set.", ""]
+    lines += probe_lines(results)
     if has_curves:
         lines += [f"![Training curves: loss and evaluation perplexity against steps]({CURVES_FILE})", ""]
     train = {k: results[k] for k in ("train_loss", "train_runtime", "epoch", "train_samples") if k in results}

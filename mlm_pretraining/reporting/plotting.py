@@ -1,4 +1,5 @@
-"""Training-curve pictures: train loss, eval loss and eval perplexity against steps, for one run or several.
+"""Training-curve pictures: train loss, eval loss and eval perplexity against steps, for one run or several; with
+run_mlm.py --probe_task a third panel, the task probe's dev macro-F1 and accuracy.
 
 Drawn with matplotlib's Agg canvas directly (no pyplot), so it works headless and never changes the backend of
 a notebook that imports it.
@@ -26,16 +27,20 @@ CURVES_FILE = "training_curves.png"
 # eval_loss and eval_<set>_loss, with eval_before_... (the score before any training, at step 0) from run_mlm.py;
 # not NSP's eval_mlm_loss, a part of the loss.
 EVAL_LOSS = re.compile(r"^eval(?:_before)?(?:_(?P<set>.+?))?_loss$")
+# The task probe's dev scores (mlm_pretraining/probe.py), before training and at each evaluation.
+PROBE_KEY = re.compile(r"^eval(?:_before)?_(?P<metric>probe_macro_f1|probe_accuracy)$")
+PROBE_SERIES = (("probe_macro_f1", "macro-F1", "-"), ("probe_accuracy", "accuracy", ":"))
 
 
 def curves(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
     """(step, value) points of 'train_loss', 'eval_loss' and 'eval_perplexity' from a Trainer's log history, and
-    'eval_loss:<set>' / 'eval_perplexity:<set>' for each named evaluation set.
+    'eval_loss:<set>' / 'eval_perplexity:<set>' for each named evaluation set, and 'probe_macro_f1' /
+    'probe_accuracy' when the run probed a task.
 
     Evaluations under ``eval_before_*`` keys count too, so the before-training score appears at step 0; of two
     evaluations at one step the later is kept. Perplexity is exp(eval loss).
     """
-    train, evals = [], {}
+    train, evals, probe = [], {}, {}
     for entry in log_history:
         step = int(entry.get("step", 0))
         if "loss" in entry and _finite(entry["loss"]):
@@ -45,11 +50,15 @@ def curves(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
             name = match and (match["set"] or "")
             if match and not (name == "mlm" or name.endswith("_mlm")) and _finite(value):
                 evals.setdefault(name, {})[step] = float(value)
+            probe_match = PROBE_KEY.match(key)
+            if probe_match and _finite(value):
+                probe.setdefault(probe_match["metric"], {})[step] = float(value)
     points: dict[str, list[tuple[int, float]]] = {"train_loss": train, "eval_loss": [], "eval_perplexity": []}
     for name, by_step in evals.items():
         suffix = f":{name}" if name else ""
         points[f"eval_loss{suffix}"] = sorted(by_step.items())
         points[f"eval_perplexity{suffix}"] = [(step, _exp(loss)) for step, loss in sorted(by_step.items())]
+    points.update({metric: sorted(by_step.items()) for metric, by_step in probe.items()})
     return points
 
 
@@ -68,9 +77,11 @@ def _exp(loss: float) -> float:
 
 def plot_runs(runs: dict[str, list[dict]], path: str | Path, title: str | None = None) -> Path:
     """Draw the curves of one or several runs (name → log history) side by side and save a PNG at ``path``."""
-    figure = Figure(figsize=(12, 4.5), dpi=110, layout="constrained")
+    probed = any(curves(history).get("probe_macro_f1") for history in runs.values())
+    figure = Figure(figsize=(18 if probed else 12, 4.5), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
-    loss_axes, ppl_axes = figure.subplots(1, 2)
+    panels = figure.subplots(1, 3 if probed else 2)
+    loss_axes, ppl_axes = panels[:2]
     colors = [f"C{i}" for i in range(10)]
     several = len(runs) > 1
     for i, (name, history) in enumerate(runs.items()):
@@ -92,13 +103,21 @@ def plot_runs(runs: dict[str, list[dict]], path: str | Path, title: str | None =
                 ppl_axes.annotate(f"{value:,.0f}" if value >= 100 else f"{value:.2f}", (step, value), fontsize=8,
                                   textcoords="offset points", xytext=(4 if side == "left" else -4, 6), ha=side,
                                   color=color)
+        for metric, label, linestyle in PROBE_SERIES if probed else ():
+            if points.get(metric):
+                steps, values = zip(*points[metric])
+                panels[2].plot(steps, values, color=color, linestyle=linestyle, marker="o", markersize=4,
+                               label=f"{prefix}{label}")
     loss_axes.set(title="Loss", xlabel="optimizer step", ylabel="cross-entropy loss (nats per masked token)")
     ppl_axes.set(title="Eval perplexity (exp of eval loss)", xlabel="optimizer step", ylabel="perplexity")
+    if probed:
+        panels[2].set(title="Task probe on dev (logistic regression on the encoder's embeddings)",
+                      xlabel="optimizer step", ylabel="score")
     values = [v for h in runs.values() for key, series in curves(h).items() if key.startswith("eval_perplexity")
               for _, v in series if math.isfinite(v)]
     if values and max(values) / max(min(values), 1e-12) > 20:
         ppl_axes.set_yscale("log")  # a fresh head starts in the thousands; the end is what matters
-    for axes in (loss_axes, ppl_axes):
+    for axes in panels:
         axes.grid(True, alpha=0.3)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         if axes.get_legend_handles_labels()[0]:
@@ -153,7 +172,8 @@ class TrainingCurveCallback(TrainerCallback):
             logger.warning("Could not draw the training curves: %s", err)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not self.training and logs and any(EVAL_LOSS.match(key) for key in logs) and state.log_history:
+        if not self.training and logs and any(EVAL_LOSS.match(key) or PROBE_KEY.match(key) for key in logs) \
+                and state.log_history:
             self.before_training.append(state.log_history[-1])
 
     def on_train_begin(self, args, state, control, **kwargs):
