@@ -71,8 +71,9 @@ class Probe:
 
 def read_probe(args: ProbeArguments, cache_dir: str | None = None) -> Probe | None:
     """The probe's texts and labels from --probe_task or --probe_train_file/--probe_validation_file, checked (columns,
-    two classes or more, no dev label unseen in train) and drawn down to --probe_max_samples per split; None without
-    a probe. Called before the model loads, so bad input fails naming the file and flag first."""
+    two classes or more, no dev label unseen in train) and drawn down to --probe_max_train_samples and
+    --probe_max_eval_samples; None without a probe. Called before the model loads, so bad input fails first, naming
+    the file and the flag."""
     if not args.enabled:
         return None
     if args.probe_task:
@@ -94,10 +95,11 @@ def read_probe(args: ProbeArguments, cache_dir: str | None = None) -> Probe | No
     if unseen:
         raise InputError(f"{where['validation']} has label(s) the probe's training data lacks: "
                          f"{', '.join(unseen[:10])}. Training labels: {', '.join(map(str, labels))}.")
-    for split, ds in splits.items():
-        if len(ds) > args.probe_max_samples:  # a fixed draw, so the cost is bounded and every probe sees the same
-            splits[split] = ds.shuffle(seed=PROBE_SEED).select(range(args.probe_max_samples))
-    label_list(splits["train"], f"{where['train']}, drawn down to --probe_max_samples {args.probe_max_samples},")
+    limits = {"train": args.probe_max_train_samples, "validation": args.probe_max_eval_samples}
+    for split, limit in limits.items():
+        if len(splits[split]) > limit:  # a fixed draw, so the cost is bounded and every probe sees the same texts
+            splits[split] = splits[split].shuffle(seed=PROBE_SEED).select(range(limit))
+    label_list(splits["train"], f"{where['train']}, drawn down to --probe_max_train_samples {limits['train']},")
     probe = Probe(train_texts=list(splits["train"]["text"]),
                   train_labels=np.array([ids[v] for v in splits["train"]["label"]]),
                   dev_texts=list(splits["validation"]["text"]),

@@ -95,9 +95,9 @@ def test_embedding_pools_real_tokens_only_and_keeps_the_order(tiny_model_dir, ti
 
 
 def test_a_large_task_is_drawn_down_the_same_way_every_time(task_dir):
-    first = toy_probe(task_dir, probe_max_samples=50)
-    assert len(first.train_texts) == len(first.dev_texts) == 50
-    assert toy_probe(task_dir, probe_max_samples=50).train_texts == first.train_texts
+    first = toy_probe(task_dir, probe_max_train_samples=50, probe_max_eval_samples=20)
+    assert len(first.train_texts) == 50 and len(first.dev_texts) == 20
+    assert toy_probe(task_dir, probe_max_train_samples=50).train_texts == first.train_texts
     assert first.labels == ["music", "river"] and set(first.train_labels) == {0, 1}
 
 
@@ -225,8 +225,8 @@ MOSTLY_ONE_CLASS = [{"text": "music", "label": "a"}] * 50 + [{"text": "river", "
 @pytest.mark.parametrize("train, dev, extra, message", [
     (word_task(8, 1), None, [], r"--probe_task .*task: no validation file \(named dev or validation or valid"),
     (ONE_CLASS, word_task(4, 2), [], r"--probe_task \(.*train.jsonl\) has 1 distinct label\(s\)"),
-    (MOSTLY_ONE_CLASS, [{"text": "music", "label": "a"}], ["--probe_max_samples", "2"],
-     r"train.jsonl\), drawn down to --probe_max_samples 2, has 1 distinct label\(s\)"),
+    (MOSTLY_ONE_CLASS, [{"text": "music", "label": "a"}], ["--probe_max_train_samples", "2"],
+     r"train.jsonl\), drawn down to --probe_max_train_samples 2, has 1 distinct label\(s\)"),
     (word_task(8, 1), word_task(4, 2), ["--probe_label_column_name", "topic"],
      r"train.jsonl\) has no label column 'topic'; choose one with --probe_label_column_name"),
     (word_task(8, 1), word_task(4, 2), ["--probe_text_column_name", "body"],
@@ -250,9 +250,10 @@ def test_probe_files_instead_of_a_folder(run, corpus, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--probe_train_file", "train.jsonl"], "The probe needs a train and a dev split: add --probe_validation_file"),
     (["--probe_validation_file", "dev.jsonl"], "add --probe_train_file"),
-    (["--probe_task", "{task}", "--probe_train_file", "train.jsonl"], "--probe_task .* or --probe_train_file .* not both"),
+    (["--probe_task", "{task}", "--probe_train_file", "train.jsonl"],
+     "--probe_task .* or --probe_train_file .* not both"),
     (["--probe_task", "{task}/nowhere"], "--probe_task .*nowhere: no such folder"),
-    (["--probe_task", "{task}", "--probe_max_samples", "1"], "--probe_max_samples must be at least 2"),
+    (["--probe_task", "{task}", "--probe_max_eval_samples", "1"], "--probe_max_eval_samples must be at least 2"),
     (["--metric_for_best_model", "probe_macro_f1", "--load_best_model_at_end", "true"],
      "--metric_for_best_model probe_macro_f1 is a probe score: add --probe_task"),
     (["--probe_task", "{task}", "--metric_for_best_model", "probe_seconds"],
@@ -269,6 +270,7 @@ def test_bad_probe_flags_fail_at_parsing(tmp_path, task_dir, flags, message):
 
 def test_probe_flags_parse_and_default():
     probe_args = parse_args(["--output_dir", "x", "--train_file", "a.txt"])[-2]
-    assert not probe_args.enabled and probe_args.probe_pooling == "mean" and probe_args.probe_max_samples == 1000
+    assert not probe_args.enabled and probe_args.probe_pooling == "mean"
+    assert (probe_args.probe_max_train_samples, probe_args.probe_max_eval_samples) == (2000, 1000)
     with pytest.raises(InputError, match="--probe_pooling must be one of mean, cls, got 'max'"):
         ProbeArguments(probe_pooling="max")
