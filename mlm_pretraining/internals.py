@@ -16,11 +16,14 @@ from transformers.masking_utils import sdpa_mask
 # Checkpoint folders are named f"{PREFIX_CHECKPOINT_DIR}-{step}" by the Trainer; we find and check them ourselves.
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+# The TensorBoard folder the Trainer's TensorBoardCallback picks (runs/<date>_<host>), see TENSORBOARD_LOGGING_DIR.
+from transformers.integrations.integration_utils import default_logdir
+
 __all__ = ["sdpa_attention_forward", "sdpa_mask", "PREFIX_CHECKPOINT_DIR", "TRAINER_STATE_FILE", "OPTIMIZER_FILES",
            "RNG_STATE_GLOB", "ATTENTION_IMPLEMENTATION", "TRAINER_LOSS_KWARGS", "TRAINER_COLLATOR",
            "TRAINER_COUNT_ITEMS", "TRAINER_CREATED_SCHEDULER", "TRAINER_EVAL_SAMPLER", "TRAINER_LOAD_RNG_STATE",
            "MLM_HEAD_ATTRIBUTES", "MLM_DECODER_ATTRIBUTES", "MODERNBERT_SPARSE_SWITCH", "ACCELERATE_PREPARED",
-           "ACCELERATE_MODELS"]
+           "ACCELERATE_MODELS", "default_logdir", "TENSORBOARD_LOGGING_DIR"]
 
 # Files a complete Trainer checkpoint holds (besides the weights and config.json); trainer_state.json is written last.
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -87,3 +90,9 @@ MODERNBERT_SPARSE_SWITCH = "sparse_prediction"
 # clears the mark of a model left unwrapped that way (transformers 5.23, accelerate 1.16).
 ACCELERATE_PREPARED = "_is_accelerate_prepared"
 ACCELERATE_MODELS = "_models"
+
+# TensorBoardCallback attribute holding its folder. The callback sets it (output_dir/default_logdir()) only at
+# on_train_begin; an evaluation logged before training (run_mlm.py's 'before' row) opens the writer first, with no
+# folder, so in ./runs of the working directory, and training keeps that writer: every periodic evaluation and
+# training loss landed outside output_dir. build_trainer sets the folder at once.
+TENSORBOARD_LOGGING_DIR = "logging_dir"

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 
 from transformers import IntervalStrategy, Trainer
+from transformers.integrations import TensorBoardCallback
 from transformers.training_args import ParallelMode
 from transformers.utils.hub import hf_api
 
@@ -31,11 +33,13 @@ from mlm_pretraining.model.sharding import fsdp_layer_classes, shard_by_layers
 from mlm_pretraining.internals import (
     ACCELERATE_MODELS,
     ACCELERATE_PREPARED,
+    TENSORBOARD_LOGGING_DIR,
     TRAINER_COLLATOR,
     TRAINER_COUNT_ITEMS,
     TRAINER_CREATED_SCHEDULER,
     TRAINER_LOAD_RNG_STATE,
     TRAINER_LOSS_KWARGS,
+    default_logdir,
 )
 from mlm_pretraining.errors import InputError
 from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
@@ -297,6 +301,9 @@ def build_trainer(model, tokenizer, speed_args, mask_args, training_args, *, tra
     )
     for callback in probe_callback:  # its scores logged as the Trainer logs (TensorBoard, log history)
         callback.log = trainer.log
+    for callback in trainer.callback_handler.callbacks:  # see internals.TENSORBOARD_LOGGING_DIR
+        if isinstance(callback, TensorBoardCallback) and getattr(callback, TENSORBOARD_LOGGING_DIR) is None:
+            setattr(callback, TENSORBOARD_LOGGING_DIR, os.path.join(training_args.output_dir, default_logdir()))
     check_engaged(trainer)
     if training_args.fsdp:
         settle_fsdp(trainer, new_weights)

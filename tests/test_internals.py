@@ -336,3 +336,24 @@ def test_accelerate_marks_a_model_prepared_for_evaluation_and_returns_it_as_is()
     assert getattr(model, internals.ACCELERATE_PREPARED), internals.ACCELERATE_PREPARED
     assert model in getattr(accelerator, internals.ACCELERATE_MODELS), internals.ACCELERATE_MODELS
     assert accelerator.prepare_model(model) is model  # marked: returned as it is
+
+
+def test_tensorboard_callback_opens_its_writer_in_the_folder_attribute(tmp_path, monkeypatch):
+    """TENSORBOARD_LOGGING_DIR / default_logdir: the callback leaves its folder unset until on_train_begin, so a log
+    before training opens the writer elsewhere (./runs) unless the attribute is set; set, the first log writes there."""
+    import os
+
+    from transformers import TrainerControl, TrainerState
+    from transformers.integrations import TensorBoardCallback
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    callback = TensorBoardCallback()
+    guard(getattr(callback, internals.TENSORBOARD_LOGGING_DIR, "missing") is None, internals.TENSORBOARD_LOGGING_DIR,
+          "is not an attribute left None until training begins")
+    guard(os.path.dirname(internals.default_logdir()) == "runs", "default_logdir", "is not runs/<date>_<host>")
+    setattr(callback, internals.TENSORBOARD_LOGGING_DIR, str(tmp_path / "tb"))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    callback.on_log(args, TrainerState(), TrainerControl(), logs={"eval_loss": 1.0})
+    callback.on_train_end(args, TrainerState(), TrainerControl())
+    guard(any((tmp_path / "tb").glob("events.out.tfevents.*")), internals.TENSORBOARD_LOGGING_DIR,
+          "is not where the writer of a log before training goes")

@@ -135,7 +135,8 @@ def noisy_run(tiny_model_dir, tmp_path_factory):
     the probe scores best: (its folder, its results, the task, the corpus)."""
     folder = tmp_path_factory.mktemp("noisy")
     task, corpus = write_task(folder / "task", flipped=0.2), write_season_corpus(folder)
-    results = run_mlm.main(mlm_flags(tiny_model_dir, corpus, folder / "out", task, *SELECT_BY_PROBE))
+    results = run_mlm.main(mlm_flags(tiny_model_dir, corpus, folder / "out", task, *SELECT_BY_PROBE,
+                                     "--report_to", "tensorboard"))
     return folder / "out", results, task, corpus
 
 
@@ -158,6 +159,12 @@ def test_a_run_reports_the_probe_everywhere_and_keeps_the_checkpoint_it_scores_b
 
     with Image.open(out / "training_curves.png") as image:
         assert image.width > 1900  # three panels: loss, perplexity and the probe
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(out.glob("runs/*")))).Reload()
+    logged = events.Scalars("eval/probe_macro_f1")  # through the Trainer's log, every evaluation from step 2 on
+    assert [event.step for event in logged] == [step for step, _ in scores[1:]]
+    assert [event.value for event in logged] == pytest.approx([score for _, score in scores[1:]])
 
 
 def test_the_probe_scores_the_same_after_a_resume(noisy_run, tiny_model_dir, tmp_path):
