@@ -15,6 +15,7 @@ from mlm_pretraining.reporting.model_card import (
     base_model_license,
     evaluation_results,
     model_card,
+    probe_lines,
     write_model_card,
 )
 from mlm_pretraining.constants import EMBEDDED_MODEL
@@ -202,3 +203,15 @@ def test_a_headless_models_card_keeps_its_rows_after_a_resume(headless_model_dir
     assert resumed["eval_before_loss"] == first["eval_before_loss"]
     assert resumed["eval_warmup_loss"] == first["eval_warmup_loss"]
     assert rows((out / "README.md").read_text())[:2] == rows(card)[:2]
+
+
+def test_the_task_probe_has_its_own_table_and_none_without_a_probe():
+    probe = {"eval_before_probe_macro_f1": 0.5, "eval_before_probe_accuracy": 0.625,
+             "eval_before_probe_micro_f1": 0.625, "eval_probe_macro_f1": 0.75, "eval_probe_accuracy": 0.8,
+             "eval_probe_micro_f1": 0.8, "eval_probe_seconds": 1.5}
+    lines = probe_lines({**RESULTS, **probe})
+    assert lines[2:6] == ["| task probe on dev | macro-F1 | accuracy | micro-F1 |", "|---|---:|---:|---:|",
+                          "| before training | 0.5000 | 0.6250 | 0.6250 |",
+                          "| after training | 0.7500 | 0.8000 | 0.8000 |"]
+    assert probe_lines(RESULTS) == []
+    assert evaluation_results({**RESULTS, **probe}) == evaluation_results(RESULTS)  # not taken for an MLM set

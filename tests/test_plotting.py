@@ -30,6 +30,14 @@ def test_curves_take_train_loss_eval_loss_and_perplexity_with_the_before_point_a
     assert points["eval_perplexity"] == [(0, pytest.approx(math.exp(6.0))), (4, pytest.approx(math.exp(3.9)))]
 
 
+def test_curves_take_the_task_probe_with_its_before_point():
+    probed = HISTORY + [{"eval_before_probe_macro_f1": 0.4, "eval_before_probe_accuracy": 0.5, "step": 0},
+                        {"eval_probe_macro_f1": 0.6, "eval_probe_accuracy": 0.7, "eval_probe_seconds": 1.0, "step": 4}]
+    points = curves(probed)
+    assert points["probe_macro_f1"] == [(0, 0.4), (4, 0.6)] and points["probe_accuracy"] == [(0, 0.5), (4, 0.7)]
+    assert points["eval_loss"] == curves(HISTORY)["eval_loss"] and "probe_macro_f1" not in curves(HISTORY)
+
+
 def assert_png(path, min_width=800):
     with Image.open(path) as image:
         image.verify()
