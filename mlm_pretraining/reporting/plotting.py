@@ -111,8 +111,7 @@ def plot_runs(runs: dict[str, list[dict]], path: str | Path, title: str | None =
     loss_axes.set(title="Loss", xlabel="optimizer step", ylabel="cross-entropy loss (nats per masked token)")
     ppl_axes.set(title="Eval perplexity (exp of eval loss)", xlabel="optimizer step", ylabel="perplexity")
     if probed:
-        panels[2].set(title="Task probe on dev (logistic regression on the encoder's embeddings)",
-                      xlabel="optimizer step", ylabel="score")
+        panels[2].set(title="Task probe: dev scores (--probe_task)", xlabel="optimizer step", ylabel="score")
     values = [v for h in runs.values() for key, series in curves(h).items() if key.startswith("eval_perplexity")
               for _, v in series if math.isfinite(v)]
     if values and max(values) / max(min(values), 1e-12) > 20:
