@@ -131,8 +131,8 @@ def test_another_tokenizer_is_refused(prepared, tiny_model_dir, text_file, tmp_p
 def test_another_block_length_line_by_line_or_whole_word_setting_is_refused(prepared, tiny_model_dir, text_file,
                                                                             tmp_path, run):
     def read(*flags):
-        _, data_args, mask_args, _, _ = parse_args(["--output_dir", str(tmp_path / "out"),
-                                                    "--tokenized_dataset", str(prepared), *flags])
+        _, data_args, mask_args, *_ = parse_args(["--output_dir", str(tmp_path / "out"),
+                                                  "--tokenized_dataset", str(prepared), *flags])
         read_data(data_args, mask_args.whole_word_mask)
         return data_args
 
