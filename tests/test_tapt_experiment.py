@@ -14,7 +14,7 @@ import time
 import pytest
 from conftest import REPO
 from helpers import labelled_rows, write_jsonl
-from mlm_lab import runs
+from mlm_lab import runs, tapt_runs
 from safetensors.torch import load_file
 
 import scripts.experiments.tapt_experiment as tapt
@@ -135,8 +135,8 @@ def test_pretrain_flags_pass_the_levers_through(tmp_path, task_dir, corpus):
     (args,) = tapt.parse_args(["--task_dir", str(task_dir), "--output_dir", str(tmp_path), "--general_text",
                                str(corpus), "--mix_train_file", str(corpus), "--mix_share", "0.3",
                                "--head_warmup_steps", "50", "--mlm_probability", "0.2"],
-                              groups=(tapt.TaptArguments,))
-    flags = tapt.pretrain_flags(args, tapt.task_files(str(task_dir)), tmp_path / "tapt")
+                              groups=(tapt_runs.TaptArguments,))
+    flags = tapt_runs.pretrain_flags(args, tapt.task_files(str(task_dir)), tmp_path / "tapt")
     at = flags.index("--validation_file")
     assert flags[at + 1: at + 3] == [f"task={task_dir / 'dev.jsonl'}", f"general={corpus}"]
     assert flags[flags.index("--mix_train_file") + 1] == str(corpus)
@@ -154,25 +154,25 @@ def test_tapt_text_is_the_fine_tuning_subset_or_the_whole_file(tmp_path, task_di
     write_jsonl(task_dir / "dev.jsonl", rows[:6])
     files = tapt.task_files(str(task_dir))
     common = ["--task_dir", str(task_dir), "--output_dir", str(tmp_path), "--text_column_name", "sentence"]
-    (args,) = tapt.parse_args([*common, "--max_train_samples", "15"], groups=(tapt.TaptArguments,))
-    path = tapt.tapt_train_file(args, files, tmp_path)
-    assert path == str(tmp_path / tapt.TAPT_TRAIN_FILE)
+    (args,) = tapt.parse_args([*common, "--max_train_samples", "15"], groups=(tapt_runs.TaptArguments,))
+    path = tapt_runs.tapt_train_file(args, files, tmp_path)
+    assert path == str(tmp_path / tapt_runs.TAPT_TRAIN_FILE)
     texts = [json.loads(line)["sentence"] for line in open(path, encoding="utf-8")]
     assert len(texts) == len(set(texts)) == 15 and set(texts) < {row["sentence"] for row in rows}
     assert texts != [row["sentence"] for row in rows[:15]]  # a random draw, not the file's first rows
-    assert tapt.tapt_train_file(args, files, tmp_path) == path  # the same draw again: the TAPT run is reused
+    assert tapt_runs.tapt_train_file(args, files, tmp_path) == path  # the same draw again: the TAPT run is reused
     assert [json.loads(line)["sentence"] for line in open(path, encoding="utf-8")] == texts
-    flags = tapt.pretrain_flags(args, files, tmp_path / "tapt", path)
+    flags = tapt_runs.pretrain_flags(args, files, tmp_path / "tapt", path)
     assert flags[flags.index("--train_file") + 1] == path
     (everything,) = tapt.parse_args([*common, "--max_train_samples", "15", "--tapt_text", "all"],
-                                    groups=(tapt.TaptArguments,))
-    assert tapt.tapt_train_file(everything, files, tmp_path) == files["train"]
-    (full,) = tapt.parse_args(common, groups=(tapt.TaptArguments,))
-    assert tapt.tapt_train_file(full, files, tmp_path) == files["train"]
+                                    groups=(tapt_runs.TaptArguments,))
+    assert tapt_runs.tapt_train_file(everything, files, tmp_path) == files["train"]
+    (full,) = tapt.parse_args(common, groups=(tapt_runs.TaptArguments,))
+    assert tapt_runs.tapt_train_file(full, files, tmp_path) == files["train"]
     with pytest.raises(InputError, match="--mix_train_file: no such file or folder"):  # before any run starts
-        tapt.parse_args([*common, "--mix_train_file", str(tmp_path / "wiki.txt")], groups=(tapt.TaptArguments,))
+        tapt.parse_args([*common, "--mix_train_file", str(tmp_path / "wiki.txt")], groups=(tapt_runs.TaptArguments,))
     with pytest.raises(InputError, match="--tapt_text must be one of fine_tune, all"):
-        tapt.parse_args([*common, "--tapt_text", "subset"], groups=(tapt.TaptArguments,))
+        tapt.parse_args([*common, "--tapt_text", "subset"], groups=(tapt_runs.TaptArguments,))
 
 
 def test_task_dir_must_hold_the_three_splits(tmp_path):
@@ -231,13 +231,13 @@ def stopped_tapt_folder(folder, flags_file=None):
 
 def test_a_stopped_tapt_run_is_not_taken_for_finished_and_an_earlier_finished_one_is_adopted(tmp_path, task_dir):
     common = ["--task_dir", str(task_dir), "--output_dir", str(tmp_path)]
-    (args,) = tapt.parse_args(common, groups=(tapt.TaptArguments,))
-    (other,) = tapt.parse_args([*common, "--tapt_epochs", "20"], groups=(tapt.TaptArguments,))
+    (args,) = tapt.parse_args(common, groups=(tapt_runs.TaptArguments,))
+    (other,) = tapt.parse_args([*common, "--tapt_epochs", "20"], groups=(tapt_runs.TaptArguments,))
     files = tapt.task_files(str(task_dir))
     folder = tmp_path / "tapt"
-    recorded = tapt.comparable(tapt.pretrain_flags(args, files, folder), folder)  # the same in every folder
+    recorded = tapt_runs.comparable(tapt_runs.pretrain_flags(args, files, folder), folder)  # the same in every folder
     stopped_tapt_folder(folder, (runs.STARTED_FILE, recorded))
-    assert tapt.finished(folder, tapt.pretrain_flags(args, files, folder), "eval_task_perplexity") is None  # rerun
+    assert tapt_runs.finished(folder, tapt_runs.pretrain_flags(args, files, folder), "eval_task_perplexity") is None  # rerun
 
     # Folders of the earlier harness: its flags (with --overwrite_output_dir true, without --eval_strategy no
     # --weight_decay 0.0, then run_mlm.py's defaults) and cost in files of their own.
@@ -245,26 +245,26 @@ def test_a_stopped_tapt_run_is_not_taken_for_finished_and_an_earlier_finished_on
     assert recorded[end:end + 4] == ["--eval_strategy", "no", "--weight_decay", "0.0"]
     earlier = [*recorded[:at], "--overwrite_output_dir", "true", *recorded[at:end], *recorded[end + 4:]]
     stopped = tmp_path / "earlier-stopped"
-    stopped_tapt_folder(stopped, (tapt.EARLIER_FLAGS_FILE, earlier))
-    assert tapt.finished(stopped, tapt.pretrain_flags(args, files, stopped), "eval_task_perplexity") is None
+    stopped_tapt_folder(stopped, (tapt_runs.EARLIER_FLAGS_FILE, earlier))
+    assert tapt_runs.finished(stopped, tapt_runs.pretrain_flags(args, files, stopped), "eval_task_perplexity") is None
     assert not (stopped / runs.FINISHED_FILE).exists()
     with pytest.raises(InputError, match=r"earlier-stopped holds a stopped run with other settings "
                                          r"\(--num_train_epochs\)"):  # resuming it would mix two settings
-        tapt.finished(stopped, tapt.pretrain_flags(other, files, stopped), "eval_task_perplexity")
+        tapt_runs.finished(stopped, tapt_runs.pretrain_flags(other, files, stopped), "eval_task_perplexity")
 
     done = tmp_path / "earlier-finished"
     done.mkdir()
     results = {"eval_before_task_perplexity": 30.0, "eval_task_perplexity": 12.0, "train_runtime": 3.0}
     (done / "all_results.json").write_text(json.dumps(results))
     (done / "model.safetensors").write_bytes(b"weights")
-    (done / tapt.EARLIER_SECONDS_FILE).write_text(json.dumps({"seconds": 90.5}))
-    (done / tapt.EARLIER_FLAGS_FILE).write_text(json.dumps(earlier))
-    record = tapt.finished(done, tapt.pretrain_flags(args, files, done), "eval_task_perplexity")
+    (done / tapt_runs.EARLIER_SECONDS_FILE).write_text(json.dumps({"seconds": 90.5}))
+    (done / tapt_runs.EARLIER_FLAGS_FILE).write_text(json.dumps(earlier))
+    record = tapt_runs.finished(done, tapt_runs.pretrain_flags(args, files, done), "eval_task_perplexity")
     assert record["result"] == results and record["seconds"] == 90.5
     assert runs.differences(record["settings"], recorded) == []  # the same flags, if not in the same order
     with pytest.raises(InputError, match=r"earlier-finished holds a finished run with other settings "
                                          r"\(--num_train_epochs\)"):
-        tapt.finished(done, tapt.pretrain_flags(other, files, done), "eval_task_perplexity")
+        tapt_runs.finished(done, tapt_runs.pretrain_flags(other, files, done), "eval_task_perplexity")
 
 
 def tapt_weights(folder):

@@ -1,0 +1,113 @@
+"""scripts/experiments/probe_experiment.py: the rank correlation and its interval, the checkpoint export, and the
+experiment end to end on a tiny model and task (the probe through the run, the fine-tuned points, the pick, reuse)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from helpers import labelled_rows, write_jsonl
+from mlm_lab import runs
+from safetensors.torch import load_file, save_file
+
+from mlm_pretraining.errors import InputError
+from scripts.experiments.probe_experiment import (
+    PROBE_KEY,
+    export_checkpoint,
+    main,
+    rank_correlation,
+    with_flags,
+)
+
+
+def test_rank_correlation_and_its_interval():
+    perfect = rank_correlation([0.1, 0.2, 0.3, 0.4, 0.5], [10, 20, 30, 40, 50])
+    assert perfect["rho"] == pytest.approx(1.0) and perfect["high"] == pytest.approx(1.0, abs=1e-3)
+    mixed = rank_correlation([0.1, 0.2, 0.3, 0.4, 0.5], [10, 30, 20, 50, 40])
+    assert mixed["rho"] == pytest.approx(0.8)
+    # Fisher z with the Bonett-Wright standard error sqrt((1 + 0.8^2 / 2) / 2) = 0.8124, times 1.96.
+    half = 1.959964 * math.sqrt((1 + 0.64 / 2) / 2)
+    assert mixed["low"] == pytest.approx(math.tanh(math.atanh(0.8) - half), abs=1e-6)
+    assert mixed["high"] == pytest.approx(math.tanh(math.atanh(0.8) + half), abs=1e-6)
+    assert mixed["low"] < 0 < mixed["high"] < 1  # five points: wide
+    assert math.isnan(rank_correlation([0.1, 0.2, 0.3], [1, 2, 3])["low"])  # three points: no interval
+
+
+def test_with_flags_replaces_values_or_adds_the_flag():
+    flags = ["--a", "1", "--b", "x", "y", "--c", "-1"]
+    assert with_flags(flags, b=["z"], d=["4"]) == ["--a", "1", "--b", "z", "--c", "-1", "--d", "4"]
+    assert with_flags(flags, c=["2"]) == ["--a", "1", "--b", "x", "y", "--c", "2"]
+
+
+def test_a_checkpoint_is_exported_with_the_weights_only_the_final_folder_holds(tmp_path):
+    import torch
+
+    checkpoint, final = tmp_path / "checkpoint-5", tmp_path / "final"
+    for folder, weights in ((checkpoint, {"bert.layer": torch.ones(2)}),
+                            (final, {"bert.layer": torch.zeros(2), "bert.pooler.dense.weight": torch.full((2,), 3.0)})):
+        folder.mkdir()
+        save_file(weights, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text("{}")
+    (checkpoint / "optimizer.pt").write_bytes(b"state")
+    exported = export_checkpoint(checkpoint, final, tmp_path / "epoch5")
+    weights = load_file(str(exported / "model.safetensors"))
+    assert weights["bert.layer"].tolist() == [1.0, 1.0]  # the checkpoint's own, never the final one's
+    assert weights["bert.pooler.dense.weight"].tolist() == [3.0, 3.0]
+    assert (exported / "config.json").is_file() and not (exported / "optimizer.pt").exists()
+    assert not (tmp_path / "epoch5.partial").exists()
+
+
+@pytest.fixture
+def task_dir(tmp_path):
+    folder = tmp_path / "task"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", labelled_rows(60))
+    write_jsonl(folder / "dev.jsonl", labelled_rows(12))
+    write_jsonl(folder / "test.jsonl", labelled_rows(12))
+    return folder
+
+
+def test_checkpoint_epochs_must_be_multiples_of_the_probe_cadence(tmp_path, task_dir):
+    argv = ["--task_dir", str(task_dir), "--output_dir", str(tmp_path / "exp"), "--tapt_epochs", "4",
+            "--probe_every_epochs", "2", "--checkpoint_epochs", "3", "--seeds", "1", "2"]
+    with pytest.raises(InputError, match=r"--checkpoint_epochs: 3 is not a multiple of --probe_every_epochs"):
+        main(argv)
+
+
+@pytest.mark.slow
+def test_experiment_probes_the_run_and_fine_tunes_its_checkpoints(tmp_path, headless_model_dir, task_dir, corpus,
+                                                                  monkeypatch):
+    out = tmp_path / "exp"
+    argv = ["--task_dir", str(task_dir), "--output_dir", str(out), "--model_name_or_path", str(headless_model_dir),
+            "--seeds", "1", "2", "--max_steps", "2", "--per_device_train_batch_size", "4", "--tapt_epochs", "4",
+            "--probe_every_epochs", "1", "--checkpoint_epochs", "2", "4", "--tapt_batch_size", "8",
+            "--tapt_max_seq_length", "32", "--tapt_max_eval_samples", "4", "--learning_rate", "1e-3",
+            "--general_text", str(corpus), "--head_warmup_steps", "0", "--tapt_learning_rate", "1e-2",
+            "--workers", "2"]
+    report = main(argv)
+    points = report["summary"]["points"]
+    assert [p["epoch"] for p in points] == [0.0, 1.0, 2.0, 3.0, 4.0]  # before training, then every epoch
+    assert all(0 <= p[PROBE_KEY] <= 1 for p in points)
+    picked = report["picked_epoch"]
+    assert picked == max(points[1:], key=lambda p: p[PROBE_KEY])["epoch"]
+    assert set(report["runs"]) == {"0", "2", "4"} | {f"{picked:g}"}
+    assert all(set(seeds) == {"1", "2"} for seeds in report["runs"].values())
+    # Different weights at different points: the fine-tuned losses differ.
+    assert len({report["runs"][epoch]["1"]["eval_loss"] for epoch in ("0", "2", "4")}) == 3
+    exported = load_file(str(out / "checkpoints" / "epoch2" / "model.safetensors"))
+    assert "bert.pooler.dense.weight" in exported  # the base's pooler, as in the final folder
+    assert report["summary"]["rank_correlation"]["test_macro_f1"]["n"] == len(report["runs"])
+    markdown = (out / "results.md").read_text()
+    assert "| probe's pick − last checkpoint" in markdown and "Spearman's rho" in markdown
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    state = json.loads((out / "tapt" / "trainer_state.json").read_text())
+    assert sorted(p.name for p in (out / "tapt").glob("checkpoint-*")) == sorted(
+        f"checkpoint-{step}" for step in {entry["step"] for entry in state["log_history"] if "eval_probe_macro_f1"
+                                          in entry})  # every probed point kept
+
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"a finished run was launched again: {args}")
+
+    monkeypatch.setattr(runs.subprocess, "Popen", no_process)
+    assert main(argv)["summary"] == report["summary"]  # everything reused
