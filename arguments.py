@@ -585,12 +585,15 @@ class MLMTrainingArguments(TrainingArguments):
             self.use_cpu = True
             self.notices.append("--bf16 on a machine without a GPU: training on the CPU (--use_cpu True).")
         parse_warmup_steps(self.head_warmup_steps)
-        if not self.do_eval:  # the Trainer would turn --do_eval back on for our periodic evaluation default
-            self.eval_strategy = "no"
         if self.tf32 is None and not self.use_cpu and is_torch_tf32_available():
             self.tf32 = True
             self.notices.append("TF32 matrix products on (this GPU has them; --tf32 False for strict fp32).")
+        # The Trainer turns --do_eval on whenever --eval_strategy is not no, and ours is steps by default: the user's
+        # --do_eval is kept, and _settle_device_defaults, which knows whether --eval_strategy was given, settles the
+        # pair (our default follows --do_eval False; an explicit conflict is refused).
+        do_eval = self.do_eval
         super().__post_init__()
+        self.do_eval = do_eval
         if self.fsdp:
             self._check_fsdp_config()
 
@@ -862,18 +865,34 @@ def _settle_device_defaults(parsed, explicit: set[str]) -> None:
         if getattr(args, "train_sampling_strategy", "") is None:  # lines vary in length; blocks do not
             line_by_line = data_args is not None and data_args.line_by_line
             args.train_sampling_strategy = "group_by_length" if line_by_line else "random"
-        if isinstance(args, MLMTrainingArguments) and args.eval_strategy != IntervalStrategy.NO and (
-                not args.do_eval or (data_args is not None and not _has_evaluation_text(data_args))):
-            if "eval_strategy" in explicit:
-                raise InputError(f"--eval_strategy {args.eval_strategy.value}, but there is no evaluation text "
-                                 "(--validation_file, or --validation_split_percentage above 0 without --streaming "
-                                 "or --tokenized_dataset) or --do_eval is False; give one, or drop --eval_strategy.")
-            args.eval_strategy = IntervalStrategy.NO  # our periodic default needs evaluation text
+        if isinstance(args, MLMTrainingArguments) and args.eval_strategy != IntervalStrategy.NO:
+            _settle_eval_strategy(args, data_args, explicit)
         if args.dataloader_pin_memory and (args.use_cpu or not has_gpu()):
             args.dataloader_pin_memory = False
             if "dataloader_pin_memory" in explicit:
                 args.notices.append("--dataloader_pin_memory off: this run trains on the CPU, where pinned memory "
                                     "does nothing.")
+
+
+def _settle_eval_strategy(args: MLMTrainingArguments, data_args: DataArguments | None, explicit: set[str]) -> None:
+    """Periodic evaluation (--eval_strategy, steps by default) needs evaluation: --do_eval and evaluation text. Where
+    either is missing our default is turned off; an --eval_strategy the user gave is refused."""
+    if not args.do_eval:
+        if "eval_strategy" in explicit:
+            raise InputError(f"--do_eval False with --eval_strategy {args.eval_strategy.value}: --do_eval False turns "
+                             "evaluation off, periodic evaluation included; drop --do_eval False to evaluate, or give "
+                             "--eval_strategy no (or drop it) to train without evaluation.")
+        if args.load_best_model_at_end:  # with the strategy settled to no the Trainer would keep the last checkpoint
+            raise InputError("--load_best_model_at_end keeps the checkpoint with the best evaluation, and --do_eval "
+                             "False turns evaluation off; drop one of the two.")
+    elif data_args is not None and not _has_evaluation_text(data_args):
+        if "eval_strategy" in explicit:
+            raise InputError(f"--eval_strategy {args.eval_strategy.value}, but there is no evaluation text "
+                             "(--validation_file, or --validation_split_percentage above 0 without --streaming or "
+                             "--tokenized_dataset); give some, or drop --eval_strategy.")
+    else:
+        return
+    args.eval_strategy = IntervalStrategy.NO  # our periodic default needs evaluation
 
 
 def _settle_fsdp(parsed, explicit: set[str]) -> None:

@@ -78,6 +78,39 @@ def test_output_dir_is_required():
         parse_args(["--train_file", "a.txt"])
 
 
+
+@pytest.mark.parametrize("strategy", ["steps", "epoch"])
+def test_do_eval_false_with_an_explicit_eval_strategy_is_refused(tmp_path, strategy):
+    """Periodic evaluation asked for with evaluation turned off: refused, not one of the two dropped in silence."""
+    message = rf"--do_eval False with --eval_strategy {strategy}: .* drop --do_eval False .* or give --eval_strategy no"
+    with pytest.raises(InputError, match=message):
+        parse_args(["--output_dir", str(tmp_path), "--do_eval", "False", "--eval_strategy", strategy])
+    config = tmp_path / "run.yaml"  # a config file's keys are as explicit as flags
+    config.write_text(f"output_dir: {tmp_path}/out\ndo_eval: false\neval_strategy: {strategy}\n")
+    with pytest.raises(InputError, match=message):
+        parse_args([str(config)])
+
+
+def test_do_eval_false_with_load_best_model_at_end_is_refused(tmp_path):
+    with pytest.raises(InputError, match=r"--load_best_model_at_end keeps the checkpoint with the best evaluation, "
+                                         r"and --do_eval False turns evaluation off"):
+        parse_args(["--output_dir", str(tmp_path), "--do_eval", "False", "--load_best_model_at_end", "True"])
+
+
+@pytest.mark.parametrize("flags, do_eval, strategy", [
+    ([], True, "steps"),  # our default: evaluation before, every 10 % and after
+    (["--do_eval", "False"], False, "no"),  # the periodic default settled to match
+    (["--do_eval", "False", "--eval_strategy", "no"], False, "no"),
+    (["--do_eval", "True", "--eval_strategy", "epoch"], True, "epoch"),
+    (["--do_eval", "True", "--eval_strategy", "no"], True, "no"),  # before and after training only
+    (["--eval_strategy", "epoch"], True, "epoch"),
+])
+def test_do_eval_and_eval_strategy_given_consistently_are_kept(tmp_path, flags, do_eval, strategy):
+    """The negative control of the refusal above: every consistent pair, given or defaulted, is kept as given."""
+    training = parse_args(["--output_dir", str(tmp_path), *flags])[-1]
+    assert (training.do_eval, training.eval_strategy.value) == (do_eval, strategy)
+
+
 def test_config_file_errors(tmp_path):
     with pytest.raises(InputError, match=r"Config file .*nope.yaml does not exist"):
         parse_args([str(tmp_path / "nope.yaml")])
