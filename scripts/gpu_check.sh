@@ -35,17 +35,9 @@ BATCH=${BATCH:-32}
 SEQ=${SEQ:-128}
 OUT=${1:-outputs/gpu_check-$(date +%Y%m%d-%H%M%S)}
 
-no_gpu() {
-    echo "gpu_check.sh: $1. This script checks the CUDA paths on an NVIDIA GPU; nothing was run." >&2
-    echo "On a CPU the tests cover the rest: python -m pytest tests/test_scaling.py" >&2
-    exit 2
-}
-
-command -v nvidia-smi >/dev/null 2>&1 || no_gpu "no GPU found (nvidia-smi is not installed)"
-nvidia-smi -L >/dev/null 2>&1 || no_gpu "no GPU found (nvidia-smi -L failed: no driver or no device)"
-GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)") \
-    || no_gpu "'$PYTHON' cannot import torch"
-[ "$GPUS" -ge 1 ] || no_gpu "torch sees no CUDA device (a CPU-only torch build, or CUDA_VISIBLE_DEVICES is empty)"
+source scripts/require_gpu.sh  # the working directory is the repository root (the cd above)
+require_gpu gpu_check.sh "This script checks the CUDA paths on an NVIDIA GPU" \
+    "On a CPU the tests cover the rest: python -m pytest tests/test_scaling.py"
 
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}

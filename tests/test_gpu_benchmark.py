@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -49,24 +50,27 @@ def fake_nvidia_smi(bin_dir, status: int | None) -> None:
         fake.chmod(0o755)
 
 
-def run(tmp_path, nvidia_smi_status: int | None) -> subprocess.CompletedProcess:
+def run(tmp_path, nvidia_smi_status: int | None, cwd=None) -> subprocess.CompletedProcess:
     """The script with PATH holding only a fake nvidia-smi (exiting with ``nvidia_smi_status``; None: no nvidia-smi)
-    and torch seeing no CUDA device."""
+    and dirname, and torch seeing no CUDA device."""
     bin_dir = tmp_path / "bin"
     fake_nvidia_smi(bin_dir, nvidia_smi_status)
+    # The script finds the repository root from its own path with dirname; without it, it would run from "/".
+    (bin_dir / "dirname").symlink_to(shutil.which("dirname"))
     env = {"PATH": str(bin_dir), "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", "HOME": str(tmp_path),
            "PYTHONPATH": str(REPO)}
     return subprocess.run(["/bin/bash", str(SCRIPT), str(tmp_path / "out")], env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=cwd)
 
 
+@pytest.mark.parametrize("from_root", [True, False])  # the refusal is sourced by a path from the repository root
 @pytest.mark.parametrize("nvidia_smi_status, reason", [
     (None, "nvidia-smi is not installed"),
     (9, "nvidia-smi -L failed"),
     (0, "torch sees no CUDA device"),
 ])
-def test_without_a_gpu_it_stops_with_status_2_and_says_why(tmp_path, nvidia_smi_status, reason):
-    done = run(tmp_path, nvidia_smi_status)
+def test_without_a_gpu_it_stops_with_status_2_and_says_why(tmp_path, nvidia_smi_status, reason, from_root):
+    done = run(tmp_path, nvidia_smi_status, cwd=REPO if from_root else tmp_path)
     assert done.returncode == 2, done.stderr
     assert reason in done.stderr
     assert "This script measures NVIDIA GPUs only; nothing was run." in done.stderr

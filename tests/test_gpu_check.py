@@ -49,7 +49,7 @@ else:
 FALLING = [10.4 - 0.1 * i for i in range(20)]
 
 
-def run(tmp_path, nvidia_smi: bool = True, gpus: int = 1, losses: dict | None = None):
+def run(tmp_path, nvidia_smi: bool = True, gpus: int = 1, losses: dict | None = None, cwd=None):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     if nvidia_smi:
@@ -62,20 +62,23 @@ def run(tmp_path, nvidia_smi: bool = True, gpus: int = 1, losses: dict | None = 
            "PYTHONPATH": str(REPO), "FAKE_PYTHON_LOG": str(tmp_path / "calls.jsonl"), "FAKE_GPUS": str(gpus),
            "FAKE_LOSSES": json.dumps(losses or {}), "PEAK_TFLOPS": "0.001", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(["/bin/bash", str(SCRIPT), str(tmp_path / "out")], env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, cwd=cwd)
     calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()] \
         if (tmp_path / "calls.jsonl").exists() else []
     return done, calls
 
 
+@pytest.mark.parametrize("from_root", [True, False])  # the refusal is sourced by a path from the repository root
 @pytest.mark.parametrize("nvidia_smi, gpus, reason", [
-    (False, 0, "nvidia-smi is not installed"),
+    (False, 0, "no GPU found (nvidia-smi is not installed)"),
     (True, 0, "torch sees no CUDA device"),
 ])
-def test_without_a_gpu_it_stops_with_status_2_and_runs_nothing(tmp_path, nvidia_smi, gpus, reason):
-    done, calls = run(tmp_path, nvidia_smi=nvidia_smi, gpus=gpus)
+def test_without_a_gpu_it_stops_with_status_2_and_runs_nothing(tmp_path, nvidia_smi, gpus, reason, from_root):
+    done, calls = run(tmp_path, nvidia_smi=nvidia_smi, gpus=gpus, cwd=REPO if from_root else tmp_path)
     assert done.returncode == 2, done.stderr
-    assert reason in done.stderr and "nothing was run" in done.stderr
+    assert f"gpu_check.sh: {reason}" in done.stderr
+    assert "This script checks the CUDA paths on an NVIDIA GPU; nothing was run." in done.stderr
+    assert "On a CPU the tests cover the rest: python -m pytest tests/test_scaling.py" in done.stderr
     assert not (tmp_path / "out").exists()
     assert all(call[0] == "-c" for call in calls)  # at most the device count was asked
 

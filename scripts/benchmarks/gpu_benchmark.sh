@@ -33,17 +33,9 @@ else
     VALIDATION_FILE=${VALIDATION_FILE:-examples/data/wikitext-2-sample/validation.txt}
 fi
 
-no_gpu() {
-    echo "gpu_benchmark.sh: $1. This script measures NVIDIA GPUs only; nothing was run." >&2
-    echo "On a CPU: python scripts/benchmarks/benchmark.py --variants stock,ours --repeats 3 --preprocess_mb 0" >&2
-    exit 2
-}
-
-command -v nvidia-smi >/dev/null 2>&1 || no_gpu "no GPU found (nvidia-smi is not installed)"
-nvidia-smi -L >/dev/null 2>&1 || no_gpu "no GPU found (nvidia-smi -L failed: no driver or no device)"
-GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)") \
-    || no_gpu "'$PYTHON' cannot import torch"
-[ "$GPUS" -ge 1 ] || no_gpu "torch sees no CUDA device (a CPU-only torch build, or CUDA_VISIBLE_DEVICES is empty)"
+source scripts/require_gpu.sh  # the working directory is the repository root (the cd above)
+require_gpu gpu_benchmark.sh "This script measures NVIDIA GPUs only" \
+    "On a CPU: python scripts/benchmarks/benchmark.py --variants stock,ours --repeats 3 --preprocess_mb 0"
 
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
