@@ -108,6 +108,20 @@ def corpus(tmp_path) -> Path:
 
 
 @pytest.fixture
+def task_dir(tmp_path) -> Path:
+    """A labelled task folder as scripts/run_classification.py and --probe_task read it: train, dev and test .jsonl
+    (text and label; helpers.labelled_rows)."""
+    from helpers import labelled_rows, write_jsonl
+
+    folder = tmp_path / "task"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", labelled_rows(60))
+    write_jsonl(folder / "dev.jsonl", labelled_rows(9))
+    write_jsonl(folder / "test.jsonl", labelled_rows(12))
+    return folder
+
+
+@pytest.fixture
 def run(tiny_model_dir, tmp_path, monkeypatch):
     """Run run_mlm.main() with the tiny model plus ``flags``; expect an InputError matching ``pattern``; return it.
 

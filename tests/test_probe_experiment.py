@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-from helpers import labelled_rows, write_jsonl
 from mlm_lab import runs
 from safetensors.torch import load_file, save_file
 
@@ -56,16 +55,6 @@ def test_a_checkpoint_is_exported_with_the_weights_only_the_final_folder_holds(t
     assert weights["bert.pooler.dense.weight"].tolist() == [3.0, 3.0]
     assert (exported / "config.json").is_file() and not (exported / "optimizer.pt").exists()
     assert not (tmp_path / "epoch5.partial").exists()
-
-
-@pytest.fixture
-def task_dir(tmp_path):
-    folder = tmp_path / "task"
-    folder.mkdir()
-    write_jsonl(folder / "train.jsonl", labelled_rows(60))
-    write_jsonl(folder / "dev.jsonl", labelled_rows(12))
-    write_jsonl(folder / "test.jsonl", labelled_rows(12))
-    return folder
 
 
 def test_checkpoint_epochs_must_be_multiples_of_the_probe_cadence(tmp_path, task_dir):

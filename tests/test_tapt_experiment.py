@@ -13,7 +13,7 @@ import time
 
 import pytest
 from conftest import REPO
-from helpers import labelled_rows, write_jsonl
+from helpers import write_jsonl
 from mlm_lab import runs, tapt_runs
 from safetensors.torch import load_file
 
@@ -66,16 +66,6 @@ def test_perplexity_table_reads_the_named_sets():
                      "general": {"before": 20.0, "after_head_warmup": 21.0, "after": 24.25}}
     assert "| general text (forgetting) | 20.00 | 21.00 | 24.25 |" in table
     assert "| task dev text | 30.00 | – | 12.50 |" in perplexity_table(results)[0]
-
-
-@pytest.fixture
-def task_dir(tmp_path):
-    folder = tmp_path / "task"
-    folder.mkdir()
-    write_jsonl(folder / "train.jsonl", labelled_rows(60))
-    write_jsonl(folder / "dev.jsonl", labelled_rows(9))
-    write_jsonl(folder / "test.jsonl", labelled_rows(12))
-    return folder
 
 
 @pytest.mark.slow
