@@ -923,8 +923,9 @@ def _has_evaluation_text(data_args: DataArguments) -> bool:
 
 
 def _given_flags(argv: list[str]) -> set[str]:
-    """The names of the flags on the command line (``--name`` or ``--name=value``)."""
-    return {arg[2:].partition("=")[0] for arg in argv if arg.startswith("--")}
+    """The names of the flags on the command line (``--name`` or ``--name=value``), as their fields are named: the
+    parser takes ``--eval-strategy`` for ``--eval_strategy`` too."""
+    return {arg[2:].partition("=")[0].replace("-", "_") for arg in argv if arg.startswith("--")}
 
 
 def _relative_to(base: Path, path: str) -> str:

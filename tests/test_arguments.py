@@ -85,6 +85,8 @@ def test_do_eval_false_with_an_explicit_eval_strategy_is_refused(tmp_path, strat
     message = rf"--do_eval False with --eval_strategy {strategy}: .* drop --do_eval False .* or give --eval_strategy no"
     with pytest.raises(InputError, match=message):
         parse_args(["--output_dir", str(tmp_path), "--do_eval", "False", "--eval_strategy", strategy])
+    with pytest.raises(InputError, match=message):  # the parser's dashed spelling is the same flag
+        parse_args(["--output-dir", str(tmp_path), "--do-eval", "False", f"--eval-strategy={strategy}"])
     config = tmp_path / "run.yaml"  # a config file's keys are as explicit as flags
     config.write_text(f"output_dir: {tmp_path}/out\ndo_eval: false\neval_strategy: {strategy}\n")
     with pytest.raises(InputError, match=message):
