@@ -142,6 +142,7 @@ class BudgetCallback(TrainerCallback, ExportableState):
         self._progress_before_step = 0.0  # at the step before: a share of the budget crossed triggers a log, eval, save
         self._start: float | None = None
         self._session_start: tuple[float, float] | None = None  # (clock, progress) when this run began
+        self._rate_set_at_step: int | None = None  # the global_step whose learning rate set_step_rate last set
 
     def state(self) -> dict:
         return {"args": {"max_train_tokens": self.max_train_tokens, "max_train_seconds": self.max_train_seconds,
@@ -183,18 +184,28 @@ class BudgetCallback(TrainerCallback, ExportableState):
         self.elapsed_before = float(attributes.get("elapsed_before", 0.0))
         self.progress = float(attributes.get("progress", 0.0))
         self._progress_before_step = self.progress
+        self._rate_set_at_step = None
         self._start = clock()
         self._session_start = (self._start, self._measure(state, step_done=False))
         if self.elapsed_before:
             logger.info("Resuming a time budget: %s of %s already spent.", _hms(self.elapsed_before),
                         _hms(self.max_train_seconds))
 
-    def on_pre_optimizer_step(self, args, state, control, lr_scheduler=None, **kwargs):
-        # After this step's forward/backward (its tokens are counted), before the weights change: the step that
-        # spends the budget gets progress 1, the schedule's end value.
+    def set_step_rate(self, args, state, lr_scheduler=None) -> None:
+        """Measure the budget spent once the coming optimizer step is done (its tokens counted in ``state``), agreed
+        across processes, and set that step's learning rate from it: the step that spends the budget gets progress 1,
+        the schedule's end value. Once a step, before the weights change: from :meth:`on_pre_optimizer_step`, or
+        earlier from ``MLMTrainer.training_step`` under DeepSpeed, whose engine steps the optimizer inside the
+        backward of the step's last micro-batch."""
         self.progress = min(1.0, _all_ranks_max(self._measure(state, step_done=True), args))
         if isinstance(lr_scheduler, ProgressScheduler):
             lr_scheduler.set_progress(self.progress)
+        self._rate_set_at_step = state.global_step
+
+    def on_pre_optimizer_step(self, args, state, control, lr_scheduler=None, **kwargs):
+        # After this step's forward/backward (its tokens are counted), before the weights change.
+        if self._rate_set_at_step != state.global_step:  # not set already (DeepSpeed: set before the backward)
+            self.set_step_rate(args, state, lr_scheduler)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.max_train_seconds is not None:  # the step count is unknown: a share of the budget, not of the steps

@@ -21,9 +21,9 @@ from transformers.integrations.integration_utils import default_logdir
 
 __all__ = ["sdpa_attention_forward", "sdpa_mask", "PREFIX_CHECKPOINT_DIR", "TRAINER_STATE_FILE", "OPTIMIZER_FILES",
            "RNG_STATE_GLOB", "ATTENTION_IMPLEMENTATION", "TRAINER_LOSS_KWARGS", "TRAINER_COLLATOR",
-           "TRAINER_COUNT_ITEMS", "TRAINER_CREATED_SCHEDULER", "TRAINER_EVAL_SAMPLER", "TRAINER_LOAD_RNG_STATE",
-           "MLM_HEAD_ATTRIBUTES", "MLM_DECODER_ATTRIBUTES", "MODERNBERT_SPARSE_SWITCH", "ACCELERATE_PREPARED",
-           "ACCELERATE_MODELS", "default_logdir", "TENSORBOARD_LOGGING_DIR"]
+           "TRAINER_COUNT_ITEMS", "TRAINER_COUNT_TOKENS", "TRAINER_CREATED_SCHEDULER", "TRAINER_EVAL_SAMPLER",
+           "TRAINER_LOAD_RNG_STATE", "MLM_HEAD_ATTRIBUTES", "MLM_DECODER_ATTRIBUTES", "MODERNBERT_SPARSE_SWITCH",
+           "ACCELERATE_PREPARED", "ACCELERATE_MODELS", "default_logdir", "TENSORBOARD_LOGGING_DIR"]
 
 # Files a complete Trainer checkpoint holds (besides the weights and config.json); trainer_state.json is written last.
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -42,6 +42,12 @@ TRAINER_LOSS_KWARGS = "model_accepts_loss_kwargs"
 # Trainer method that counts the labelled tokens of a step's batches (num_items_in_batch): called again after a
 # mask-rate schedule masks the batches in get_batch_samples.
 TRAINER_COUNT_ITEMS = "_get_num_items_in_batch"
+
+# Trainer method that adds a micro-batch's tokens (all processes) to state.num_input_tokens_seen, the count a token
+# budget is spent by; the loop calls it after each training_step. Under DeepSpeed the optimizer steps inside the
+# training_step of a step's last micro-batch, so MLMTrainer.training_step counts that micro-batch first, with this
+# method (the same rule), to set the step's learning rate, and takes the count back for the Trainer to make.
+TRAINER_COUNT_TOKENS = "_track_num_input_tokens"
 
 # Trainer flag set by create_scheduler when the Trainer made the scheduler itself, so that a later train() call
 # makes a fresh one rather than reusing it: set too when a budget makes the schedule.

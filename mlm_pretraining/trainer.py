@@ -1,14 +1,15 @@
 """Our Trainer and the one function that builds it, used by run_mlm.py and scripts/benchmarks/benchmark.py alike.
 
-:class:`MLMTrainer` overrides nine methods of transformers' ``Trainer``, each through a documented hook or one named in
+:class:`MLMTrainer` overrides ten methods of transformers' ``Trainer``, each through a documented hook or one named in
 internals.py: ``get_eval_dataloader`` (evaluation batches from their own collator, with fixed masks);
 ``compute_loss`` (the loss averaged over all masked tokens of the optimizer step, across processes and
 gradient-accumulation steps); ``train`` and ``get_batch_samples`` (a streamed training set resumes by position: where
 a step takes its batches their stream positions are noted, and on resume the stream seeks and the Trainer does not
 skip batches; a mask-rate schedule masks each step's batches at its rate); ``create_scheduler`` (under a budget, a
-schedule over the share of the budget spent); ``log`` (the mask rate and the budget's progress in the logs);
-``evaluate`` (under FSDP2, the model sharded again after it). Two more make the finished folder what the user gets:
-``save_model`` (under FSDP and ZeRO-1/2 the whole model, tied weights once; never a push) and
+schedule over the share of the budget spent) and ``training_step`` (under DeepSpeed, whose engine steps the optimizer
+inside the backward, the budget's rate for the step set before it); ``log`` (the mask rate and the budget's progress
+in the logs); ``evaluate`` (under FSDP2, the model sharded again after it). Two more make the finished folder what
+the user gets: ``save_model`` (under FSDP and ZeRO-1/2 the whole model, tied weights once; never a push) and
 ``push_to_hub`` (``output_dir`` uploaded once, as it stands).
 :func:`build_trainer` adds the masking collators, our callbacks and the speed-ups, refuses --fsdp / --deepspeed that
 accelerate did not engage, and under --fsdp shards the model (:func:`settle_fsdp`).
@@ -36,6 +37,7 @@ from mlm_pretraining.internals import (
     TENSORBOARD_LOGGING_DIR,
     TRAINER_COLLATOR,
     TRAINER_COUNT_ITEMS,
+    TRAINER_COUNT_TOKENS,
     TRAINER_CREATED_SCHEDULER,
     TRAINER_LOAD_RNG_STATE,
     TRAINER_LOSS_KWARGS,
@@ -124,6 +126,22 @@ class MLMTrainer(Trainer):
     def budget(self) -> BudgetCallback | None:
         """The --max_train_tokens / --max_train_time callback, if any (looked up: a resume may replace it)."""
         return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, BudgetCallback)), None)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's forward and backward of one micro-batch; under a budget with DeepSpeed, the optimizer step's
+        learning rate is set before the backward of its last micro-batch. accelerate's DeepSpeed engine wrapper steps
+        the optimizer inside that ``accelerator.backward``, before the Trainer's ``on_pre_optimizer_step``, where
+        :class:`BudgetCallback` sets the rate on every other path (one process, DDP, FSDP): there each rate would be
+        applied one step late. The rate is the one those paths set: the step's tokens counted (this micro-batch's
+        by the Trainer's own count, taken back for the Trainer to make after this call) and agreed across processes.
+        A time budget is measured before that backward instead of after it."""
+        budget = self.budget
+        if budget is not None and self.is_deepspeed_enabled and self.accelerator.sync_gradients:
+            counted = self.state.num_input_tokens_seen
+            getattr(self, TRAINER_COUNT_TOKENS)(inputs)  # see internals.TRAINER_COUNT_TOKENS
+            budget.set_step_rate(self.args, self.state, self.lr_scheduler)
+            self.state.num_input_tokens_seen = counted
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """Under a budget, a schedule that follows the share of the budget spent (see budget.py)."""

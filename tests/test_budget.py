@@ -184,6 +184,39 @@ def test_max_train_tokens_line_by_line_stops_when_the_count_is_reached(tiny_mode
     assert logs[-1]["learning_rate"] == 0.0
 
 
+def test_under_deepspeed_each_step_trains_at_its_rate(tiny_model_dir, corpus, tmp_path, monkeypatch):
+    """DeepSpeed steps the optimizer inside the backward of a step's last micro-batch (accelerate's
+    DeepSpeedEngineWrapper.backward), before on_pre_optimizer_step: MLMTrainer.training_step sets the step's rate
+    before that backward, the rate the plain path sets (real tokens of lines of varying length, 2 micro-batches a
+    step: the last one's tokens are counted for it, and once in the state). Played without deepspeed: training_step
+    runs as under DeepSpeed, the rest of the run takes the plain path. The negative control: without it the rate at
+    that backward is the step before's."""
+    as_deepspeed, at_backward, original = True, [], MLMTrainer.training_step
+
+    def training_step(self, *args, **kwargs):
+        self.is_deepspeed_enabled = as_deepspeed
+        try:
+            loss = original(self, *args, **kwargs)
+        finally:
+            self.is_deepspeed_enabled = False
+        if self.accelerator.sync_gradients:  # DeepSpeed's engine would have stepped with this rate
+            at_backward.append(self.optimizer.param_groups[0]["lr"])
+        return loss
+
+    monkeypatch.setattr(MLMTrainer, "training_step", training_step)
+    extra = dict(max_train_tokens=500, line_by_line=True, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    run_mlm.main(flags(tiny_model_dir, corpus, tmp_path / "deepspeed", **extra))
+    as_deepspeed, deepspeed_rates, at_backward = False, at_backward, []
+    run_mlm.main(flags(tiny_model_dir, corpus, tmp_path / "plain", **extra))
+    logs, reference = train_logs(tmp_path / "deepspeed"), train_logs(tmp_path / "plain")
+    seen = [e["num_input_tokens_seen"] for e in logs]
+    assert seen == [e["num_input_tokens_seen"] for e in reference] and len(seen) > 2
+    assert [e["learning_rate"] for e in logs] == pytest.approx([LR * max(0.0, 1 - n / 500) for n in seen])
+    assert deepspeed_rates == pytest.approx([e["learning_rate"] for e in logs])
+    assert [e["loss"] for e in logs] == pytest.approx([e["loss"] for e in reference], abs=1e-6)
+    assert at_backward == pytest.approx([LR] + [e["learning_rate"] for e in reference][:-1])  # one step late
+
+
 # ---- --max_train_time on a fake clock ----
 
 class FakeClock:

@@ -118,6 +118,7 @@ def test_private_trainer_methods_take_the_arguments_we_pass():
     for method, parameters in ((internals.TRAINER_COUNT_ITEMS, ["self", "batch_samples", "device"]),
                                (internals.TRAINER_LOAD_RNG_STATE, ["self", "checkpoint"]),
                                (internals.TRAINER_EVAL_SAMPLER, ["self", "eval_dataset"]),
+                               (internals.TRAINER_COUNT_TOKENS, ["self", "inputs"]),
                                ("get_batch_samples", ["self", "epoch_iterator", "num_batches", "device"])):
         function = getattr(Trainer, method, None)
         guard(callable(function), f"Trainer.{method}", "is gone")
@@ -138,6 +139,21 @@ def test_trainer_counts_the_labelled_tokens_of_a_step(tmp_path):
     batches, count = Trainer.get_batch_samples(trainer, iter([{"labels": labels}]), 1, torch.device("cpu"))
     guard(len(batches) == 1 and int(count) == 4, "Trainer.get_batch_samples",
           f"no longer returns (batches, labelled tokens): ({len(batches)} batches, {count})")
+
+
+def test_trainer_counts_the_real_tokens_of_a_micro_batch_into_its_state(tmp_path):
+    """MLMTrainer.training_step (under DeepSpeed) counts the step's last micro-batch with this method and takes the
+    count back: it adds the micro-batch's real tokens (--max_train_tokens turns non_padding on) to the state and
+    nothing else."""
+    trainer = tiny_trainer(tmp_path, include_num_input_tokens_seen="non_padding")
+    batch = masked_batch()
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    batch["attention_mask"][1, 4:] = 0
+    trainer.state.num_input_tokens_seen = 100
+    getattr(trainer, internals.TRAINER_COUNT_TOKENS)(batch)
+    found = trainer.state.num_input_tokens_seen
+    guard(found == 110, f"Trainer.{internals.TRAINER_COUNT_TOKENS}",
+          f"took the state's count from 100 to {found} for a micro-batch of 10 real tokens, not to 110")
 
 
 def test_a_loss_normalised_by_the_step_count_is_not_divided_by_accumulation_but_scaled_by_processes(tmp_path,
