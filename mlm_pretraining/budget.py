@@ -7,7 +7,7 @@ steps when every block is full, real tokens seen over the budget when lengths va
 and the optimizer step that spends the budget runs at the schedule's end value. :class:`BudgetCallback` measures
 the progress (agreed across processes), hands it to :class:`ProgressScheduler` before each optimizer step, stops
 with a checkpoint when the budget is spent and keeps the elapsed time in the checkpoint, so a resumed run has what
-is left of the budget, not a new one.
+is left of the budget, not a new one (and one resumed from the checkpoint that spent it trains no further step).
 
 ``--mlm_probability_end`` makes the masking rate fall (or rise) linearly from ``--mlm_probability`` over the same
 progress (Ankner et al. 2023: 30 % -> 15 %); :func:`mask_rate` gives the rate of a step's batches.
@@ -187,9 +187,14 @@ class BudgetCallback(TrainerCallback, ExportableState):
         self._rate_set_at_step = None
         self._start = clock()
         self._session_start = (self._start, self._measure(state, step_done=False))
-        if self.elapsed_before:
+        if self.elapsed_before and self.max_train_seconds is not None:
             logger.info("Resuming a time budget: %s of %s already spent.", _hms(self.elapsed_before),
                         _hms(self.max_train_seconds))
+        if self.progress >= 1.0:  # resumed from the checkpoint of the step that spent it (MLMTrainer trains no step)
+            control.should_training_stop = True
+            logger.info("The budget was spent at step %d, the checkpoint resumed from: no step left to train.",
+                        state.global_step)
+        return control
 
     def set_step_rate(self, args, state, lr_scheduler=None) -> None:
         """Measure the budget spent once the coming optimizer step is done (its tokens counted in ``state``), agreed

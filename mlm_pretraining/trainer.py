@@ -5,7 +5,8 @@ internals.py: ``get_eval_dataloader`` (evaluation batches from their own collato
 ``compute_loss`` (the loss averaged over all masked tokens of the optimizer step, across processes and
 gradient-accumulation steps); ``train`` and ``get_batch_samples`` (a streamed training set resumes by position: where
 a step takes its batches their stream positions are noted, and on resume the stream seeks and the Trainer does not
-skip batches; a mask-rate schedule masks each step's batches at its rate); ``create_scheduler`` (under a budget, a
+skip batches; a mask-rate schedule masks each step's batches at its rate; none are taken once training stopped before
+its first step); ``create_scheduler`` (under a budget, a
 schedule over the share of the budget spent) and ``training_step`` (under DeepSpeed, whose engine steps the optimizer
 inside the backward, the budget's rate for the step set before it); ``log`` (the mask rate and the budget's progress
 in the logs); ``evaluate`` (under FSDP2, the model sharded again after it). Two more make the finished folder what
@@ -164,7 +165,12 @@ class MLMTrainer(Trainer):
         dataloader may have read further. With a mask-rate schedule, mask the step's batches at the rate for this
         step. They are masked here, in the main process, after the Trainer picked the step (the collator may run
         ahead of it, prefetching, or in worker processes); masks stay functions of (seed, epoch, tokens) and the
-        step, so resumed and multi-process runs mask as an uninterrupted single process does."""
+        step, so resumed and multi-process runs mask as an uninterrupted single process does. Training stopped before
+        its first step (resumed where the budget was spent, see budget.py) takes no batches: the Trainer's loop asks
+        for a step's batches before it looks at the stop, and trains none of an empty list (where no batch was
+        skipped, as for a stream, it then warns that the epoch had no sample)."""
+        if self.control.should_training_stop:
+            return [], None
         batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         positions = self.stream_positions
         if positions is not None:  # the blocks this step trains on: the stream stands after them

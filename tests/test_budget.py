@@ -217,6 +217,28 @@ def test_under_deepspeed_each_step_trains_at_its_rate(tiny_model_dir, corpus, tm
     assert at_backward == pytest.approx([LR] + [e["learning_rate"] for e in reference][:-1])  # one step late
 
 
+@pytest.mark.parametrize("extra", [{}, {"line_by_line": True}], ids=["blocks", "lines"])
+def test_resuming_where_the_token_budget_was_spent_trains_no_step(tiny_model_dir, corpus, tmp_path, extra, caplog):
+    """The same command run again after the budget was spent resumes from the checkpoint of the step that spent it:
+    nothing is left to train, so no step is (the Trainer's loop looks at the stop only after a step, and trained one
+    more: checkpoint-5 of a 4-step budget)."""
+    out = tmp_path / "out"
+    argv = flags(tiny_model_dir, corpus, out, max_train_tokens=500, save_strategy="steps", save_steps=1000, **extra)
+    run_mlm.main(argv)
+    (checkpoint,) = out.glob("checkpoint-*")
+    steps = [e["step"] for e in train_logs(out)]
+    assert checkpoint.name == f"checkpoint-{steps[-1]}"
+    with caplog.at_level("INFO", logger="mlm_pretraining.budget"):
+        run_mlm.main(argv)
+    assert [p.name for p in out.glob("checkpoint-*")] == [checkpoint.name]
+    assert [e["step"] for e in train_logs(out)] == steps
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == steps[-1]
+    assert _max_weight_difference(checkpoint, out) == 0.0
+    assert f"The budget was spent at step {steps[-1]}, the checkpoint resumed from: no step left to train." \
+        in caplog.text
+    assert "Resuming a time budget" not in caplog.text
+
+
 # ---- --max_train_time on a fake clock ----
 
 class FakeClock:
@@ -253,6 +275,16 @@ def test_time_budget_stops_at_the_deadline_with_a_checkpoint(tiny_model_dir, cor
     state = json.loads((out / "checkpoint-5" / "trainer_state.json").read_text())
     assert state["global_step"] == 5
     assert state["stateful_callbacks"]["BudgetCallback"]["attributes"]["elapsed_before"] == pytest.approx(50.0)
+
+
+def test_resuming_where_the_time_budget_was_spent_trains_no_step(tiny_model_dir, corpus, tmp_path, fake_clock):
+    out = tmp_path / "out"
+    argv = flags(tiny_model_dir, corpus, out, max_train_time="45s", save_strategy="steps", save_steps=1000)
+    run_mlm.main(argv)
+    fake_clock.now = 5000.0  # a new process
+    run_mlm.main(argv)
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-5"]
+    assert [e["step"] for e in train_logs(out)] == [1, 2, 3, 4, 5]
 
 
 def test_resumed_run_continues_the_time_budget(tiny_model_dir, corpus, tmp_path, fake_clock):
