@@ -16,6 +16,7 @@ from scripts.experiments.probe_experiment import (
     export_checkpoint,
     main,
     rank_correlation,
+    stop_rule,
     with_flags,
 )
 
@@ -31,6 +32,16 @@ def test_rank_correlation_and_its_interval():
     assert mixed["high"] == pytest.approx(math.tanh(math.atanh(0.8) + half), abs=1e-6)
     assert mixed["low"] < 0 < mixed["high"] < 1  # five points: wide
     assert math.isnan(rank_correlation([0.1, 0.2, 0.3], [1, 2, 3])["low"])  # three points: no interval
+
+
+def test_the_stop_rule_stops_after_patience_evaluations_without_a_better_probe():
+    curve = [{"epoch": e, PROBE_KEY: f} for e, f in ((0, 0.50), (5, 0.55), (10, 0.54), (15, 0.56), (20, 0.55),
+                                                     (25, 0.555), (30, 0.60))]
+    stopped, kept = stop_rule(curve, patience=2)
+    assert (stopped["epoch"], kept["epoch"]) == (25, 15)  # 20 and 25 did not beat 15's 0.56
+    assert [p["epoch"] for p in stop_rule(curve, patience=3)] == [30, 30]  # never stopped: the best, the last
+    never = [{"epoch": e, PROBE_KEY: f} for e, f in ((0, 0.6), (5, 0.5), (10, 0.55))]
+    assert [p["epoch"] for p in stop_rule(never, patience=2)] == [10, 0]  # no checkpoint beat the base: keep it
 
 
 def test_with_flags_replaces_values_or_adds_the_flag():
@@ -80,7 +91,8 @@ def test_experiment_probes_the_run_and_fine_tunes_its_checkpoints(tmp_path, head
     assert all(0 <= p[PROBE_KEY] <= 1 for p in points)
     picked = report["picked_epoch"]
     assert picked == max(points[1:], key=lambda p: p[PROBE_KEY])["epoch"]
-    assert set(report["runs"]) == {"0", "2", "4"} | {f"{picked:g}"}
+    kept = report["stop_rule"]["keeps"]
+    assert set(report["runs"]) == {"0", "2", "4"} | {f"{picked:g}", f"{kept:g}"}
     assert all(set(seeds) == {"1", "2"} for seeds in report["runs"].values())
     # Different weights at different points: the fine-tuned losses differ.
     assert len({report["runs"][epoch]["1"]["eval_loss"] for epoch in ("0", "2", "4")}) == 3
@@ -89,6 +101,7 @@ def test_experiment_probes_the_run_and_fine_tunes_its_checkpoints(tmp_path, head
     assert report["summary"]["rank_correlation"]["test_macro_f1"]["n"] == len(report["runs"])
     markdown = (out / "results.md").read_text()
     assert "| probe's pick − last checkpoint" in markdown and "Spearman's rho" in markdown
+    assert "| stop rule (patience 2) − base model" in markdown
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     state = json.loads((out / "tapt" / "trainer_state.json").read_text())
     assert sorted(p.name for p in (out / "tapt").glob("checkpoint-*")) == sorted(

@@ -80,6 +80,10 @@ class ProbeExperimentArguments:
         default=None, metadata={"help": "run_mlm.py's --probe_max_train_samples (default: run_mlm.py's)."})
     probe_max_eval_samples: int | None = field(
         default=None, metadata={"help": "run_mlm.py's --probe_max_eval_samples (default: run_mlm.py's)."})
+    stop_patience: int = field(
+        default=2, metadata={"help": "The stop rule tried on the probe: stop once the probe has not beaten its best for "
+                             "this many evaluations and keep the best so far (the base model when no checkpoint beat "
+                             "it); its kept point is fine-tuned too."})
     workers: int = field(
         default=1, metadata={"help": "Runs side by side (the TAPT run beside the base model's fine-tunes, then the "
                              "checkpoints' fine-tunes); with more than 1 each run gets one torch thread "
@@ -96,6 +100,8 @@ class ProbeExperimentArguments:
             if epoch <= 0 or epoch > tapt.tapt_epochs or abs(multiple - round(multiple)) > 1e-9:
                 raise InputError(f"--checkpoint_epochs: {epoch:g} is not a multiple of --probe_every_epochs "
                                  f"({self.probe_every_epochs:g}) in (0, --tapt_epochs {tapt.tapt_epochs:g}].")
+        if self.stop_patience < 1:
+            raise InputError(f"--stop_patience must be at least 1, got {self.stop_patience}.")
         if self.workers < 1:
             raise InputError(f"--workers must be at least 1, got {self.workers}.")
         if len(tapt.seeds) < 2:
@@ -150,6 +156,22 @@ def probe_curve(tapt_dir: Path) -> list[dict]:
     return curve
 
 
+def stop_rule(curve: list[dict], patience: int) -> tuple[dict, dict]:
+    """Early stopping on the probe over ``curve`` (before training first): (the point where the run would stop, the
+    point it keeps). It stops once the probe has not beaten its best for ``patience`` evaluations in a row and keeps
+    the best so far, which is the base model (step 0) when no checkpoint beat it; a run that never stops keeps its
+    best."""
+    best, waited = curve[0], 0
+    for point in curve[1:]:
+        if point[PROBE_KEY] > best[PROBE_KEY]:
+            best, waited = point, 0
+        else:
+            waited += 1
+            if waited >= patience:
+                return point, best
+    return curve[-1], best
+
+
 def checkpoint_at(tapt_dir: Path, step: int) -> Path:
     """The TAPT run's checkpoint of ``step``; an InputError naming the folder when it is missing."""
     path = tapt_dir / f"checkpoint-{step}"
@@ -197,9 +219,10 @@ def interval_cell(interval: dict) -> str:
     return f"{interval['mean']:+.2f} [{interval['low']:+.2f}, {interval['high']:+.2f}]{star}"
 
 
-def summarise(points: list[dict], runs: dict[float, dict[int, dict]], seeds: list[int], picked: float,
+def summarise(points: list[dict], runs: dict[float, dict[int, dict]], seeds: list[int], rules: dict[str, float],
               last: float) -> tuple[str, dict]:
-    """The markdown tables and the numbers behind them (scores in percent)."""
+    """The markdown tables and the numbers behind them (scores in percent). ``rules``: {name: the epoch it keeps},
+    each compared with the last checkpoint and with the base model."""
     rows = ["| TAPT epochs | step | probe dev macro-F1 | task dev perplexity | "
             + " | ".join(f"fine-tuned {title}" for _, title in SCORES) + " |", "|---|---|---|---|" + "---|" * 3]
     summary: dict = {"points": []}
@@ -214,7 +237,7 @@ def summarise(points: list[dict], runs: dict[float, dict[int, dict]], seeds: lis
             values = [100 * fine_tuned[seed][key] for seed in seeds]
             scores[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values)}
             cells.append(f"{scores[key]['mean']:.2f} ± {scores[key]['std']:.2f}")
-        marks = " (probe's pick)" if point["epoch"] == picked else ""
+        marks = "".join(f" ({name})" for name, epoch in rules.items() if point["epoch"] == epoch)
         perplexity = f"{point['task_perplexity']:,.1f}" if point.get("task_perplexity") else "–"
         rows.append(f"| {point['epoch']:g}{marks} | {point['step']} | {100 * point[PROBE_KEY]:.2f} | {perplexity} | "
                     + " | ".join(cells) + " |")
@@ -228,8 +251,9 @@ def summarise(points: list[dict], runs: dict[float, dict[int, dict]], seeds: lis
         c = summary["rank_correlation"][key]
         correlation_rows.append(f"| fine-tuned {title} (mean over seeds) | {c['rho']:+.2f} | "
                                 f"[{c['low']:+.2f}, {c['high']:+.2f}] | {c['n']} |")
-    comparisons = (("probe's pick − last checkpoint", picked, last), ("probe's pick − base model", picked, 0.0),
-                   ("last checkpoint − base model", last, 0.0))
+    comparisons = [(f"{name} − {other}", epoch, against) for name, epoch in rules.items()
+                   for other, against in (("last checkpoint", last), ("base model", 0.0))]
+    comparisons.append(("last checkpoint − base model", last, 0.0))
     pair_rows = ["| paired by seed, percentage points | " + " | ".join(title for _, title in SCORES) + " |",
                  "|---|" + "---|" * len(SCORES)]
     summary["paired"] = {}
@@ -326,27 +350,32 @@ def main(argv: list[str] | None = None) -> dict:
         minutes["TAPT"] = None if tapt_record["seconds"] is None else tapt_record["seconds"] / 60
         curve = probe_curve(tapt_dir)
         saved = [p for p in curve if p["step"] > 0]
-        # The probe's pick among the saved checkpoints (the first of equal scores, as the Trainer keeps the first).
+        for point in saved:
+            point["epoch"] = round(point["epoch"] / lab.probe_every_epochs) * lab.probe_every_epochs
+        # The probe's pick among the saved checkpoints (the first of equal scores, as the Trainer keeps the first), and
+        # where the stop rule would stop and what it keeps.
         picked = max(saved, key=lambda p: p[PROBE_KEY])
+        stopped, kept = stop_rule(curve, lab.stop_patience)
+        rules = {"probe's pick": picked["epoch"], f"stop rule (patience {lab.stop_patience})": kept["epoch"]}
         models = {}
         final_step = saved[-1]["step"]
         for point in saved:
-            epoch = round(point["epoch"] / lab.probe_every_epochs) * lab.probe_every_epochs
-            point["epoch"] = epoch
+            epoch = point["epoch"]
             wanted = any(abs(epoch - e) < 1e-6 for e in lab.checkpoint_epochs) or point is picked \
-                or point["step"] == final_step
+                or point is kept or point["step"] == final_step
             if wanted:
                 models[epoch] = str(tapt_dir) if point["step"] == final_step else str(export_checkpoint(
                     checkpoint_at(tapt_dir, point["step"]), tapt_dir, out / "checkpoints" / f"epoch{epoch:g}"))
         last_epoch = saved[-1]["epoch"]
-        logger.info("Probe dev macro-F1 through TAPT: %s; its pick: epoch %g", ", ".join(
-            f"{p['epoch']:g}: {p[PROBE_KEY]:.4f}" for p in curve), picked["epoch"])
+        logger.info("Probe dev macro-F1 through TAPT: %s; its pick: epoch %g; the stop rule stops at %g, keeps %g",
+                    ", ".join(f"{p['epoch']:g}: {p[PROBE_KEY]:.4f}" for p in curve), picked["epoch"],
+                    stopped["epoch"], kept["epoch"])
         jobs = [pool.submit(run_fine_tune, epoch, model, seed) for epoch, model in models.items()
                 for seed in args.seeds]
         collect(base_jobs)
         collect(jobs)
 
-    table, summary = summarise(curve, fine_tuned, args.seeds, picked["epoch"], last_epoch)
+    table, summary = summarise(curve, fine_tuned, args.seeds, rules, last_epoch)
     title = (f"The probe against fine-tuning on {Path(args.task_dir).name}: {Path(args.model_name_or_path).name}, "
              f"seeds {', '.join(map(str, args.seeds))}")
     settings = (f"TAPT: {args.tapt_epochs:g} epochs at {args.tapt_learning_rate}, mask rate {args.mlm_probability}, "
@@ -361,7 +390,8 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "results.md").write_text(markdown, encoding="utf-8")
     chart = plot(summary, out / "results.png", title)
     report = {"task": Path(args.task_dir).name, "settings": {**asdict(args), **asdict(lab)}, "summary": summary,
-              "picked_epoch": picked["epoch"], "last_epoch": last_epoch,
+              "picked_epoch": picked["epoch"], "last_epoch": last_epoch, "rules": rules,
+              "stop_rule": {"patience": lab.stop_patience, "stops_at": stopped["epoch"], "keeps": kept["epoch"]},
               "runs": {f"{epoch:g}": {str(s): r for s, r in seeds.items()} for epoch, seeds in fine_tuned.items()},
               "minutes": minutes, "chart": str(chart)}
     (out / "results.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
