@@ -3,8 +3,8 @@
 
 Each seed's two runs share everything but the precision (model, data, steps, masks, seed); the report gives each
 precision's evaluation loss, perplexity and masked-token accuracy after training (mean ± std over seeds) and the
-paired difference bf16 − fp32 with its 95 % Student-t interval. The evaluation itself runs in fp32 in both arms
-(--bf16_full_eval off), so the difference is what bf16 training did to the model. Speed is not the question here:
+paired difference bf16 − fp32 with its 95 % Student-t interval. Each run evaluates as it trains (the bf16 run under
+autocast, its weights in fp32), so the difference is what a user of --bf16 sees. Speed is not the question here:
 on a CPU without native bf16 the bf16 runs are emulated and several times slower, but their numbers are bf16's.
 Finished runs are reused (a stopped comparison continues); each run's output is in its folder's run.log.
 
