@@ -7,8 +7,9 @@
     torchrun --nproc_per_node 8 run_mlm.py examples/fsdp.yaml ...  # a model sharded across them (FSDP2)
     python run_mlm.py --tokenized_dataset prepared/ ...        # a corpus tokenized once by scripts/prepare_corpus.py
 
-Rerunning the same command resumes from the last complete checkpoint in --output_dir. SIGTERM or Ctrl-C saves a
-checkpoint at the current step and exits with status 128 + the signal number (143 or 130); rerun to continue.
+Rerunning the same command resumes from the last complete checkpoint in --output_dir; on a finished run it changes
+nothing and says so. SIGTERM or Ctrl-C saves a checkpoint at the current step and exits with status 128 + the signal
+number (143 or 130); rerun to continue.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from transformers import set_seed
 
 from arguments import parse_args
 from mlm_pretraining.budget import plan_budget
-from mlm_pretraining.checkpoints import check_checkpoint_matches, find_resume_checkpoint, results_before_training
+from mlm_pretraining.checkpoints import (
+    check_checkpoint_matches,
+    find_resume_checkpoint,
+    run_wrote_its_files,
+    saved_results,
+)
 from mlm_pretraining.data.sources import (
     evaluation_sets,
     evaluation_sizes,
@@ -89,10 +95,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         tokenized = tokenize_corpus(raw, tokenizer, data_args, max_seq_length, **words)
         processed = prepare_datasets(raw, tokenizer, data_args, max_seq_length, **words, seed=training_args.seed,
                                      tokenized=tokenized)
-    report = None
-    if training_args.process_index == 0:  # from the tokenized data, before any hour is spent training
-        report = report_corpus(raw, tokenized, processed, tokenizer, data_args, max_seq_length,
-                               training_args.output_dir, model_name=model_args.model_name_or_path)
     eval_dataset = evaluation_sets(processed) if training_args.do_eval else None
     if training_args.do_train and "train" not in processed:
         if eval_dataset is None:
@@ -117,11 +119,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                             pad_to_multiple_of=data_args.pad_to_multiple_of,
                             callbacks=[budget] if budget else [], new_weights=new_weights, probe=probe)
 
+    # A rerun of a finished run (its last checkpoint at the end of training, by the trainer's one rule) leaves every
+    # file as it is; one killed after that checkpoint but before its final files writes them, training no step.
+    at_end = trainer.end_of_training(resume_from) if resume_from is not None and train_dataset is not None else None
+    if at_end and run_wrote_its_files(training_args.output_dir, resume_from):
+        afresh = "leave out --resume_from_checkpoint" if training_args.resume_from_checkpoint else \
+            "add --overwrite_output_dir"
+        logger.info("Nothing to do: %s is at the end of training (%s); %s holds the finished run and is left as it "
+                    "is. To train longer, raise that flag; to start afresh, %s.", resume_from, at_end,
+                    training_args.output_dir, afresh)
+        return saved_results(training_args.output_dir)
+    if at_end:
+        logger.info("%s is at the end of training (%s), but the run stopped before writing its final files: writing "
+                    "them, without training.", resume_from, at_end)
+    report = None
+    if training_args.process_index == 0:  # from the tokenized data, before any hour is spent training
+        report = report_corpus(raw, tokenized, processed, tokenizer, data_args, max_seq_length,
+                               training_args.output_dir, model_name=model_args.model_name_or_path)
     results: dict[str, float] = {}
     if eval_dataset is not None and training_args.do_train and resume_from is None:
         results.update(evaluate(trainer, "eval_before"))
     elif resume_from is not None:  # measured when the run started; kept for the results and the card
-        results.update(results_before_training(training_args.output_dir))
+        results.update(saved_results(training_args.output_dir, prefix="eval_before_"))
     if train_dataset is not None:
         train_result = trainer.train(resume_from_checkpoint=resume_from)
         if trainer.stopped_by_signal:  # the checkpoint at this step is the whole result; a rerun continues from it
@@ -135,19 +154,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             keep_base_weights(model, resolve_model_path(model_args.model_name_or_path), loading_info["unexpected_keys"],
                               training_args.output_dir, model_args.cache_dir, model_args.model_revision)
         results.update(warmup_results(trainer))  # the base encoder with a fitted head: the fair baseline
-        metrics = dict(train_result.metrics)
-        if hasattr(train_dataset, "__len__"):  # a stream has no length
-            metrics["train_samples"] = len(train_dataset)
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        results.update(metrics)
+        if trainer.resumed_at_end:  # no step trained, so no training metrics: those the run saved, if it got there
+            results.update(saved_results(training_args.output_dir, "train"))
+        else:
+            metrics = dict(train_result.metrics)
+            if hasattr(train_dataset, "__len__"):  # a stream has no length
+                metrics["train_samples"] = len(train_dataset)
+            trainer.log_metrics("train", metrics)
+            trainer.save_metrics("train", metrics)
+            results.update(metrics)
     if eval_dataset is not None:
         results.update(evaluate(trainer, "eval", earlier={k: v for k, v in results.items() if k.startswith("eval_")}))
         results.update(evaluation_sizes(eval_dataset))
     if train_dataset is not None:
-        trainer.save_state()  # after the last evaluation, so plot_curves.py finds it in trainer_state.json
         if training_args.process_index == 0:
             write_model_card(trainer, model_args, data_args, mask_args, results, report, argv)
+        # Last: it marks a run that wrote all its files (checkpoints.run_wrote_its_files); after the last evaluation,
+        # so plot_curves.py finds it in trainer_state.json.
+        trainer.save_state()
         if training_args.push_to_hub:  # once, at the end: the folder as the user has it (pooler, card, results)
             trainer.push_to_hub()
     return results

@@ -7,7 +7,8 @@ steps when every block is full, real tokens seen over the budget when lengths va
 and the optimizer step that spends the budget runs at the schedule's end value. :class:`BudgetCallback` measures
 the progress (agreed across processes), hands it to :class:`ProgressScheduler` before each optimizer step, stops
 with a checkpoint when the budget is spent and keeps the elapsed time in the checkpoint, so a resumed run has what
-is left of the budget, not a new one (and one resumed from the checkpoint that spent it trains no further step).
+is left of the budget, not a new one; :meth:`BudgetCallback.spent` says whether a checkpoint spent it (one that did is
+the end of training: MLMTrainer trains no further step from it).
 
 ``--mlm_probability_end`` makes the masking rate fall (or rise) linearly from ``--mlm_probability`` over the same
 progress (Ankner et al. 2023: 30 % -> 15 %); :func:`mask_rate` gives the rate of a step's batches.
@@ -177,10 +178,7 @@ class BudgetCallback(TrainerCallback, ExportableState):
         return min(1.0, self._measure(state, step_done=False))
 
     def on_train_begin(self, args, state, control, **kwargs):
-        stored = (state.stateful_callbacks or {}).get(type(self).__name__)
-        if isinstance(stored, list):
-            stored = stored[-1] if stored else None
-        attributes = (stored or {}).get("attributes", {})
+        attributes = self._stored_attributes(state)
         self.elapsed_before = float(attributes.get("elapsed_before", 0.0))
         self.progress = float(attributes.get("progress", 0.0))
         self._progress_before_step = self.progress
@@ -190,11 +188,28 @@ class BudgetCallback(TrainerCallback, ExportableState):
         if self.elapsed_before and self.max_train_seconds is not None:
             logger.info("Resuming a time budget: %s of %s already spent.", _hms(self.elapsed_before),
                         _hms(self.max_train_seconds))
-        if self.progress >= 1.0:  # resumed from the checkpoint of the step that spent it (MLMTrainer trains no step)
-            control.should_training_stop = True
-            logger.info("The budget was spent at step %d, the checkpoint resumed from: no step left to train.",
-                        state.global_step)
-        return control
+
+    def _stored_attributes(self, state) -> dict:
+        """What this callback kept in ``state`` (a checkpoint's trainer_state.json): elapsed time and progress."""
+        stored = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if isinstance(stored, list):
+            stored = stored[-1] if stored else None
+        return (stored or {}).get("attributes", {})
+
+    def spent(self, state) -> str | None:
+        """How this budget is spent at the training ``state`` (a checkpoint's), for the log; None while some is left.
+        Measured against this budget, not the one the state trained under, so a raised budget has more to train.
+        Part of the rule for a finished run, MLMTrainer.end_of_training."""
+        if self.max_train_seconds is not None:
+            elapsed = float(self._stored_attributes(state).get("elapsed_before", 0.0))
+            if elapsed < self.max_train_seconds:
+                return None
+            return f"--max_train_time {_hms(self.max_train_seconds)} spent ({_hms(elapsed)})"
+        if self._measure(state, step_done=False) < 1.0:
+            return None
+        if self.exact_steps:
+            return f"--max_train_tokens {self.max_train_tokens:,} spent in {self.planned_steps:,} steps"
+        return f"--max_train_tokens {self.max_train_tokens:,} spent ({state.num_input_tokens_seen:,} tokens seen)"
 
     def set_step_rate(self, args, state, lr_scheduler=None) -> None:
         """Measure the budget spent once the coming optimizer step is done (its tokens counted in ``state``), agreed

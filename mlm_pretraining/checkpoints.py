@@ -1,5 +1,6 @@
 """Finding the checkpoint a run resumes from: an explicit --resume_from_checkpoint, or the last complete one in
-output_dir; a checkpoint half-written by a killed run is skipped, and one of a different model is refused."""
+output_dir; a checkpoint half-written by a killed run is skipped, and one of a different model is refused. Whether
+the run in output_dir wrote its final files, and the results it saved."""
 
 from __future__ import annotations
 
@@ -175,12 +176,25 @@ def check_checkpoint_matches(checkpoint: str, model_args, explicit: bool) -> Non
                      f"({'; '.join(differences)}, checkpoint vs model). {fix}")
 
 
-def results_before_training(output_dir: str) -> dict[str, float]:
-    """The before-training evaluation (``eval_before_*``) of the run that started in ``output_dir``, kept in its
-    all_results.json, so a resumed run's results and card still hold the row it did not measure again."""
-    path = Path(output_dir) / "all_results.json"
+def run_wrote_its_files(output_dir: str, checkpoint: str) -> bool:
+    """Whether the run in ``output_dir`` wrote all its final files (model, results, card) after ``checkpoint``: its
+    own trainer_state.json, which run_mlm.py writes last, is whole and at the checkpoint's step. A run killed after its
+    last checkpoint (in the final evaluation, say) has none, or an earlier run's."""
+    try:
+        done = json.loads((Path(output_dir) / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+        saved = json.loads((Path(checkpoint) / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return done.get("global_step") == saved.get("global_step")
+
+
+def saved_results(output_dir: str, split: str = "all", prefix: str = "") -> dict[str, float]:
+    """The metrics the run in ``output_dir`` saved in ``{split}_results.json`` (those whose name starts with
+    ``prefix``); empty when there is none. A resumed run's results and card keep what it did not measure again: the
+    before-training evaluation (``eval_before_``), and for a run finished by a rerun its training's metrics."""
+    path = Path(output_dir) / f"{split}_results.json"
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {key: value for key, value in results.items() if key.startswith("eval_before_")}
+    return {key: value for key, value in results.items() if key.startswith(prefix)}

@@ -22,8 +22,9 @@ from transformers.integrations.integration_utils import default_logdir
 __all__ = ["sdpa_attention_forward", "sdpa_mask", "PREFIX_CHECKPOINT_DIR", "TRAINER_STATE_FILE", "OPTIMIZER_FILES",
            "RNG_STATE_GLOB", "ATTENTION_IMPLEMENTATION", "TRAINER_LOSS_KWARGS", "TRAINER_COLLATOR",
            "TRAINER_COUNT_ITEMS", "TRAINER_COUNT_TOKENS", "TRAINER_CREATED_SCHEDULER", "TRAINER_EVAL_SAMPLER",
-           "TRAINER_LOAD_RNG_STATE", "MLM_HEAD_ATTRIBUTES", "MLM_DECODER_ATTRIBUTES", "MODERNBERT_SPARSE_SWITCH",
-           "ACCELERATE_PREPARED", "ACCELERATE_MODELS", "default_logdir", "TENSORBOARD_LOGGING_DIR"]
+           "TRAINER_LOAD_RNG_STATE", "TRAINER_TRAINING_VALUES", "MLM_HEAD_ATTRIBUTES", "MLM_DECODER_ATTRIBUTES",
+           "MODERNBERT_SPARSE_SWITCH", "ACCELERATE_PREPARED", "ACCELERATE_MODELS", "default_logdir",
+           "TENSORBOARD_LOGGING_DIR"]
 
 # Files a complete Trainer checkpoint holds (besides the weights and config.json); trainer_state.json is written last.
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -65,6 +66,12 @@ TRAINER_EVAL_SAMPLER = "_get_eval_sampler"
 # The same path makes the Trainer count micro-steps from 0 again: for a stream (no length) its epoch is
 # micro-steps / (max_steps x accumulation), which streaming.StreamPositionCallback puts right after each step.
 TRAINER_LOAD_RNG_STATE = "_load_rng_state"
+
+# Trainer method that works out a training's numbers from the arguments and the training dataloader, the step count
+# (max_steps: --max_steps, or the epochs times the optimizer steps per epoch) last. MLMTrainer.end_of_training asks it
+# how many steps this run trains, as the Trainer's loop will, to tell a run resumed at its end (publicly named but
+# undocumented, and its tuple of seven could change).
+TRAINER_TRAINING_VALUES = "set_initial_training_values"
 
 # Trainer attribute that get_eval_dataloader collates with: MLMTrainer swaps in its fixed-mask evaluation collator.
 TRAINER_COLLATOR = "data_collator"

@@ -5,13 +5,13 @@ internals.py: ``get_eval_dataloader`` (evaluation batches from their own collato
 ``compute_loss`` (the loss averaged over all masked tokens of the optimizer step, across processes and
 gradient-accumulation steps); ``train`` and ``get_batch_samples`` (a streamed training set resumes by position: where
 a step takes its batches their stream positions are noted, and on resume the stream seeks and the Trainer does not
-skip batches; a mask-rate schedule masks each step's batches at its rate; none are taken once training stopped before
-its first step); ``create_scheduler`` (under a budget, a
-schedule over the share of the budget spent) and ``training_step`` (under DeepSpeed, whose engine steps the optimizer
-inside the backward, the budget's rate for the step set before it); ``log`` (the mask rate and the budget's progress
-in the logs); ``evaluate`` (under FSDP2, the model sharded again after it). Two more make the finished folder what
-the user gets: ``save_model`` (under FSDP and ZeRO-1/2 the whole model, tied weights once; never a push) and
-``push_to_hub`` (``output_dir`` uploaded once, as it stands).
+skip batches; a mask-rate schedule masks each step's batches at its rate; resumed at the end of training, see
+``end_of_training``, no step is trained); ``create_scheduler`` (under a budget, a schedule over the share of the
+budget spent) and ``training_step`` (under DeepSpeed, whose engine steps the optimizer inside the backward, the
+budget's rate for the step set before it); ``log`` (the mask rate and the budget's progress in the logs; no summary of
+a training that trained no step); ``evaluate`` (under FSDP2, the model sharded again after it). Two more make the
+finished folder what the user gets: ``save_model`` (under FSDP and ZeRO-1/2 the whole model, tied weights once; never
+a push) and ``push_to_hub`` (``output_dir`` uploaded once, as it stands).
 :func:`build_trainer` adds the masking collators, our callbacks and the speed-ups, refuses --fsdp / --deepspeed that
 accelerate did not engage, and under --fsdp shards the model (:func:`settle_fsdp`).
 """
@@ -22,7 +22,7 @@ import collections
 import logging
 import os
 
-from transformers import IntervalStrategy, Trainer
+from transformers import IntervalStrategy, Trainer, TrainerState
 from transformers.integrations import TensorBoardCallback
 from transformers.training_args import ParallelMode
 from transformers.utils.hub import hf_api
@@ -42,6 +42,8 @@ from mlm_pretraining.internals import (
     TRAINER_CREATED_SCHEDULER,
     TRAINER_LOAD_RNG_STATE,
     TRAINER_LOSS_KWARGS,
+    TRAINER_STATE_FILE,
+    TRAINER_TRAINING_VALUES,
     default_logdir,
 )
 from mlm_pretraining.errors import InputError
@@ -77,10 +79,18 @@ class MLMTrainer(Trainer):
         self.mlm_probability_end = mlm_probability_end
         self.current_mlm_probability: float | None = None
         self._rng_checkpoint: str | None = None  # restore its RNG states after the first batch (resume by position)
+        self.resumed_at_end = False  # train() resumed from a checkpoint at the end of training: no step trained
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """Train; a streamed run resuming from a checkpoint with a stream position starts the stream there (see
-        streaming.py) instead of letting the Trainer replay it."""
+        streaming.py) instead of letting the Trainer replay it. Resumed from a checkpoint at the end of training
+        (:meth:`end_of_training`) it loads the checkpoint and trains no step: the Trainer's loop looks at its stops only
+        after a step, so it trained one more (or none at an epoch's end, reporting train_loss 0 over 0 steps)."""
+        at_end = self.end_of_training(resume_from_checkpoint) if isinstance(resume_from_checkpoint, str) else None
+        self.resumed_at_end = at_end is not None
+        if at_end:
+            logger.info("Resuming from %s, the end of training (%s): no step left to train.", resume_from_checkpoint,
+                        at_end)
         positions = self.stream_positions
         if positions is not None and isinstance(resume_from_checkpoint, str) \
                 and positions.resume(resume_from_checkpoint, self.args):
@@ -100,6 +110,29 @@ class MLMTrainer(Trainer):
             delattr(self.model, ACCELERATE_PREPARED)
             models = getattr(self.accelerator, ACCELERATE_MODELS)
             models[:] = [m for m in models if m is not self.model]
+
+    def end_of_training(self, checkpoint: str) -> str | None:
+        """Why ``checkpoint`` is at the end of the training this trainer is set up for (a reason naming the flag, for
+        the log), or None while there is more to train. The one rule for a finished run: the Trainer's two stops as
+        this run would meet them, the budget spent (:meth:`BudgetCallback.spent`, against this run's budget) or the
+        step count reached (--max_steps, the epochs, a token budget's steps, counted as the Trainer's loop counts
+        them). A raised --max_steps, --num_train_epochs or budget therefore has more to train."""
+        state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_FILE))
+        budget = self.budget
+        spent = budget.spent(state) if budget is not None else None
+        if spent:
+            return spent
+        max_steps = self.args.max_steps
+        if max_steps <= 0:  # epochs: the Trainer's count, from the dataloader (see internals.TRAINER_TRAINING_VALUES)
+            max_steps = getattr(self, TRAINER_TRAINING_VALUES)(self.args, self.get_train_dataloader())[-1]
+        if state.global_step < max_steps:
+            return None
+        if budget is not None and budget.max_train_tokens is not None:  # lengths vary: the loop's cap on the estimate
+            return f"step {state.global_step:,}, the step limit {max_steps:,} of --max_train_tokens"
+        if self.args.max_steps > 0:
+            return f"step {state.global_step:,} of --max_steps {max_steps:,}"
+        return (f"step {state.global_step:,} of {max_steps:,}, the end of --num_train_epochs "
+                f"{self.args.num_train_epochs:g}")
 
     @property
     def stream_positions(self) -> StreamPositionCallback | None:
@@ -165,11 +198,12 @@ class MLMTrainer(Trainer):
         dataloader may have read further. With a mask-rate schedule, mask the step's batches at the rate for this
         step. They are masked here, in the main process, after the Trainer picked the step (the collator may run
         ahead of it, prefetching, or in worker processes); masks stay functions of (seed, epoch, tokens) and the
-        step, so resumed and multi-process runs mask as an uninterrupted single process does. Training stopped before
-        its first step (resumed where the budget was spent, see budget.py) takes no batches: the Trainer's loop asks
-        for a step's batches before it looks at the stop, and trains none of an empty list (where no batch was
-        skipped, as for a stream, it then warns that the epoch had no sample)."""
-        if self.control.should_training_stop:
+        step, so resumed and multi-process runs mask as an uninterrupted single process does. Resumed at the end of
+        training (see :meth:`train`) the first step takes no batches and stops training: the Trainer's loop asks for a
+        step's batches before it looks at its stops, and trains none of an empty list (where no batch was skipped, as
+        for a stream, it then warns that the epoch had no sample)."""
+        if self.resumed_at_end:
+            self.control.should_training_stop = True
             return [], None
         batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         positions = self.stream_positions
@@ -188,7 +222,10 @@ class MLMTrainer(Trainer):
         return batches, getattr(self, TRAINER_COUNT_ITEMS)(batches, device)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Training logs also get the mask rate (with a schedule) and the budget's progress and ETA."""
+        """Training logs also get the mask rate (with a schedule) and the budget's progress and ETA. A training resumed
+        at its end logs no summary: its train_loss would be 0 over 0 steps, which is no measurement."""
+        if self.resumed_at_end and "train_loss" in logs:
+            return
         if "loss" in logs:
             if self.current_mlm_probability is not None:
                 logs["mlm_probability"] = self.current_mlm_probability

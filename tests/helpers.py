@@ -70,6 +70,13 @@ def max_weight_difference(a: Path, b: Path) -> float:
     return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder`` (relative path) with its bytes and modification time: equal snapshots mean nothing
+    was written, not even the same bytes again."""
+    return {str(path.relative_to(folder)): (path.read_bytes(), path.stat().st_mtime_ns)
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
 def launch_run_mlm(argv: list[str], out_log: Path) -> subprocess.Popen:
     """run_mlm.py with ``argv`` in its own process (to be killed or signalled), its output in ``out_log``."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

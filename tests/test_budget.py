@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import kill_when_saved
+from helpers import snapshot
 from safetensors.torch import load_file
 
 import run_mlm
@@ -218,24 +219,31 @@ def test_under_deepspeed_each_step_trains_at_its_rate(tiny_model_dir, corpus, tm
 
 
 @pytest.mark.parametrize("extra", [{}, {"line_by_line": True}], ids=["blocks", "lines"])
-def test_resuming_where_the_token_budget_was_spent_trains_no_step(tiny_model_dir, corpus, tmp_path, extra, caplog):
-    """The same command run again after the budget was spent resumes from the checkpoint of the step that spent it:
-    nothing is left to train, so no step is (the Trainer's loop looks at the stop only after a step, and trained one
-    more: checkpoint-5 of a 4-step budget)."""
+def test_rerunning_a_spent_token_budget_changes_nothing(tiny_model_dir, corpus, tmp_path, extra, caplog):
+    """The same command run again after the budget was spent (its last checkpoint the step that spent it) trains
+    nothing and writes nothing, and says so. Before, the Trainer trained one step more (checkpoint-5 of a 4-step
+    budget); then, stopped before that step, it still rewrote the results and the card with train_loss 0.0. Negative
+    control: a raised budget trains on, from what was spent (measured against the new budget, not the old one)."""
     out = tmp_path / "out"
     argv = flags(tiny_model_dir, corpus, out, max_train_tokens=500, save_strategy="steps", save_steps=1000, **extra)
-    run_mlm.main(argv)
+    first = run_mlm.main(argv)
     (checkpoint,) = out.glob("checkpoint-*")
     steps = [e["step"] for e in train_logs(out)]
     assert checkpoint.name == f"checkpoint-{steps[-1]}"
+    before = snapshot(out)
+    with caplog.at_level("INFO", logger="mlm_pretraining.run_mlm"):
+        again = run_mlm.main(argv)
+    assert snapshot(out) == before
+    assert again["train_loss"] == pytest.approx(first["train_loss"]) and again["train_loss"] > 1
+    assert f"Nothing to do: {checkpoint} is at the end of training (--max_train_tokens 500 spent" in caplog.text
+
     with caplog.at_level("INFO", logger="mlm_pretraining.budget"):
-        run_mlm.main(argv)
-    assert [p.name for p in out.glob("checkpoint-*")] == [checkpoint.name]
-    assert [e["step"] for e in train_logs(out)] == steps
-    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == steps[-1]
-    assert _max_weight_difference(checkpoint, out) == 0.0
-    assert f"The budget was spent at step {steps[-1]}, the checkpoint resumed from: no step left to train." \
-        in caplog.text
+        run_mlm.main(flags(tiny_model_dir, corpus, out, max_train_tokens=1000, save_strategy="steps",
+                           save_steps=1000, **extra))
+    logs = train_logs(out)
+    assert [e["step"] for e in logs][:len(steps)] == steps and len(logs) > len(steps)
+    assert logs[len(steps) - 1]["budget_progress"] == 1.0  # of the first budget, as it was logged
+    assert logs[len(steps)]["budget_progress"] < 1.0 and logs[-1]["budget_progress"] == 1.0
     assert "Resuming a time budget" not in caplog.text
 
 
@@ -277,14 +285,20 @@ def test_time_budget_stops_at_the_deadline_with_a_checkpoint(tiny_model_dir, cor
     assert state["stateful_callbacks"]["BudgetCallback"]["attributes"]["elapsed_before"] == pytest.approx(50.0)
 
 
-def test_resuming_where_the_time_budget_was_spent_trains_no_step(tiny_model_dir, corpus, tmp_path, fake_clock):
+def test_rerunning_a_spent_time_budget_changes_nothing(tiny_model_dir, corpus, tmp_path, fake_clock, caplog):
+    """As for tokens: the time budget spent at step 5 (50 s of 45 s) is the end of training; a rerun writes nothing."""
     out = tmp_path / "out"
     argv = flags(tiny_model_dir, corpus, out, max_train_time="45s", save_strategy="steps", save_steps=1000)
     run_mlm.main(argv)
+    before = snapshot(out)
     fake_clock.now = 5000.0  # a new process
-    run_mlm.main(argv)
+    with caplog.at_level("INFO", logger="mlm_pretraining.run_mlm"):
+        run_mlm.main(argv)
+    assert snapshot(out) == before
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-5"]
     assert [e["step"] for e in train_logs(out)] == [1, 2, 3, 4, 5]
+    assert f"{out / 'checkpoint-5'} is at the end of training (--max_train_time 0:00:45 spent (0:00:50))" \
+        in caplog.text
 
 
 def test_resumed_run_continues_the_time_budget(tiny_model_dir, corpus, tmp_path, fake_clock):

@@ -300,6 +300,23 @@ def test_a_stream_resumed_with_ignore_data_skip_is_not_skipped_and_its_epoch_res
           "see streaming.StreamPositionCallback.on_step_end")
 
 
+def test_the_trainer_counts_a_trainings_steps_last(tmp_path):
+    """MLMTrainer.end_of_training takes this run's step count from internals.TRAINER_TRAINING_VALUES, its last value:
+    --max_steps, or the epochs times the optimizer steps per epoch (10 batches, 3 a step: 4 steps an epoch)."""
+    method = getattr(Trainer, internals.TRAINER_TRAINING_VALUES, None)
+    guard(callable(method), f"Trainer.{internals.TRAINER_TRAINING_VALUES}", "is gone")
+    found = list(inspect.signature(method).parameters)
+    guard(found == ["self", "args", "dataloader"], f"Trainer.{internals.TRAINER_TRAINING_VALUES}",
+          f"takes {found}, not ['self', 'args', 'dataloader']")
+    rows = [{"input_ids": row, "labels": row} for row in torch.randint(5, 60, (20, 8))]
+    for length, steps in (({"num_train_epochs": 1.5}, 6), ({"num_train_epochs": 2}, 8), ({"max_steps": 7}, 7)):
+        trainer = tiny_trainer(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=3,
+                               trainer={"train_dataset": rows}, **length)
+        values = getattr(trainer, internals.TRAINER_TRAINING_VALUES)(trainer.args, trainer.get_train_dataloader())
+        guard(values[-1] == steps, f"Trainer.{internals.TRAINER_TRAINING_VALUES}",
+              f"gives {values} for {length}: max_steps {steps} is no longer its last value")
+
+
 def test_accelerate_reads_a_stream_on_process_zero_and_dispatches_it(tmp_path):
     """A stream's batches are read by process 0 and sliced for the others (accelerate's default for an
     IterableDataset): blocks used = steps x batch x accumulation x processes, in stream order, and the dataloader

@@ -1,5 +1,5 @@
 """Resuming: exact continuation (losses and weights) after a kill, incomplete checkpoints skipped, fast batch skipping,
-and a graceful stop on SIGTERM/SIGINT (the checkpoint checks themselves: test_checkpoints.py; the callback:
+a finished run left as it is, and a graceful stop on SIGTERM/SIGINT (the checkpoint checks themselves: test_checkpoints.py; the callback:
 test_callbacks.py)."""
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import kill_when_saved, write_season_corpus
-from helpers import MAX_STEPS, flags, launch_run_mlm, losses, max_weight_difference
+from helpers import (
+    MAX_STEPS,
+    flags,
+    launch_run_mlm,
+    losses,
+    max_weight_difference,
+    snapshot,
+)
 
 import run_mlm
 from mlm_pretraining.checkpoints import checkpoint_problem, last_complete_checkpoint
@@ -34,13 +41,66 @@ def full_run(tiny_model_dir, corpus_file, tmp_path_factory) -> Path:
     return out
 
 
-def test_resume_from_a_copied_checkpoint_is_exact(full_run, tiny_model_dir, corpus_file, tmp_path):
-    """Rerunning the same command on a folder holding only checkpoint-12 (mid epoch 1) ends like the full run."""
+@pytest.mark.parametrize("step", [12, MAX_STEPS], ids=["mid_epoch", "the_last"])
+def test_resume_from_a_copied_checkpoint_is_exact(full_run, tiny_model_dir, corpus_file, tmp_path, step):
+    """Rerunning the same command on a folder holding only checkpoint-N ends like the full run. From checkpoint-12 (mid
+    epoch 1) it trains the last two steps. From checkpoint-14, the last, as a run killed after its last checkpoint but
+    before its final files leaves it, it trains none (the Trainer trained a 15th) and writes the model, card and
+    trainer state, with no training metrics (none measured: not train_loss 0 over 0 steps). A third run changes
+    nothing."""
     out = tmp_path / "out"
-    shutil.copytree(full_run / "checkpoint-12", out / "checkpoint-12")
-    run_mlm.main(flags(tiny_model_dir, corpus_file, out))
+    shutil.copytree(full_run / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    argv = flags(tiny_model_dir, corpus_file, out)
+    results = run_mlm.main(argv)
     assert losses(out) == pytest.approx(losses(full_run), abs=1e-6)
     assert max_weight_difference(out, full_run) <= 1e-6
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == sorted({f"checkpoint-{step}", "checkpoint-14"})
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == MAX_STEPS and (out / "README.md").is_file()
+    summaries = [e for e in state["log_history"] if "train_loss" in e]
+    if step == MAX_STEPS:
+        assert "train_loss" not in results and not summaries and not (out / "train_results.json").exists()
+    else:
+        assert results["train_loss"] > 0 and len(summaries) == 1
+    saved = json.loads((out / "all_results.json").read_text()) if step != MAX_STEPS else {}  # none without metrics
+    before = snapshot(out)
+    assert run_mlm.main(argv) == saved
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("length, end, longer, longer_end", [
+    ({}, MAX_STEPS, {"max_steps": 18}, 18),  # ends mid epoch 2: the Trainer trained a 15th step
+    ({"max_steps": 10}, 10, {"max_steps": 14}, 14),  # ends with epoch 1: it trained none, reporting train_loss 0
+    ({"max_steps": -1, "num_train_epochs": 1.5}, 15, {"max_steps": -1, "num_train_epochs": 2}, 20),  # a 16th
+], ids=["max_steps", "max_steps_at_an_epoch_end", "epochs"])
+def test_rerunning_a_finished_run_changes_nothing(tiny_model_dir, corpus_file, tmp_path, caplog, length, end, longer,
+                                                  longer_end):
+    """The same command on a finished run (its last checkpoint at the end of training) trains nothing and writes
+    nothing: model, results, card, curves and checkpoints stay as they are (bytes and times), it returns the saved
+    results, and one line names the checkpoint and the folder and says how to train longer or start afresh. Before,
+    the Trainer resumed and trained past the end, or at an epoch's end trained nothing and overwrote the results and
+    the card's training row with train_loss 0.0. Negative control: asked to train longer, the same folder trains on."""
+    out = tmp_path / "out"
+    extra = {"do_eval": True, "validation_split_percentage": 10}
+    first = run_mlm.main(flags(tiny_model_dir, corpus_file, out, **extra, **length))
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == end
+    assert {"train_results.json", "eval_results.json", "all_results.json", "README.md", "training_curves.png",
+            "model.safetensors", f"checkpoint-{end}/trainer_state.json"} <= set(snapshot(out))
+    before = snapshot(out)
+    with caplog.at_level(logging.INFO, logger="mlm_pretraining.run_mlm"):
+        again = run_mlm.main(flags(tiny_model_dir, corpus_file, out, **extra, **length))
+    assert snapshot(out) == before
+    assert again == json.loads((out / "all_results.json").read_text())
+    assert again["train_loss"] == pytest.approx(first["train_loss"]) and again["train_loss"] > 1
+    assert f"Nothing to do: {out / f'checkpoint-{end}'} is at the end of training (step {end} of " in caplog.text
+    assert f"{out} holds the finished run and is left as it is. To train longer, raise that flag; to start afresh, " \
+           "add --overwrite_output_dir." in caplog.text
+
+    run_mlm.main(flags(tiny_model_dir, corpus_file, out, **extra, **longer))
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == longer_end
+    assert [int(e["step"]) for e in json.loads((out / "trainer_state.json").read_text())["log_history"]
+            if "loss" in e] == list(range(1, longer_end + 1))
+    assert json.loads((out / "train_results.json").read_text())["train_loss"] > 1
 
 
 def test_half_written_checkpoint_is_skipped_and_run_ends_exact(full_run, tiny_model_dir, corpus_file, tmp_path,
