@@ -36,7 +36,7 @@ def test_flags_set_per_run_are_refused(tmp_path):
 @pytest.mark.slow
 def test_both_precisions_train_and_finished_runs_are_reused(tmp_path, tiny_model_dir, corpus, monkeypatch):
     argv = ["--output_dir", str(tmp_path / "cost"), "--seeds", "1", "2", "--model_name_or_path", str(tiny_model_dir),
-            "--train_file", str(corpus), "--validation_split_percentage", "20", "--max_seq_length", "32",
+            "--train_file", str(corpus), "--validation_file", str(corpus), "--max_seq_length", "32",
             "--max_steps", "3", "--per_device_train_batch_size", "4", "--use_cpu"]
     summary = main(argv)
     for precision in ("fp32", "bf16"):
