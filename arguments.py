@@ -584,6 +584,16 @@ class MLMTrainingArguments(TrainingArguments):
         if self.bf16 and not self.use_cpu and not has_gpu() and not is_torch_bf16_gpu_available():
             self.use_cpu = True
             self.notices.append("--bf16 on a machine without a GPU: training on the CPU (--use_cpu True).")
+        # Without --use_cpu accelerate takes processes launched by torchrun on a machine without a GPU for
+        # independent runs (distributed type NO): each would train the whole run alone, into the same output_dir.
+        if int(os.environ.get("LOCAL_RANK", -1)) != -1 and not self.use_cpu and not has_gpu():
+            self.use_cpu = True
+            self.notices.append("Launched by torchrun or accelerate launch on a machine without a GPU: the processes "
+                                "train together on the CPU, with gloo (--use_cpu True).")
+        if self.fsdp and self.use_cpu and self.bf16:  # examples/fsdp.yaml's bf16, on CPU processes
+            self.bf16 = False
+            self.notices.append("--fsdp on CPU processes: fp32 (--bf16 False); FSDP's bf16 mixed precision (bf16 "
+                                "weights and gradient reductions) is for GPUs.")
         parse_warmup_steps(self.head_warmup_steps)
         if self.tf32 is None and not self.use_cpu and is_torch_tf32_available():
             self.tf32 = True
@@ -897,7 +907,9 @@ def _settle_eval_strategy(args: MLMTrainingArguments, data_args: DataArguments |
 
 def _settle_fsdp(parsed, explicit: set[str]) -> None:
     """--fsdp: the full prediction head (the sparse head finds the model's vocabulary projection by the model's class
-    name, which FSDP2 changes to FSDPBertForMaskedLM, so it would fail at the first step); and several processes."""
+    name, which FSDP2 changes to FSDPBertForMaskedLM, so it would fail at the first step); no head warm-up by default
+    (trainer.settle_fsdp refuses one asked for); FSDP2 on CPU processes (in fp32, see __post_init__); several
+    processes."""
     speed_args = next((a for a in parsed if isinstance(a, SpeedArguments)), None)
     training_args = next((a for a in parsed if isinstance(a, MLMTrainingArguments)), None)
     if training_args is None or not training_args.fsdp:
@@ -909,6 +921,14 @@ def _settle_fsdp(parsed, explicit: set[str]) -> None:
         speed_args.sparse_prediction = False
         training_args.notices.append("--fsdp: the full prediction head (--sparse_prediction False), the sparse head "
                                      "does not work on a sharded model yet; same loss, more FLOPs in the head.")
+    if parse_warmup_steps(training_args.head_warmup_steps) == "auto":
+        training_args.head_warmup_steps = "0"
+        training_args.notices.append("--fsdp: no head warm-up (--head_warmup_steps 0): FSDP shards the weights a "
+                                     "warm-up freezes, so a masked-LM head the checkpoint lacks trains with the "
+                                     "encoder from the start.")
+    if training_args.use_cpu and int(training_args.fsdp_config.get("version", 2)) != 2:
+        raise InputError(f"--fsdp_config version {training_args.fsdp_config['version']} on CPU processes: FSDP runs "
+                         "on CPUs as FSDP2 only (version 2, the default).")
     if training_args.parallel_mode != ParallelMode.DISTRIBUTED:  # the Trainer's own refusal would come after loading
         raise InputError("--fsdp shards the model across processes, one per GPU: launch them with torchrun or "
                          "accelerate launch (torchrun --nproc_per_node 8 run_mlm.py ...); this is one process.")

@@ -23,8 +23,8 @@ __all__ = ["sdpa_attention_forward", "sdpa_mask", "PREFIX_CHECKPOINT_DIR", "TRAI
            "RNG_STATE_GLOB", "ATTENTION_IMPLEMENTATION", "TRAINER_LOSS_KWARGS", "TRAINER_COLLATOR",
            "TRAINER_COUNT_ITEMS", "TRAINER_COUNT_TOKENS", "TRAINER_CREATED_SCHEDULER", "TRAINER_EVAL_SAMPLER",
            "TRAINER_LOAD_RNG_STATE", "TRAINER_TRAINING_VALUES", "MLM_HEAD_ATTRIBUTES", "MLM_DECODER_ATTRIBUTES",
-           "MODERNBERT_SPARSE_SWITCH", "ACCELERATE_PREPARED", "ACCELERATE_MODELS", "default_logdir",
-           "TENSORBOARD_LOGGING_DIR"]
+           "MODERNBERT_SPARSE_SWITCH", "ACCELERATE_PREPARED", "ACCELERATE_MODELS", "ACCELERATE_DISTRIBUTED_TYPE",
+           "ACCELERATE_FSDP_PLUGIN", "default_logdir", "TENSORBOARD_LOGGING_DIR"]
 
 # Files a complete Trainer checkpoint holds (besides the weights and config.json); trainer_state.json is written last.
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -109,3 +109,13 @@ ACCELERATE_MODELS = "_models"
 # folder, so in ./runs of the working directory, and training keeps that writer: every periodic evaluation and
 # training loss landed outside output_dir. build_trainer sets the folder at once.
 TENSORBOARD_LOGGING_DIR = "logging_dir"
+
+# accelerate engages FSDP only for GPU-type distributed setups: for CPU processes (distributed type MULTI_CPU)
+# AcceleratorState.__init__ leaves the Trainer's FSDP plugin unused, and the Trainer trains plain DDP. FSDP2 runs on
+# CPU processes with gloo all the same, so trainer.engage_fsdp_on_cpu sets what accelerate's GPU branch sets: the
+# state's distributed type (FSDP) and its plugin, and the distributed type of the PartialState that TrainingArguments
+# reads (accelerate keeps both in shared dicts, read by every later accelerate call). It does so as MLMTrainer's
+# accelerator is set: Trainer.create_accelerator_and_postprocess makes the Accelerator, then reads whether FSDP is on
+# from its state (Trainer.is_fsdp_enabled, and its checks of an FSDP run). transformers 5.23, accelerate 1.16.
+ACCELERATE_DISTRIBUTED_TYPE = "distributed_type"
+ACCELERATE_FSDP_PLUGIN = "fsdp_plugin"

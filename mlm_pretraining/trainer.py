@@ -11,9 +11,10 @@ budget spent) and ``training_step`` (under DeepSpeed, whose engine steps the opt
 budget's rate for the step set before it); ``log`` (the mask rate and the budget's progress in the logs; no summary of
 a training that trained no step); ``evaluate`` (under FSDP2, the model sharded again after it). Two more make the
 finished folder what the user gets: ``save_model`` (under FSDP and ZeRO-1/2 the whole model, tied weights once; never
-a push) and ``push_to_hub`` (``output_dir`` uploaded once, as it stands).
+a push) and ``push_to_hub`` (``output_dir`` uploaded once, as it stands). Its ``accelerator``, as the Trainer sets it,
+runs --fsdp on CPU processes too (:func:`engage_fsdp_on_cpu`: FSDP2 with gloo, which accelerate engages on GPUs only).
 :func:`build_trainer` adds the masking collators, our callbacks and the speed-ups, refuses --fsdp / --deepspeed that
-accelerate did not engage, and under --fsdp shards the model (:func:`settle_fsdp`).
+was not engaged, and under --fsdp shards the model (:func:`settle_fsdp`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from mlm_pretraining.callbacks import GracefulStopCallback, MaskEpochCallback
 from mlm_pretraining.model.head_warmup import HeadWarmupCallback
 from mlm_pretraining.model.sharding import fsdp_layer_classes, shard_by_layers
 from mlm_pretraining.internals import (
+    ACCELERATE_DISTRIBUTED_TYPE,
+    ACCELERATE_FSDP_PLUGIN,
     ACCELERATE_MODELS,
     ACCELERATE_PREPARED,
     TENSORBOARD_LOGGING_DIR,
@@ -238,6 +241,19 @@ class MLMTrainer(Trainer):
                 logger.info("Budget: %s", budget.describe(self.state))
         super().log(logs, start_time)
 
+    @property
+    def accelerator(self):
+        """The Trainer's accelerator, made by its ``create_accelerator_and_postprocess``."""
+        return self._accelerator
+
+    @accelerator.setter
+    def accelerator(self, accelerator) -> None:
+        # The Trainer reads whether FSDP is on from the accelerator's state right after making it, and sets up and
+        # checks the run by it: FSDP engaged on CPU processes as the accelerator is set makes the same FSDP run as on
+        # GPUs from there on (see engage_fsdp_on_cpu).
+        engage_fsdp_on_cpu(accelerator.state, self.args)
+        self._accelerator = accelerator
+
     def evaluate(self, *args, **kwargs) -> dict[str, float]:
         """The Trainer's evaluation; under FSDP2 the model's units are sharded again afterwards. A unit that stays
         gathered after its forward (the root: embeddings and head) is only sharded again by a backward, which
@@ -371,19 +387,51 @@ def build_trainer(model, tokenizer, speed_args, mask_args, training_args, *, tra
     return trainer
 
 
+def engage_fsdp_on_cpu(state, args) -> bool:
+    """Engage FSDP2 on CPU processes where ``args`` ask for it (--fsdp, fsdp_config version 2), as accelerate engages
+    it on GPUs; whether it did.
+
+    accelerate makes a run with an FSDP plugin an FSDP run only for GPU-type distributed setups: for CPU processes
+    (distributed type MULTI_CPU) it leaves the plugin unused, and the Trainer would train plain DDP, each process
+    holding the whole model. PyTorch's FSDP2 runs on a CPU device mesh with gloo all the same, so this makes that one
+    decision the other way, setting the state's fields as accelerate's GPU branch sets them (see
+    internals.ACCELERATE_DISTRIBUTED_TYPE). Mixed precision stays off: FSDP trains in fp32 on CPUs (arguments.py
+    refuses --bf16 there). FSDP1 and CPU backends other than gloo (mpi, ccl) are left as accelerate leaves them,
+    untested here, and :func:`check_engaged` refuses them.
+    """
+    if args.fsdp_plugin_args is None or getattr(state, ACCELERATE_FSDP_PLUGIN, None) is not None:
+        return False
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if getattr(state, ACCELERATE_DISTRIBUTED_TYPE) != DistributedType.MULTI_CPU or state.backend != "gloo" \
+            or int(args.fsdp_plugin_args.get("fsdp_version", 1)) != 2:
+        return False
+    plugin = FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)  # as the Trainer makes it for the Accelerator
+    setattr(state, ACCELERATE_DISTRIBUTED_TYPE, DistributedType.FSDP)
+    setattr(state, ACCELERATE_FSDP_PLUGIN, plugin)
+    setattr(PartialState(), ACCELERATE_DISTRIBUTED_TYPE, DistributedType.FSDP)  # the type TrainingArguments reads
+    return True
+
+
 def check_engaged(trainer: MLMTrainer) -> None:
-    """Refuse --fsdp or --deepspeed where accelerate did not engage it, rather than train as plain DDP in silence:
-    accelerate runs both on GPUs (and other accelerators) only; on CPU processes every process would hold the whole
-    model and optimizer state."""
-    for flag, asked, engaged, name in (("--fsdp", trainer.args.fsdp, trainer.is_fsdp_enabled, "FSDP"),
-                                       ("--deepspeed", trainer.args.deepspeed, trainer.is_deepspeed_enabled,
-                                        "DeepSpeed")):
-        if asked and not engaged:
-            raise InputError(
-                f"{flag}: accelerate did not engage {name} on these {trainer.args.world_size} processes (distributed "
-                f"type {trainer.accelerator.state.distributed_type.value}, device {trainer.args.device.type}); it "
-                f"runs {name} on GPUs and other accelerators only, and here every process would hold the whole "
-                f"model, as plain DDP. Drop {flag} (torchrun alone trains with DDP, on CPUs too), or run on GPUs.")
+    """Refuse --fsdp or --deepspeed where it was not engaged, rather than train as plain DDP in silence, every process
+    holding the whole model and optimizer state: accelerate engages both on GPUs (and other accelerators) only, and
+    :func:`engage_fsdp_on_cpu` FSDP2 on CPU processes with gloo."""
+    state = trainer.accelerator.state
+    where = (f"these {trainer.args.world_size} processes (distributed type {state.distributed_type.value}, backend "
+             f"{state.backend}, device {trainer.args.device.type})")
+    if trainer.args.fsdp and not trainer.is_fsdp_enabled:
+        raise InputError(
+            f"--fsdp: FSDP was not engaged on {where}: it runs on GPUs and other accelerators, and on CPU processes "
+            "as FSDP2 (fsdp_config version 2) with gloo only; here every process would hold the whole model, as "
+            "plain DDP. Drop --fsdp (torchrun alone trains with DDP, on CPUs too), or use fsdp_config version 2 and "
+            "--ddp_backend gloo on CPUs, or run on GPUs.")
+    if trainer.args.deepspeed and not trainer.is_deepspeed_enabled:
+        raise InputError(
+            f"--deepspeed: accelerate did not engage DeepSpeed on {where}; it runs DeepSpeed on GPUs and other "
+            "accelerators only, and here every process would hold the whole model, as plain DDP. Drop --deepspeed "
+            "(torchrun alone trains with DDP, on CPUs too), or run on GPUs.")
 
 
 def settle_fsdp(trainer: MLMTrainer, new_weights=None) -> None:

@@ -145,6 +145,38 @@ def run(tiny_model_dir, tmp_path, monkeypatch):
     return _run
 
 
+@pytest.fixture
+def cpu_process():
+    """This test process as the one process of ``torchrun --nproc_per_node 1`` on CPUs: the TrainingArguments made
+    here set up accelerate's CPU processes (distributed type MULTI_CPU, a one-process gloo group). Afterwards the
+    group is destroyed and accelerate's state and the environment variables it and this fixture set are put back."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+    from accelerate.state import AcceleratorState
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    environment = dict(LOCAL_RANK="0", RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port), OMP_NUM_THREADS=str(torch.get_num_threads()))
+    # Put back by hand, not by monkeypatch: datasets' map with num_proc replaces os.environ by a copy, and monkeypatch
+    # would restore the replaced object.
+    written = ("ACCELERATE_USE_FSDP", "FSDP_CPU_RAM_EFFICIENT_LOADING")  # by accelerate and transformers under FSDP
+    saved = {name: os.environ.get(name) for name in (*environment, *written)}
+    os.environ.update(environment)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def kill_when_saved(process, marker: Path, timeout: float = 300) -> None:
     """SIGKILL ``process`` as soon as ``marker`` (e.g. a checkpoint's trainer_state.json) exists; fail if the run
     ends before that or the marker never appears."""

@@ -390,3 +390,45 @@ def test_tensorboard_callback_opens_its_writer_in_the_folder_attribute(tmp_path,
     callback.on_train_end(args, TrainerState(), TrainerControl())
     guard(any((tmp_path / "tb").glob("events.out.tfevents.*")), internals.TENSORBOARD_LOGGING_DIR,
           "is not where the writer of a log before training goes")
+
+
+def test_fsdp_engaged_on_cpu_processes_is_an_fsdp2_run_for_the_trainer_and_accelerate(tmp_path, cpu_process):
+    """ACCELERATE_DISTRIBUTED_TYPE / ACCELERATE_FSDP_PLUGIN: on CPU processes accelerate leaves --fsdp off (a plain
+    Trainer trains DDP), and with the fields set as MLMTrainer's accelerator is set the run is FSDP2 throughout: the
+    Trainer's own checks of an FSDP run apply (save_only_model with sharded checkpoints refused, and not without the
+    fields: the negative control), and accelerate prepares and saves a sharded model as FSDP shards."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    from mlm_pretraining.model.sharding import shard_by_layers
+    from mlm_pretraining.trainer import MLMTrainer
+
+    fsdp = dict(fsdp=True, fsdp_config={"version": 2, "state_dict_type": "SHARDED_STATE_DICT"})
+    plain = tiny_trainer(tmp_path, **fsdp)
+    state = plain.accelerator.state
+    guard(state.distributed_type == DistributedType.MULTI_CPU and not plain.is_fsdp_enabled,
+          "accelerate.state.AcceleratorState", f"now engages FSDP on CPU processes itself ({state.distributed_type}): "
+          "trainer.engage_fsdp_on_cpu can go")
+    tiny_trainer(tmp_path, save_only_model=True, **fsdp)  # FSDP off: the Trainer's FSDP checks do not apply
+
+    def ours(**args) -> MLMTrainer:
+        torch.manual_seed(0)
+        return MLMTrainer(model=BertForMaskedLM(BertConfig(**SMALL)), args=TrainingArguments(
+            output_dir=str(tmp_path), report_to="none", use_cpu=True, **fsdp, **args))
+
+    trainer = ours()
+    guard(trainer.is_fsdp_enabled and trainer.accelerator.is_fsdp2, "Trainer.create_accelerator_and_postprocess",
+          "no longer reads whether FSDP is on from the accelerator's state after setting self.accelerator")
+    for shared in (PartialState(), trainer.args.distributed_state):
+        guard(getattr(shared, internals.ACCELERATE_DISTRIBUTED_TYPE) == DistributedType.FSDP,
+              f"PartialState.{internals.ACCELERATE_DISTRIBUTED_TYPE}", "is not shared by every PartialState")
+    with pytest.raises(ValueError, match="save_only_model option is not compatible with FSDP"):
+        ours(save_only_model=True)
+
+    trainer = ours()
+    shard_by_layers(trainer.model, ["BertLayer"])
+    trainer.accelerator.prepare(trainer.model, torch.optim.AdamW(trainer.model.parameters()))
+    trainer.accelerator.save_state(str(tmp_path / "state"))
+    saved = sorted(p.name for p in (tmp_path / "state").iterdir())
+    guard({"pytorch_model_fsdp_0", "optimizer_0"} <= set(saved), "accelerate.Accelerator.save_state",
+          f"saves {saved}, not FSDP shards, with {internals.ACCELERATE_FSDP_PLUGIN} set")

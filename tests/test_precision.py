@@ -88,3 +88,26 @@ def test_pinned_memory_only_where_a_gpu_takes_the_batches(tmp_path, monkeypatch,
     monkeypatch.setattr(arguments, "has_gpu", lambda: True)
     *_, gpu_args = parse_args(["--output_dir", str(tmp_path), "--report_to", "none"])
     assert gpu_args.dataloader_pin_memory is True
+
+
+def test_processes_launched_on_a_machine_without_a_gpu_train_together_on_the_cpu(tmp_path, monkeypatch, cpu_process):
+    """torchrun (or accelerate launch) without --use_cpu on a machine without a GPU: accelerate would take each process
+    for a run of its own (distributed type NO: each trains everything alone, into the same output_dir). The argument
+    layer turns --use_cpu on, so they train together (MULTI_CPU, gloo), and says so; a given --use_cpu is kept
+    quietly."""
+    import arguments
+    from accelerate.utils import DistributedType
+    from transformers import TrainingArguments
+    from transformers.training_args import ParallelMode
+
+    monkeypatch.setattr(arguments, "has_gpu", lambda: False)
+    *_, args = parse_args(["--output_dir", str(tmp_path), "--report_to", "none"])
+    assert args.use_cpu and args.parallel_mode == ParallelMode.DISTRIBUTED
+    assert args.distributed_state.distributed_type == DistributedType.MULTI_CPU
+    assert args.distributed_state.backend == "gloo"
+    assert args.notices == ["Launched by torchrun or accelerate launch on a machine without a GPU: the processes "
+                            "train together on the CPU, with gloo (--use_cpu True)."]
+    *_, given = parse_args(["--output_dir", str(tmp_path), "--report_to", "none", "--use_cpu"])
+    assert given.use_cpu and given.notices == []
+    if not torch.cuda.is_available():  # what the rule prevents: transformers' own arguments, not distributed
+        assert TrainingArguments(output_dir=str(tmp_path), report_to="none").parallel_mode == ParallelMode.NOT_PARALLEL

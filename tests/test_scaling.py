@@ -36,7 +36,6 @@ from safetensors.torch import load_file
 from conftest import build_tokenizer, write_season_corpus
 
 REPO = Path(__file__).resolve().parents[1]
-HARNESS = str(REPO / "tests" / "fsdp_on_cpu.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 1e-5
@@ -145,12 +144,12 @@ def ddp(setup) -> Path:
 
 @pytest.mark.slow
 def test_fsdp_shards_resumes_after_a_kill_and_matches_ddp(setup, ddp):
-    """The shipped examples/fsdp.yaml on 2 CPU processes (accelerate's FSDP engaged by tests/fsdp_on_cpu.py), with
-    evaluations before, during and after training: each process holds half the parameters, checkpoints are FSDP
-    shards, a SIGKILL after a checkpoint is resumed by rerunning the command, and the run ends with the losses and
-    weights of the DDP run, in a folder AutoModelForMaskedLM loads, with the base's pooler and our card."""
+    """The shipped examples/fsdp.yaml on 2 CPU processes (run_mlm.py engages FSDP2 there itself), with evaluations
+    before, during and after training: each process holds half the parameters, checkpoints are FSDP shards, a SIGKILL
+    after a checkpoint is resumed by rerunning the command, and the run ends with the losses and weights of the DDP
+    run, in a folder AutoModelForMaskedLM loads, with the base's pooler and our card."""
     out = setup["root"] / "fsdp"
-    command = [*TORCHRUN, HARNESS, "run_mlm.py", REPO / "examples" / "fsdp.yaml",
+    command = [*TORCHRUN, "run_mlm.py", REPO / "examples" / "fsdp.yaml",
                *flags(setup, out, bf16=False, max_steps=-1, **EVALUATING)]
     log_file = setup["root"] / "fsdp-killed.log"
     with open(log_file, "w") as output:
@@ -191,16 +190,40 @@ def test_fsdp_shards_resumes_after_a_kill_and_matches_ddp(setup, ddp):
 
 
 @pytest.mark.slow
-def test_fsdp_where_accelerate_does_not_engage_it_stops_with_a_message(setup):
-    """The issue's command, torchrun + examples/fsdp.yaml on CPU processes without the harness: accelerate leaves
-    FSDP off there, and the run stops (status 2) naming why, before training, instead of training as DDP."""
-    out = setup["root"] / "fsdp-refused"
-    done = launch([*TORCHRUN, "run_mlm.py", REPO / "examples" / "fsdp.yaml",
-                   *flags(setup, out, bf16=False, max_steps=-1)], setup, expect_success=False)
-    assert done.returncode != 0
-    assert "--fsdp: accelerate did not engage FSDP on these 2 processes (distributed type MULTI_CPU" in done.stderr
-    assert "Traceback" not in done.stderr.split("--fsdp: accelerate")[0][-2000:]
-    assert not list(out.glob("checkpoint-*"))
+def test_the_shipped_fsdp_config_on_cpu_processes_ends_with_a_loadable_model_and_its_card(setup, headless_model_dir):
+    """The issue's acceptance check on a tiny BERT saved without a masked-LM head, like the shipped MiniLM: torchrun, 2
+    CPU processes, examples/fsdp.yaml with the model and precision overridden and nothing else (--use_cpu --bf16 False
+    --max_steps 2). FSDP2 is engaged (each process holds half the parameters; the checkpoints are FSDP shards, one
+    file per process, no whole model in them), the new head trains with the encoder from the start (no warm-up under
+    FSDP), and the final folder is one whole model that AutoModelForMaskedLM loads, with our card."""
+    out = setup["root"] / "fsdp-issue"
+    done = launch([*TORCHRUN, "run_mlm.py", REPO / "examples" / "fsdp.yaml", "--model_name_or_path",
+                   headless_model_dir, "--train_file", setup["train"], "--validation_file", setup["valid"],
+                   "--use_cpu", "--bf16", "False", "--max_steps", "2", "--output_dir", out], setup)
+    log = done.stdout + done.stderr
+    assert "FSDP2 on 2 processes: 2 units of BertLayer" in log
+    assert "this process holds 13,163 of the 26,293 parameters" in log
+    assert "not engaged" not in log and "did not engage" not in log
+    assert "--fsdp: no head warm-up (--head_warmup_steps 0)" in log
+    assert "Newly initialised: cls.predictions.bias, cls.predictions.transform.* (5 tensors); --head_warmup_steps 0" \
+        in log
+    checkpoint = out / "checkpoint-2"
+    shards = sorted(p.name for p in (checkpoint / "pytorch_model_fsdp_0").glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"], shards
+    assert sorted(p.name for p in (checkpoint / "optimizer_0").glob("*.distcp")) == shards
+    assert not (checkpoint / "model.safetensors").exists() and not (checkpoint / "optimizer.pt").exists()
+
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    model, loading = AutoModelForMaskedLM.from_pretrained(out, output_loading_info=True)
+    assert not loading["missing_keys"] and not loading["mismatched_keys"], loading  # the head included, whole
+    assert torch.equal(model.cls.predictions.decoder.weight, model.bert.embeddings.word_embeddings.weight)
+    base = AutoModel.from_pretrained(headless_model_dir)
+    assert not torch.equal(model.bert.encoder.layer[1].output.dense.weight,
+                           base.encoder.layer[1].output.dense.weight)  # trained, the last layer's shard too
+    assert torch.equal(load_file(out / "model.safetensors")["bert.pooler.dense.weight"], base.pooler.dense.weight)
+    card = (out / "README.md").read_text()
+    assert "## How to use" in card and f"run_mlm.py {REPO / 'examples' / 'fsdp.yaml'} --model_name_or_path" in card
 
 
 @pytest.mark.slow
@@ -339,6 +362,59 @@ def test_shipped_fsdp_config_is_fsdp2_sharded_by_the_model():
 def test_fsdp_in_one_process_is_refused_before_anything_loads(run):
     run(["--fsdp", "--bf16", "False", "--use_cpu"], "--fsdp shards the model across processes, one per GPU: launch "
         "them with torchrun or accelerate launch")
+
+
+def test_fsdp1_on_cpu_processes_is_refused_before_anything_loads(run):
+    run(["--fsdp", "--fsdp_config", '{"version": 1}', "--use_cpu"], r"--fsdp_config version 1 on CPU processes: FSDP "
+        r"runs on CPUs as FSDP2 only \(version 2, the default\)")
+
+
+def test_fsdp_on_cpu_processes_trains_in_fp32_and_a_new_head_with_the_encoder(run, headless_model_dir, tmp_path,
+                                                                               cpu_process):
+    """--fsdp on CPU processes (examples/fsdp.yaml's bf16 included) trains in fp32, and under --fsdp the default is no
+    head warm-up (FSDP shards the weights it would freeze), each said when the flags are read; a warm-up asked for with
+    a base that lacks the head is refused, in a process where FSDP is engaged."""
+    from arguments import parse_args
+
+    *_, args = parse_args([str(REPO / "examples" / "fsdp.yaml"), "--output_dir", str(tmp_path / "out"), "--use_cpu",
+                           "--report_to", "none"])
+    assert args.fsdp and not args.bf16 and args.mixed_precision == "no"
+    assert args.head_warmup_steps == "0"
+    assert "--fsdp on CPU processes: fp32 (--bf16 False); FSDP's bf16 mixed precision (bf16 weights and gradient " \
+        "reductions) is for GPUs." in args.notices
+    assert any(notice.startswith("--fsdp: no head warm-up (--head_warmup_steps 0)") for notice in args.notices)
+    run(["--fsdp", "--use_cpu", "--head_warmup_steps", "5", "--train_file", str(write_season_corpus(tmp_path))],
+        r"--fsdp with weights the checkpoint lacks \(cls.predictions.bias, cls.predictions.transform.\* "
+        r"\(5 tensors\)\): the head warm-up cannot freeze weights FSDP has sharded", before_model=False,
+        model=headless_model_dir)
+
+
+def test_fsdp_that_cannot_engage_on_cpu_processes_is_refused_naming_why(tmp_path):
+    """FSDP is engaged on CPU processes for FSDP2 over gloo only (the tested path): FSDP1 and another backend are left
+    as accelerate leaves them, unused, and the run stops naming why rather than train as plain DDP."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+    from transformers import TrainingArguments
+
+    from mlm_pretraining.errors import InputError
+    from mlm_pretraining.trainer import check_engaged, engage_fsdp_on_cpu
+
+    def args(version: int):
+        return TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", fsdp=True,
+                                 fsdp_config={"version": version})
+
+    for version, backend in ((1, "gloo"), (2, "mpi")):
+        state = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, backend=backend)
+        assert not engage_fsdp_on_cpu(state, args(version))
+        assert state.distributed_type == DistributedType.MULTI_CPU and not hasattr(state, "fsdp_plugin")
+        trainer = SimpleNamespace(args=SimpleNamespace(fsdp=True, deepspeed=None, world_size=2,
+                                                       device=torch.device("cpu")),
+                                  is_fsdp_enabled=False, accelerator=SimpleNamespace(state=state))
+        with pytest.raises(InputError, match=rf"--fsdp: FSDP was not engaged on these 2 processes \(distributed type "
+                           rf"MULTI_CPU, backend {backend}, device cpu\): .* on CPU processes as FSDP2 \(fsdp_config "
+                           r"version 2\) with gloo only"):
+            check_engaged(trainer)
 
 
 @pytest.mark.parametrize("setting, pattern", [
