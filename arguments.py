@@ -906,29 +906,32 @@ def _settle_eval_strategy(args: MLMTrainingArguments, data_args: DataArguments |
 
 
 def _settle_fsdp(parsed, explicit: set[str]) -> None:
-    """--fsdp: the full prediction head (the sparse head finds the model's vocabulary projection by the model's class
-    name, which FSDP2 changes to FSDPBertForMaskedLM, so it would fail at the first step); no head warm-up by default
+    """--fsdp: under FSDP1 the full prediction head (the sparse head runs under FSDP2, our sharding, tested against
+    DDP; FSDP1 is accelerate's wrapping, on GPUs only, and untested with it); no head warm-up by default
     (trainer.settle_fsdp refuses one asked for); FSDP2 on CPU processes (in fp32, see __post_init__); several
     processes."""
     speed_args = next((a for a in parsed if isinstance(a, SpeedArguments)), None)
     training_args = next((a for a in parsed if isinstance(a, MLMTrainingArguments)), None)
     if training_args is None or not training_args.fsdp:
         return
-    if speed_args is not None and speed_args.sparse_prediction:
+    fsdp2 = int(training_args.fsdp_config.get("version", 2)) == 2
+    if training_args.use_cpu and not fsdp2:
+        raise InputError(f"--fsdp_config version {training_args.fsdp_config['version']} on CPU processes: FSDP runs "
+                         "on CPUs as FSDP2 only (version 2, the default).")
+    if not fsdp2 and speed_args is not None and speed_args.sparse_prediction:
         if "sparse_prediction" in explicit:
-            raise InputError("--sparse_prediction with --fsdp: the sparse head does not work on an FSDP-sharded "
-                             "model yet; drop --sparse_prediction (the full head gives the same loss).")
+            raise InputError(f"--sparse_prediction with --fsdp_config version {training_args.fsdp_config['version']}: "
+                             "the sparse head is tested under FSDP2 (version 2, the default) only; drop "
+                             "--sparse_prediction (the full head gives the same loss) or use FSDP2.")
         speed_args.sparse_prediction = False
-        training_args.notices.append("--fsdp: the full prediction head (--sparse_prediction False), the sparse head "
-                                     "does not work on a sharded model yet; same loss, more FLOPs in the head.")
+        training_args.notices.append(f"--fsdp_config version {training_args.fsdp_config['version']}: the full "
+                                     "prediction head (--sparse_prediction False), the sparse head is tested under "
+                                     "FSDP2 only; same loss, more FLOPs in the head.")
     if parse_warmup_steps(training_args.head_warmup_steps) == "auto":
         training_args.head_warmup_steps = "0"
         training_args.notices.append("--fsdp: no head warm-up (--head_warmup_steps 0): FSDP shards the weights a "
                                      "warm-up freezes, so a masked-LM head the checkpoint lacks trains with the "
                                      "encoder from the start.")
-    if training_args.use_cpu and int(training_args.fsdp_config.get("version", 2)) != 2:
-        raise InputError(f"--fsdp_config version {training_args.fsdp_config['version']} on CPU processes: FSDP runs "
-                         "on CPUs as FSDP2 only (version 2, the default).")
     if training_args.parallel_mode != ParallelMode.DISTRIBUTED:  # the Trainer's own refusal would come after loading
         raise InputError("--fsdp shards the model across processes, one per GPU: launch them with torchrun or "
                          "accelerate launch (torchrun --nproc_per_node 8 run_mlm.py ...); this is one process.")

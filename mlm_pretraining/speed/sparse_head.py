@@ -11,6 +11,13 @@ In training (gradients on, ``model.training``) the head runs without its vocabul
 and the cross-entropy are done together by :func:`~mlm_pretraining.linear_cross_entropy.linear_cross_entropy`
 (chunked, gradients in the forward pass), so no [masked tokens, vocab] logits block is kept; such a call returns
 no logits. In evaluation the head runs whole and returns the masked rows' logits, for the accuracy metric.
+
+Under FSDP2 the model is sharded after this (trainer.settle_fsdp): ``fully_shard`` swaps the instance's class for a
+subclass made on the fly (FSDPBertForMaskedLM), so the head is looked up by the model's own class
+(:func:`_model_class`), and the sparse forward runs as the model's forward, inside the root unit's forward hooks: the
+head modules and the projection's weight read there are the root's parameters as FSDP gathered them for this forward
+(embeddings, head and their ties are the root unit), and the gradients of the fused loss land on those gathered
+parameters, which FSDP reduce-scatters after the backward as it does the full head's.
 """
 
 from __future__ import annotations
@@ -37,10 +44,46 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 
 
+def _fsdp_module() -> type | None:
+    """FSDP2's unit class (torch.distributed.fsdp.FSDPModule), or None where torch has no distributed package."""
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.fsdp import FSDPModule
+
+    return FSDPModule
+
+
+def _model_class(model) -> type:
+    """The model's own class: FSDP2's ``fully_shard`` makes the instance's class a subclass of it made on the fly
+    (FSDPBertForMaskedLM, bases FSDPModule and BertForMaskedLM), which the tables of internals do not name. Only that
+    wrapping is seen through: a user's subclass of BertForMaskedLM may change the head, and is not taken for one."""
+    unit = _fsdp_module()
+    if unit is None:
+        return type(model)
+    return next(cls for cls in type(model).__mro__ if not issubclass(cls, unit))
+
+
+def _projection_in_a_unit_of_its_own(model) -> bool:
+    """Whether the vocabulary projection, or a module between the model and it, is an FSDP2 unit of its own (an
+    untied head named in --fsdp_config's transformer_layer_cls_to_wrap). Its weight is then gathered only while that
+    unit's forward runs and is a shard again after it, so it cannot be taken out and fused with the loss. Our own
+    sharding (model/sharding.py) leaves the head in the root unit, whose forward hooks enclose the whole sparse
+    forward."""
+    unit = _fsdp_module()
+    if unit is None or not isinstance(model, unit):
+        return False
+    module = model
+    for name in MLM_DECODER_ATTRIBUTES[_model_class(model).__name__].split("."):
+        module = getattr(module, name)
+        if isinstance(module, unit):
+            return True
+    return False
+
+
 def _head(model) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model's head as one function of hidden states: its modules (internals.MLM_HEAD_ATTRIBUTES) in order,
     looked up at each call (so :func:`_without_decoder` can take the projection out)."""
-    names = MLM_HEAD_ATTRIBUTES[type(model).__name__]
+    names = MLM_HEAD_ATTRIBUTES[_model_class(model).__name__]
 
     def head(hidden: torch.Tensor) -> torch.Tensor:
         for name in names:
@@ -54,7 +97,7 @@ def _head(model) -> Callable[[torch.Tensor], torch.Tensor]:
 def _without_decoder(model) -> Iterator[nn.Module]:
     """While open, the head's vocabulary projection (internals.MLM_DECODER_ATTRIBUTES) is an identity, so the head
     returns the features the projection would take; yields the projection module."""
-    parent_path, _, name = MLM_DECODER_ATTRIBUTES[type(model).__name__].rpartition(".")
+    parent_path, _, name = MLM_DECODER_ATTRIBUTES[_model_class(model).__name__].rpartition(".")
     parent = model.get_submodule(parent_path)
     decoder = getattr(parent, name)
     setattr(parent, name, nn.Identity())
@@ -75,7 +118,7 @@ def enable_sparse_prediction(model) -> bool:
 
     Models of other classes are left as they are (the full head runs, with the same loss), and this is logged.
     """
-    name = type(model).__name__
+    name = _model_class(model).__name__
     if name in OWN_SPARSE_PREDICTION:
         # ModernBERT's forward reads `self.sparse_prediction` (set from config.sparse_prediction at init); the
         # instance attribute switches it on without changing the config that save_pretrained writes.
@@ -100,7 +143,8 @@ def enable_sparse_prediction(model) -> bool:
 def _sparse_forward_for(head: Callable[[torch.Tensor], torch.Tensor]):
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         """Encoder on every position, head and loss on the labelled ones; logits are ``(n_labelled, vocab)`` in
-        evaluation, None in training (the projection is fused with the loss).
+        evaluation, None in training (the projection is fused with the loss; unless FSDP2 shards the projection in
+        a unit of its own: then the head runs whole, through that unit's forward, on the labelled rows).
 
         The loss is the mean over this batch's labelled tokens, as the full head's; MLMTrainer.compute_loss
         turns it into the mean over the optimizer step (the one place the loss is normalised)."""
@@ -114,7 +158,9 @@ def _sparse_forward_for(head: Callable[[torch.Tensor], torch.Tensor]):
         chosen = labels != IGNORE_INDEX
         targets = labels[chosen]
         logits = None
-        if self.training and torch.is_grad_enabled():
+        if self.training and torch.is_grad_enabled() and not _projection_in_a_unit_of_its_own(self):
+            # Under FSDP2 this runs inside the root unit's forward (see the module's docstring): ``decoder.weight`` is
+            # the root's parameter as gathered for this forward, and its gradient, computed here, lands on it.
             with _without_decoder(self) as decoder:
                 features = head(hidden[chosen])
             weight = decoder.weight
