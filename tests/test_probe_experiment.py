@@ -83,11 +83,16 @@ def test_experiment_probes_the_run_and_fine_tunes_its_checkpoints(tmp_path, head
             "--seeds", "1", "2", "--max_steps", "2", "--per_device_train_batch_size", "4", "--tapt_epochs", "4",
             "--probe_every_epochs", "1", "--checkpoint_epochs", "2", "4", "--tapt_batch_size", "8",
             "--tapt_max_seq_length", "32", "--tapt_max_eval_samples", "4", "--learning_rate", "1e-3",
-            "--general_text", str(corpus), "--head_warmup_steps", "0", "--tapt_learning_rate", "1e-2",
+            "--general_text", str(corpus), "--head_warmup_steps", "1", "--tapt_learning_rate", "1e-2",
             "--workers", "2"]
     report = main(argv)
     points = report["summary"]["points"]
-    assert [p["epoch"] for p in points] == [0.0, 1.0, 2.0, 3.0, 4.0]  # before training, then every epoch
+    # Before training, then every epoch; not the head warm-up's evaluation after step 1 (no checkpoint; the base
+    # encoder, frozen while the head warms up).
+    assert [p["epoch"] for p in points] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    state = json.loads((out / "tapt" / "trainer_state.json").read_text())
+    assert any(e["step"] == 1 and "eval_probe_macro_f1" in e for e in state["log_history"])
+    assert 1 not in [p["step"] for p in points]
     assert all(0 <= p[PROBE_KEY] <= 1 for p in points)
     picked = report["picked_epoch"]
     assert picked == max(points[1:], key=lambda p: p[PROBE_KEY])["epoch"]
@@ -103,10 +108,8 @@ def test_experiment_probes_the_run_and_fine_tunes_its_checkpoints(tmp_path, head
     assert "| probe's pick − last checkpoint" in markdown and "Spearman's rho" in markdown
     assert "| stop rule (patience 2) − base model" in markdown
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    state = json.loads((out / "tapt" / "trainer_state.json").read_text())
     assert sorted(p.name for p in (out / "tapt").glob("checkpoint-*")) == sorted(
-        f"checkpoint-{step}" for step in {entry["step"] for entry in state["log_history"] if "eval_probe_macro_f1"
-                                          in entry})  # every probed point kept
+        f"checkpoint-{p['step']}" for p in points[1:])  # every probed point kept
 
     def no_process(*args, **kwargs):
         raise AssertionError(f"a finished run was launched again: {args}")

@@ -142,15 +142,19 @@ def probed_pretrain_flags(args: TaptArguments, lab: ProbeExperimentArguments, fi
 
 def probe_curve(tapt_dir: Path) -> list[dict]:
     """The probe's scores through the TAPT run, [{'step', 'epoch', 'probe_macro_f1', 'task_perplexity'}], from its
-    trainer_state.json (step 0: the before-training evaluation, from all_results.json)."""
+    trainer_state.json (step 0: the before-training evaluation, from all_results.json): at the steps it saved a
+    checkpoint, and its last. The evaluation when the head warm-up ends is left out: it has no checkpoint, and its
+    encoder is the base model's (frozen during the warm-up), probed at step 0."""
     state = json.loads((tapt_dir / "trainer_state.json").read_text())
     before = json.loads((tapt_dir / "all_results.json").read_text())
     curve = [{"step": 0, "epoch": 0.0, PROBE_KEY: before[f"eval_before_{PROBE_KEY}"],
               "task_perplexity": before.get("eval_before_task_perplexity")}]
     perplexity = {entry["step"]: entry["eval_task_perplexity"] for entry in state["log_history"]
                   if "eval_task_perplexity" in entry}
+    saved = {int(path.name.removeprefix("checkpoint-")) for path in tapt_dir.glob("checkpoint-*")} | {
+        state["global_step"]}
     for entry in state["log_history"]:  # the last step's is logged twice (periodic and final evaluation)
-        if f"eval_{PROBE_KEY}" in entry and entry["step"] > curve[-1]["step"]:
+        if f"eval_{PROBE_KEY}" in entry and entry["step"] > curve[-1]["step"] and entry["step"] in saved:
             curve.append({"step": entry["step"], "epoch": entry["epoch"], PROBE_KEY: entry[f"eval_{PROBE_KEY}"],
                           "task_perplexity": perplexity.get(entry["step"])})
     return curve
