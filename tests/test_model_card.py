@@ -181,7 +181,8 @@ def test_named_evaluation_sets_in_the_card(tiny_model_dir, tmp_path):
 def test_a_headless_models_card_keeps_its_rows_after_a_resume(headless_model_dir, tmp_path, caplog):
     """A head-less base (like the shipped MiniLM): the card shows the random-head row and the row after the head
     warm-up, taken from the evaluation at the warm-up's last step; rerunning the command resumes from the last
-    checkpoint, and that run's card still holds both rows (the before row is not measured again)."""
+    checkpoint, and that run's card still holds both rows (the before row is not measured again). (The same command
+    on a finished run changes nothing: the rerun here trains longer.)"""
     argv, out, _ = card_run(headless_model_dir, tmp_path, "--max_steps", "4", "--head_warmup_steps", "2",
                             "--save_steps", "4")
     first = main(argv)
@@ -197,8 +198,9 @@ def test_a_headless_models_card_keeps_its_rows_after_a_resume(headless_model_dir
     assert [row.split(" | ")[1].split(" (")[0] for row in rows(card)] == [
         "before training", "after head warm-up", "after training"]
     caplog.clear()
+    longer = [*argv, "--max_steps", "6"]  # the last value given counts
     with caplog.at_level(logging.INFO, logger="mlm_pretraining.model.head_warmup"):
-        resumed = main(argv)  # the same command: resumes from checkpoint-4, the last step
+        resumed = main(longer)  # resumes from checkpoint-4 and trains to step 6
     assert "ended before step 4, where this run resumes" in caplog.text and "until step" not in caplog.text
     assert resumed["eval_before_loss"] == first["eval_before_loss"]
     assert resumed["eval_warmup_loss"] == first["eval_warmup_loss"]
