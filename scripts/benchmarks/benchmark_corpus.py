@@ -37,12 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlm_lab.paths import SHARED_DATA
+from mlm_lab.paths import REPO, SHARED_DATA
 from mlm_lab.tables import markdown_table
 
 from mlm_pretraining.constants import EMBEDDED_MODEL
 
-REPO = Path(__file__).resolve().parents[2]
 MB = 2**20
 DEFAULT_SOURCE = SHARED_DATA / "wikitext-2" / "valid.txt"
 SHIPPED_SOURCE = REPO / "examples" / "data" / "wikitext-2-sample" / "train.txt"

@@ -42,14 +42,13 @@ from pathlib import Path
 
 from mlm_lab import runs
 from mlm_lab.intervals import CONFIDENCE, paired_interval
-from mlm_lab.paths import SHARED_DATA, check_file
+from mlm_lab.paths import REPO, SHARED_DATA, check_file
 from mlm_lab.tables import markdown_table
 from transformers import TrainerCallback
 
 from mlm_pretraining.constants import EMBEDDED_MODEL
 from mlm_pretraining.errors import InputError, run_cli
 
-REPO = Path(__file__).resolve().parents[2]
 TASK = SHARED_DATA / "citation_intent"
 DEFAULT_FILES = {"train_file": TASK / "train.jsonl", "validation_file": TASK / "dev.jsonl",
                  "test_file": TASK / "test.jsonl"}

@@ -20,16 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 from mlm_lab import runs
 from mlm_lab.intervals import CONFIDENCE, excludes_zero, paired_interval
+from mlm_lab.paths import REPO
 
 from mlm_pretraining.errors import InputError, run_cli
 from mlm_pretraining.files import write_text_atomically
 
-REPO = Path(__file__).resolve().parents[2]
 PRECISIONS = {"fp32": [], "bf16": ["--bf16", "True"]}
 # (results key, title, scale, decimals): what the table reports of each run's all_results.json.
 SCORES = (("eval_loss", "eval loss", 1.0, 4), ("eval_perplexity", "perplexity", 1.0, 2),
@@ -63,9 +62,7 @@ def run(config: str, passed_on: list[str], precision: str, seed: int, folder: Pa
     record = runs.finished(folder, flags)
     if record is None:
         print(f"{precision}, seed {seed} -> {folder}", flush=True)
-        record = runs.run_and_record([sys.executable, str(REPO / "run_mlm.py"), *flags], folder, flags,
-                                     lambda output: json.loads((folder / "all_results.json").read_text()),
-                                     outputs=("*.safetensors", "all_results.json"), cwd=REPO)
+        record = runs.run_entry_point("run_mlm.py", flags, folder, flags, cwd=REPO)  # the config's paths: from REPO
     return {**record["result"], "seconds": record["seconds"]}
 
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from mlm_pretraining.errors import InputError
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[2]
+"""The repository root (mlm_lab is installed editable, from scripts/mlm_lab): where run_mlm.py and scripts/ are."""
+SHARED_DATA = REPO.parent / "shared" / "data"
 """The repository's test data (WikiText-2, citation_intent, ...), kept beside the clone in ../shared/data rather than
 in it (found from this file: mlm_lab is installed editable, from scripts/mlm_lab). A user's clone has no such folder:
 a script whose default file lies here then fails with :func:`check_file`'s message naming the flag to give instead,

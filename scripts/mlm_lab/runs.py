@@ -26,12 +26,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mlm_lab.paths import REPO
+
 from mlm_pretraining.errors import InputError
 from mlm_pretraining.files import write_text_atomically
 
 LOG_FILE = "run.log"
 STARTED_FILE = "started.json"
 FINISHED_FILE = "finished.json"
+RESULTS_FILE = "all_results.json"  # what run_mlm.py and run_classification.py write last: their scores
 ERROR_LINES = 12  # the child's last lines quoted when it fails: a traceback's tail, or run_cli's one-line error
 
 
@@ -171,6 +174,17 @@ def run_and_record(command: list[str], folder: Path, settings, read_result: Call
     if missing:
         raise ChildRunFailed(command, folder, f"exited 0 but left no {', '.join(missing)}", output)
     return record(folder, settings, read_result(output), seconds)
+
+
+def run_entry_point(script: str, flags: list[str], folder: Path, settings, *, echo: bool = False,
+                    cwd: Path | None = None) -> dict:
+    """Run one of the repository's entry points (``script`` relative to its root: run_mlm.py,
+    scripts/run_classification.py) with ``flags`` and record it (:func:`run_and_record`) once it has exited 0 leaving
+    a model (*.safetensors) and its all_results.json in ``folder``, which is its result."""
+    folder = Path(folder)
+    return run_and_record([sys.executable, str(REPO / script), *flags], folder, settings,
+                          lambda output: json.loads((folder / RESULTS_FILE).read_text()),
+                          outputs=("*.safetensors", RESULTS_FILE), echo=echo, cwd=cwd)
 
 
 def record_start(folder: Path, settings) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +23,7 @@ from mlm_pretraining.data.text import resolve_data_files
 from mlm_pretraining.errors import InputError
 from mlm_pretraining.files import write_text_atomically
 
-REPO = Path(__file__).resolve().parents[2]
 GENERAL_TEXT = SHARED_DATA / "wikitext-2" / "test.txt"
-# What a run leaves once it has finished, checked before it is recorded as finished: run_mlm.py the TAPT model and its
-# scores, run_classification.py the fine-tuned model (removed afterwards unless --keep_models) and its scores.
-RUN_OUTPUTS = ("*.safetensors", "all_results.json")
 # Runs recorded before mlm_lab.runs existed: their flags, results and cost in these files, no finished record.
 EARLIER_FLAGS_FILE, EARLIER_SECONDS_FILE = "experiment_flags.json", "wall_seconds.json"
 ARMS = ("base", "tapt")
@@ -194,11 +189,9 @@ def adopt_earlier_run(run_dir: Path, last_key: str) -> None:
 def run_script(script: str, flags: list[str], run_dir: Path, echo: bool = True) -> dict:
     """Run one of the repository's entry points in its own process (fresh memory, its own logging; its output kept in
     run_dir/run.log, and shown with ``echo``: not when runs go side by side) and record it once it has finished: exit
-    status 0, a model and all_results.json in ``run_dir``. Its record, {'settings', 'result', 'seconds'}, lets a rerun
-    reuse it, cost included."""
-    return runs.run_and_record([sys.executable, str(REPO / script), *flags], run_dir, comparable(flags, run_dir),
-                               lambda output: json.loads((run_dir / "all_results.json").read_text()),
-                               outputs=RUN_OUTPUTS, echo=echo)
+    status 0, a model (the fine-tuned one removed afterwards unless --keep_models) and all_results.json in
+    ``run_dir``. Its record, {'settings', 'result', 'seconds'}, lets a rerun reuse it, cost included."""
+    return runs.run_entry_point(script, flags, run_dir, comparable(flags, run_dir), echo=echo)
 
 
 def tapt_train_file(args: TaptArguments, files: dict[str, str], out: Path) -> str:
