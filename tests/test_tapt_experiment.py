@@ -138,6 +138,19 @@ def test_pretrain_flags_pass_the_levers_through(tmp_path, task_dir, corpus):
     assert args.seeds == [1, 2, 3, 4, 5]
 
 
+def test_bf16_runs_both_stages_in_bf16_and_leaves_the_default_flags_as_they_were(tmp_path, task_dir):
+    files = tapt.task_files(str(task_dir))
+    for extra, expected in (([], False), (["--bf16", "True"], True)):
+        (args,) = tapt.parse_args(["--task_dir", str(task_dir), "--output_dir", str(tmp_path), "--general_text",
+                                   "none", *extra], groups=(tapt_runs.TaptArguments,))
+        pretrain = tapt_runs.pretrain_flags(args, files, tmp_path / "tapt")
+        fine_tune = tapt_runs.fine_tune_flags(args, files, "base", 1, tmp_path / "ft")
+        for flags in (pretrain, fine_tune):  # absent by default: runs recorded before the flag existed still match
+            assert ("--bf16" in flags) is expected
+            if expected:
+                assert flags[flags.index("--bf16") + 1] == "True"
+
+
 def test_tapt_text_is_the_fine_tuning_subset_or_the_whole_file(tmp_path, task_dir):
     rows = [{"sentence": f"row number {i} of the task", "label": "ab"[i % 2]} for i in range(40)]
     write_jsonl(task_dir / "train.jsonl", rows)

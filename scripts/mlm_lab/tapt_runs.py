@@ -104,6 +104,10 @@ class TaptArguments:
                                 "an experiment on a lever (another --tapt_* setting, its own --output_dir) pointed at "
                                 "an earlier one's folder fine-tunes only its TAPT arm. Its fine-tuning settings must "
                                 "match (checked run by run)."})
+    bf16: bool = field(default=False, metadata={"help": "Run both stages in bf16 mixed precision: on a GPU, or a CPU "
+                                               "that computes bf16 natively (about 2x faster there; its cost in "
+                                               "masked-LM quality measured within noise, docs/speed.md). Both arms "
+                                               "alike, so a comparison stays paired."})
     keep_models: bool = field(default=False, metadata={"help": "Keep every fine-tuned model's weights (large); by "
                                                        "default only their results are kept."})
 
@@ -229,6 +233,8 @@ def pretrain_flags(args: TaptArguments, files: dict[str, str], run_dir: Path, tr
              "--log_level", "warning",
              # the Trainer's defaults, with which docs/experiments.md was measured (run_mlm.py's own differ now)
              "--eval_strategy", "no", "--weight_decay", "0.0"]
+    if args.bf16:
+        flags += ["--bf16", "True"]
     if args.mix_train_file:
         flags += ["--mix_train_file", *args.mix_train_file]
         if args.mix_share is not None:
@@ -246,6 +252,8 @@ def fine_tune_flags(args: TaptArguments, files: dict[str, str], model: str, seed
                  "max_train_samples", "max_eval_samples", "max_test_samples"):
         if getattr(args, name) is not None:
             flags += [f"--{name}", str(getattr(args, name))]
+    if args.bf16:
+        flags += ["--bf16", "True"]
     if args.max_steps > 0:  # too few steps for an epoch: score and keep the end of training
         flags += ["--max_steps", str(args.max_steps), "--eval_strategy", "steps", "--save_strategy", "steps",
                   "--eval_steps", str(args.max_steps), "--save_steps", str(args.max_steps)]
