@@ -26,6 +26,7 @@ from arguments import FineTuneSpeedArguments
 from mlm_pretraining.data.labelled import label_list, read_labelled
 from mlm_pretraining.errors import InputError, as_list
 from mlm_pretraining.flag_values import read_token_file
+from mlm_pretraining.hardware import has_gpu
 from mlm_pretraining.internals import PREFIX_CHECKPOINT_DIR
 from mlm_pretraining.model.loading import (
     load_model,
@@ -201,6 +202,11 @@ class ClassificationTrainingArguments(TrainingArguments):
         if self.early_stopping_patience and not self.metric_for_best_model:
             raise InputError("--early_stopping_patience needs --metric_for_best_model (e.g. macro_f1), or 0 to "
                              "train every epoch.")
+        # transformers refuses --bf16 without a bf16 GPU unless --use_cpu is given; with no GPU, the CPU it is (as
+        # run_mlm.py does).
+        if self.bf16 and not self.use_cpu and not has_gpu():
+            self.use_cpu = True
+            logger.info("--bf16 on a machine without a GPU: fine-tuning on the CPU (--use_cpu True).")
         super().__post_init__()
 
 

@@ -317,3 +317,12 @@ def test_a_model_folder_holding_only_checkpoints_points_at_them(tmp_path, tiny_m
     with pytest.raises(InputError, match="is a folder with no model weights") as info:
         main([*argv, "--tokenizer_name", str(tiny_model_dir)])
     assert "tokenizer" not in str(info.value)  # the tokenizer comes from elsewhere: only the weights are missing
+
+
+def test_bf16_without_a_gpu_fine_tunes_on_the_cpu_instead_of_being_refused(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(classification, "has_gpu", lambda: False)
+    flags = [flag for flag in run_args(tmp_path, tiny_model_dir) if flag not in ("--use_cpu", "true")]
+    *_, training_args = parse_args(flags + ["--bf16", "True"], groups=ARGUMENT_GROUPS)
+    assert training_args.bf16 and training_args.use_cpu  # transformers alone: "Your setup doesn't support bf16/gpu"
+    *_, training_args = parse_args(flags, groups=ARGUMENT_GROUPS)
+    assert not training_args.use_cpu  # fp32 keeps the device as it was
