@@ -7,14 +7,17 @@ import json
 import math
 
 import pytest
-from mlm_lab import runs
+from mlm_lab import runs, tapt_runs
 from safetensors.torch import load_file, save_file
 
+from arguments import parse_args
+from mlm_pretraining.data.labelled import task_files
 from mlm_pretraining.errors import InputError
 from scripts.experiments.probe_experiment import (
     PROBE_KEY,
     export_checkpoint,
     main,
+    probe_data_flags,
     rank_correlation,
     stop_rule,
     with_flags,
@@ -73,6 +76,29 @@ def test_checkpoint_epochs_must_be_multiples_of_the_probe_cadence(tmp_path, task
             "--probe_every_epochs", "2", "--checkpoint_epochs", "3", "--seeds", "1", "2"]
     with pytest.raises(InputError, match=r"--checkpoint_epochs: 3 is not a multiple of --probe_every_epochs"):
         main(argv)
+
+
+def test_the_probe_reads_the_rows_the_fine_tunes_train_and_select_on(tmp_path, task_dir):
+    files = task_files(str(task_dir))
+
+    def probe_data(*extra):
+        (args,) = parse_args(["--task_dir", str(task_dir), "--output_dir", str(tmp_path), *extra],
+                             groups=(tapt_runs.TaptArguments,))
+        return args, probe_data_flags(args, files, tmp_path)
+
+    _, whole = probe_data()
+    assert whole["probe_task"] == [str(task_dir)] and "probe_train_file" not in whole
+    args, subset = probe_data("--max_train_samples", "20", "--max_eval_samples", "5")
+    assert "probe_task" not in subset
+    train = [json.loads(line) for line in open(subset["probe_train_file"][0])]
+    dev = [json.loads(line) for line in open(subset["probe_validation_file"][0])]
+    assert len(train) == 20 and len(dev) == 5 and all(set(row) == {"text", "label"} for row in train + dev)
+    # the same draw as the fine-tunes' (and TAPT's text), labels as in the task's files
+    tapt_text = [json.loads(line)["text"] for line in open(tapt_runs.tapt_train_file(args, files, tmp_path))]
+    assert [row["text"] for row in train] == tapt_text
+    labels = {row["text"]: row["label"] for row in map(json.loads, open(task_dir / "train.jsonl"))}
+    assert all(labels[row["text"]] == row["label"] for row in train)
+    assert {row["text"] for row in dev} < {json.loads(line)["text"] for line in open(task_dir / "dev.jsonl")}
 
 
 @pytest.mark.slow

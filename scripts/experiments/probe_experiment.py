@@ -3,9 +3,9 @@
 
 For one task folder (train/dev/test files with text and label columns):
   (a) one masked-LM run on the task's training text (run_mlm.py, the settings of tapt_experiment.py's TAPT run) with
-      --probe_task on the same folder: before training and every --probe_every_epochs it evaluates, probes (a
-      logistic regression on the frozen encoder's embeddings of the train texts, scored on dev) and saves a
-      checkpoint;
+      --probe_task on the same folder (with --max_train_samples / --max_eval_samples: on the rows the fine-tunes
+      train and select on): before training and every --probe_every_epochs it evaluates, probes (a logistic
+      regression on the frozen encoder's embeddings of the train texts, scored on dev) and saves a checkpoint;
   (b) the base model and the checkpoints at --checkpoint_epochs fine-tuned once per seed with
       run_classification.py (the settings and seeds of tapt_experiment.py's fine-tunes), as is the checkpoint the
       probe picks (the highest probe dev macro-F1 among the saved checkpoints: what --metric_for_best_model
@@ -42,10 +42,12 @@ from mlm_lab.tapt_runs import (
     TaptArguments,
     fine_tune,
     fine_tune_flags,
+    fine_tuning_subsets,
     finished,
     pretrain_flags,
     run_script,
     tapt_train_file,
+    write_jsonl,
 )
 from safetensors.torch import load_file, save_file
 from scipy import stats
@@ -124,16 +126,26 @@ def with_flags(flags: list[str], **values: list[str]) -> list[str]:
     return flags
 
 
+def probe_data_flags(args: TaptArguments, files: dict[str, str], out: Path) -> dict[str, list[str]]:
+    """The probe's labelled data: the task folder, or with --max_train_samples / --max_eval_samples the rows the
+    fine-tunes train and select on (written to ``out``), so the probe knows what a user with those rows knows."""
+    if args.max_train_samples is None and args.max_eval_samples is None:
+        return {"probe_task": [args.task_dir], "probe_text_column_name": [args.text_column_name],
+                "probe_label_column_name": [args.label_column_name]}
+    subsets = fine_tuning_subsets(args, files)
+    return {f"probe_{name}_file": [write_jsonl(out / f"probe_{split}.jsonl", subsets[split])]
+            for name, split in (("train", "train"), ("validation", "validation"))} | {
+        "probe_text_column_name": ["text"], "probe_label_column_name": ["label"]}
+
+
 def probed_pretrain_flags(args: TaptArguments, lab: ProbeExperimentArguments, files: dict[str, str],
-                          run_dir: Path, train_file: str) -> list[str]:
-    """tapt_experiment.py's TAPT flags, evaluating, probing and saving every --probe_every_epochs (a share of the run,
-    which run_mlm.py turns into steps), every checkpoint kept."""
+                          run_dir: Path, train_file: str, probe_data: dict[str, list[str]]) -> list[str]:
+    """tapt_experiment.py's TAPT flags, evaluating, probing (on ``probe_data``: :func:`probe_data_flags`) and saving
+    every --probe_every_epochs (a share of the run, which run_mlm.py turns into steps), every checkpoint kept."""
     share = f"{lab.probe_every_epochs / args.tapt_epochs:.6g}"
     flags = with_flags(pretrain_flags(args, files, run_dir, train_file),
                        eval_strategy=["steps"], eval_steps=[share], save_strategy=["steps"], save_steps=[share],
-                       save_total_limit=["-1"], probe_task=[args.task_dir],
-                       probe_text_column_name=[args.text_column_name],
-                       probe_label_column_name=[args.label_column_name])
+                       save_total_limit=["-1"], **probe_data)
     for name in ("probe_max_train_samples", "probe_max_eval_samples"):
         if getattr(lab, name) is not None:
             flags = with_flags(flags, **{name: [str(getattr(lab, name))]})
@@ -318,7 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     tapt_dir = out / "tapt"
 
     def run_tapt() -> dict:
-        flags = probed_pretrain_flags(args, lab, files, tapt_dir, tapt_train_file(args, files, out))
+        flags = probed_pretrain_flags(args, lab, files, tapt_dir, tapt_train_file(args, files, out),
+                                      probe_data_flags(args, files, out))
         record = finished(tapt_dir, flags, "eval_task_perplexity")
         if record is None:
             checkpoint = last_complete_checkpoint(str(tapt_dir)) if tapt_dir.is_dir() else None

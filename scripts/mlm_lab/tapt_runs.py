@@ -198,20 +198,30 @@ def run_script(script: str, flags: list[str], run_dir: Path, echo: bool = True) 
     return runs.run_entry_point(script, flags, run_dir, comparable(flags, run_dir), echo=echo)
 
 
+def fine_tuning_subsets(args: TaptArguments, files: dict[str, str]):
+    """The train and dev rows run_classification.py fine-tunes and selects on: its loading and its fixed random
+    subsets (--max_train_samples, --max_eval_samples), so the same draw; columns 'text' and 'label'."""
+    data_args = ClassificationDataArguments(train_file=[files["train"]], validation_file=[files["validation"]],
+                                            text_column_name=args.text_column_name,
+                                            label_column_name=args.label_column_name,
+                                            max_train_samples=args.max_train_samples,
+                                            max_eval_samples=args.max_eval_samples)
+    return take_subsets(load_labelled_datasets(data_args), data_args)
+
+
+def write_jsonl(path: Path, rows) -> str:
+    """``rows`` (dicts) as a jsonl file, written atomically; its path."""
+    write_text_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return str(path)
+
+
 def tapt_train_file(args: TaptArguments, files: dict[str, str], out: Path) -> str:
     """TAPT's training file: the task's, or with --max_train_samples (and --tapt_text fine_tune) a file of the
     texts of exactly the rows run_classification.py fine-tunes on (its loading and subset, so the same draw)."""
     if not args.tapt_on_subset:
         return files["train"]
-    data_args = ClassificationDataArguments(train_file=[files["train"]], validation_file=[files["validation"]],
-                                            text_column_name=args.text_column_name,
-                                            label_column_name=args.label_column_name,
-                                            max_train_samples=args.max_train_samples)
-    subset = take_subsets(load_labelled_datasets(data_args), data_args)["train"]
-    path = out / TAPT_TRAIN_FILE
-    write_text_atomically(path, "".join(json.dumps({args.text_column_name: text}, ensure_ascii=False) + "\n"
-                                        for text in subset["text"]))
-    return str(path)
+    subset = fine_tuning_subsets(args, files)["train"]
+    return write_jsonl(out / TAPT_TRAIN_FILE, ({args.text_column_name: text} for text in subset["text"]))
 
 
 def pretrain_flags(args: TaptArguments, files: dict[str, str], run_dir: Path, train_file: str | None = None
