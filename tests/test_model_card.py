@@ -107,6 +107,29 @@ def test_a_failing_card_never_fails_the_run(tmp_path, caplog):
     assert "Could not write the model card" in caplog.text and not (tmp_path / "README.md").exists()
 
 
+def test_a_card_that_fails_to_be_written_leaves_the_previous_card_whole(tmp_path, monkeypatch, caplog):
+    from transformers import modelcard as hf_modelcard
+
+    import mlm_pretraining.files
+    import mlm_pretraining.reporting.model_card as model_card_module
+
+    (tmp_path / "README.md").write_text("the card of the run so far")
+    monkeypatch.setattr(model_card_module, "model_card", lambda **fields: "the new card")
+    monkeypatch.setattr(hf_modelcard, "extract_hyperparameters_from_trainer", lambda trainer: {})
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mlm_pretraining.files.os, "replace", disk_full)  # the write fails before it lands
+    trainer = SimpleNamespace(args=SimpleNamespace(output_dir=str(tmp_path)),
+                              processing_class=SimpleNamespace(mask_token="[MASK]"))
+    with caplog.at_level(logging.WARNING):
+        assert write_model_card(trainer, SimpleNamespace(model_name_or_path="x"), DataArguments(),
+                                MaskingArguments(), {}, None) is None
+    assert "No space left on device" in caplog.text
+    assert (tmp_path / "README.md").read_text() == "the card of the run so far"
+
+
 def card_run(model_dir, folder, *extra) -> tuple[list[str], object, object]:
     """run_mlm.py flags for a 2-step run on 100 lines (the last 10 held out) written to ``folder``; ``extra``
     overrides. Returns (flags, output folder, corpus)."""

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from mlm_pretraining.data.packing import special_token_template
+from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.model.vocab import suggest_tokens
 
 if TYPE_CHECKING:
@@ -294,8 +295,7 @@ def write_report(report: dict, path: str | Path) -> Path:
     """Write the report as JSON at ``path`` (folders created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    return write_text_atomically(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 def report_corpus(raw, tokenized, examples, tokenizer, args: DataArguments, max_seq_length: int, output_dir: str,

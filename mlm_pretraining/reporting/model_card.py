@@ -23,6 +23,7 @@ import yaml
 
 from mlm_pretraining.reporting.corpus_report import SUMMARY_HEADER, SUMMARY_NOTE, summary_rows
 from mlm_pretraining.constants import EMBEDDED_MODEL
+from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.flag_values import parse_named_files
 from mlm_pretraining.model.loading import resolve_model_path
 from mlm_pretraining.reporting.plotting import CURVES_FILE
@@ -267,7 +268,7 @@ def write_model_card(trainer, model_args: ModelArguments, data_args: DataArgumen
             has_curves=(output_dir / CURVES_FILE).is_file(),
         )
         path = output_dir / CARD_FILE
-        path.write_text(card, encoding="utf-8")
+        write_text_atomically(path, card)  # a card replaced on a resumed run is never left half-written
         logger.info("Model card written to %s", path)
         return path
     except Exception as err:
