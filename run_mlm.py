@@ -24,6 +24,7 @@ from mlm_pretraining.budget import plan_budget
 from mlm_pretraining.checkpoints import (
     check_checkpoint_matches,
     find_resume_checkpoint,
+    finished_without_checkpoints,
     run_wrote_its_files,
     saved_results,
 )
@@ -119,14 +120,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                             pad_to_multiple_of=data_args.pad_to_multiple_of,
                             callbacks=[budget] if budget else [], new_weights=new_weights, probe=probe)
 
-    # A rerun of a finished run (its last checkpoint at the end of training, by the trainer's one rule) leaves every
-    # file as it is; one killed after that checkpoint but before its final files writes them, training no step.
-    at_end = trainer.end_of_training(resume_from) if resume_from is not None and train_dataset is not None else None
-    if at_end and run_wrote_its_files(training_args.output_dir, resume_from):
+    # A rerun of a finished run (its last checkpoint, or a run saving none its final state, at the end of training by
+    # the trainer's one rule) leaves every file as it is; one killed after that checkpoint but before its final files
+    # writes them, training no step.
+    finished = resume_from or finished_without_checkpoints(training_args)
+    at_end = trainer.end_of_training(finished) if finished is not None and train_dataset is not None else None
+    if at_end and run_wrote_its_files(training_args.output_dir, finished):
         afresh = "leave out --resume_from_checkpoint" if training_args.resume_from_checkpoint else \
             "add --overwrite_output_dir"
         logger.info("Nothing to do: %s is at the end of training (%s); %s holds the finished run and is left as it "
-                    "is. To train longer, raise that flag; to start afresh, %s.", resume_from, at_end,
+                    "is. To train longer, raise that flag; to start afresh, %s.", finished, at_end,
                     training_args.output_dir, afresh)
         return saved_results(training_args.output_dir)
     if at_end:

@@ -176,6 +176,21 @@ def check_checkpoint_matches(checkpoint: str, model_args, explicit: bool) -> Non
                      f"({'; '.join(differences)}, checkpoint vs model). {fix}")
 
 
+def finished_without_checkpoints(training_args) -> str | None:
+    """``output_dir`` when it holds a run that saved no checkpoint (--save_strategy no) but wrote its final files
+    (trainer_state.json, written last), for the same rule as a last checkpoint: a rerun at the end of training has
+    nothing to do. None when --overwrite_output_dir or --resume_from_checkpoint is given, or a checkpoint is there."""
+    output_dir = training_args.output_dir
+    if (not training_args.do_train or training_args.overwrite_output_dir or training_args.resume_from_checkpoint
+            or not os.path.isfile(os.path.join(output_dir, TRAINER_STATE_FILE)) or _checkpoints_by_step(output_dir)):
+        return None
+    try:
+        json.loads(Path(output_dir, TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    except ValueError:  # cut short: not a finished run's
+        return None
+    return output_dir
+
+
 def run_wrote_its_files(output_dir: str, checkpoint: str) -> bool:
     """Whether the run in ``output_dir`` wrote all its final files (model, results, card) after ``checkpoint``: its
     own trainer_state.json, which run_mlm.py writes last, is whole and at the checkpoint's step. A run killed after its

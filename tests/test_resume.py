@@ -103,6 +103,29 @@ def test_rerunning_a_finished_run_changes_nothing(tiny_model_dir, corpus_file, t
     assert json.loads((out / "train_results.json").read_text())["train_loss"] > 1
 
 
+def test_rerunning_a_finished_run_that_saved_no_checkpoint_changes_nothing(tiny_model_dir, corpus_file, tmp_path,
+                                                                             caplog):
+    """--save_strategy no: the finished run's own trainer_state.json stands for the last checkpoint. Before, the same
+    command trained again from the start and overwrote the model. Negative controls: asked to train longer, it trains
+    (from the start: there is no checkpoint); a trainer_state.json cut short is not a finished run."""
+    out = tmp_path / "out"
+    argv = flags(tiny_model_dir, corpus_file, out, save_strategy="no")
+    first = run_mlm.main(argv)
+    assert not list(out.glob("checkpoint-*"))
+    before = snapshot(out)
+    with caplog.at_level(logging.INFO, logger="mlm_pretraining.run_mlm"):
+        again = run_mlm.main(argv)
+    assert snapshot(out) == before and again["train_loss"] == pytest.approx(first["train_loss"])
+    assert f"Nothing to do: {out} is at the end of training (step {MAX_STEPS} of --max_steps {MAX_STEPS})" \
+        in caplog.text
+    state = out / "trainer_state.json"
+    state.write_text(state.read_text()[:50])
+    run_mlm.main(argv)
+    assert json.loads(state.read_text())["global_step"] == MAX_STEPS and snapshot(out) != before
+    run_mlm.main(flags(tiny_model_dir, corpus_file, out, save_strategy="no", max_steps=MAX_STEPS + 2))
+    assert json.loads(state.read_text())["global_step"] == MAX_STEPS + 2
+
+
 def test_half_written_checkpoint_is_skipped_and_run_ends_exact(full_run, tiny_model_dir, corpus_file, tmp_path,
                                                                 caplog):
     """checkpoint-12 cut short as by a kill while saving: a warning names it, the run resumes from checkpoint-8."""
