@@ -67,6 +67,17 @@ def evaluate(trainer, prefix: str, earlier: dict[str, float] | None = None) -> d
     return metrics
 
 
+def push(trainer) -> None:
+    """Upload the finished folder to the hub; a failure (network, token, repository) says that the model is saved and
+    how to retry, instead of a traceback."""
+    try:
+        trainer.push_to_hub()
+    except Exception as err:  # noqa: BLE001 - whatever the hub client raises, the trained model is safe on disk
+        raise InputError(f"--push_to_hub: uploading {trainer.args.output_dir} to {trainer.hub_model_id} failed "
+                         f"({type(err).__name__}: {err}). The trained model is saved there; rerun the same command "
+                         "to push it (nothing is trained again).") from err
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, mask_args, speed_args, probe_args, training_args = parse_args(argv)
     setup_logging(training_args)
@@ -131,6 +142,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logger.info("Nothing to do: %s is at the end of training (%s); %s holds the finished run and is left as it "
                     "is. To train longer, raise that flag; to start afresh, %s.", finished, at_end,
                     training_args.output_dir, afresh)
+        if training_args.push_to_hub and not trainer.pushed():
+            logger.info("It was not pushed to %s yet (the last push failed or was not asked for): pushing it now.",
+                        trainer.hub_model_id)
+            push(trainer)
         return saved_results(training_args.output_dir)
     if at_end:
         logger.info("%s is at the end of training (%s), but the run stopped before writing its final files: writing "
@@ -176,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         # so plot_curves.py finds it in trainer_state.json.
         trainer.save_state()
         if training_args.push_to_hub:  # once, at the end: the folder as the user has it (pooler, card, results)
-            trainer.push_to_hub()
+            push(trainer)
     return results
 
 

@@ -20,8 +20,10 @@ was not engaged, and under --fsdp shards the model (:func:`settle_fsdp`).
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
+from pathlib import Path
 
 from transformers import IntervalStrategy, Trainer, TrainerState
 from transformers.integrations import TensorBoardCallback
@@ -50,6 +52,7 @@ from mlm_pretraining.internals import (
     default_logdir,
 )
 from mlm_pretraining.errors import InputError
+from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
 from mlm_pretraining.probe import Probe, ProbeCallback
 from mlm_pretraining.reporting.plotting import TrainingCurveCallback
@@ -61,6 +64,9 @@ logger = logging.getLogger(__name__)
 # What a push leaves out of output_dir, as the Trainer's own push does: checkpoints (resuming state, not the model)
 # and files starting with '_'.
 HUB_IGNORE_PATTERNS = ["_*", "checkpoint-*"]
+# What the last completed push of output_dir uploaded, and where: a rerun of a finished run pushes only when it is not
+# this run at this step (an earlier push failed). Never uploaded itself (HUB_IGNORE_PATTERNS).
+HUB_PUSH_FILE = "_hub_push.json"
 
 
 class MLMTrainer(Trainer):
@@ -324,7 +330,22 @@ class MLMTrainer(Trainer):
             return upload
         commit = upload.result()
         logger.info("Pushed %s to %s", self.args.output_dir, getattr(commit, "commit_url", self.hub_model_id))
+        write_text_atomically(Path(self.args.output_dir, HUB_PUSH_FILE), json.dumps(
+            {"repo_id": self.hub_model_id, "revision": revision or self.args.hub_revision,
+             "global_step": _finished_step(self.args.output_dir), "commit_url": getattr(commit, "commit_url", None)},
+            indent=2) + "\n")
         return commit
+
+    def pushed(self) -> bool:
+        """Whether the finished run in ``output_dir`` was pushed to this run's repository (and revision) after it
+        reached its last step: a rerun of a finished run whose push failed pushes it then."""
+        try:
+            record = json.loads(Path(self.args.output_dir, HUB_PUSH_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        repo = self.hub_model_id or self.args.hub_model_id
+        return (repo is not None and record.get("repo_id") == repo and record.get("revision") == self.args.hub_revision
+                and record.get("global_step") == _finished_step(self.args.output_dir))
 
     @property
     def stopped_by_signal(self) -> int | None:
@@ -458,3 +479,11 @@ def settle_fsdp(trainer: MLMTrainer, new_weights=None) -> None:
                     "process holds %s of the %s parameters. Checkpoints %s, the final folder one whole model.",
                     trainer.args.world_size, units, ", ".join(layer_classes), f"{shard:,}", f"{total:,}",
                     str(plugin.state_dict_type).rsplit(".", 1)[-1])
+
+
+def _finished_step(output_dir: str) -> int | None:
+    """The step of the run whose final state ``output_dir`` holds (its trainer_state.json, written last), or None."""
+    try:
+        return json.loads(Path(output_dir, TRAINER_STATE_FILE).read_text(encoding="utf-8"))["global_step"]
+    except (OSError, ValueError, KeyError):
+        return None

@@ -102,3 +102,40 @@ def test_without_push_to_hub_nothing_is_uploaded(hub, tiny_model_dir, tmp_path):
                   "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--max_seq_length", "32",
                   "--report_to", "none", "--do_eval", "False", "--preprocessing_num_workers", "1"])
     assert hub == []
+
+
+def test_a_failed_push_is_retried_by_rerunning_the_command_without_training_again(hub, tiny_model_dir, tmp_path,
+                                                                                   monkeypatch, caplog):
+    """The upload fails (no network): the run ends with one message naming the flag, the saved model and the fix, no
+    traceback. The same command then pushes the finished folder once without training, and once pushed a further
+    rerun uploads nothing."""
+    from helpers import snapshot
+
+    from mlm_pretraining.errors import InputError
+
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--train_file", str(write_season_corpus(tmp_path)),
+            "--output_dir", str(out), "--max_steps", "2", "--max_seq_length", "32", "--report_to", "none",
+            "--do_eval", "False", "--preprocessing_num_workers", "1", "--push_to_hub", "--hub_model_id", REPO_ID]
+    working_upload = HfApi.upload_folder
+
+    def no_network(self, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(HfApi, "upload_folder", no_network)
+    with pytest.raises(InputError, match=rf"--push_to_hub: uploading {out} to {REPO_ID} failed \(ConnectionError: "
+                                         r"Name or service not known\)\. The trained model is saved there; rerun the "
+                                         r"same command to push it"):
+        run_mlm.main(argv)
+    assert (out / "model.safetensors").is_file() and hub == []
+    trained = snapshot(out)
+
+    monkeypatch.setattr(HfApi, "upload_folder", working_upload)
+    with caplog.at_level("INFO", logger="mlm_pretraining.run_mlm"):
+        run_mlm.main(argv)
+    assert len(hub) == 1 and set(hub[0]["files"]) == local_files(out)
+    assert "Nothing to do" in caplog.text and f"It was not pushed to {REPO_ID} yet" in caplog.text
+    assert {path: v for path, v in snapshot(out).items() if path != "_hub_push.json"} == trained  # not trained again
+
+    run_mlm.main(argv)
+    assert len(hub) == 1  # pushed already: nothing to upload
