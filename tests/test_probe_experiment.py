@@ -20,6 +20,7 @@ from scripts.experiments.probe_experiment import (
     probe_data_flags,
     rank_correlation,
     stop_rule,
+    summarise,
     with_flags,
 )
 
@@ -45,6 +46,21 @@ def test_the_stop_rule_stops_after_patience_evaluations_without_a_better_probe()
     assert [p["epoch"] for p in stop_rule(curve, patience=3)] == [30, 30]  # never stopped: the best, the last
     never = [{"epoch": e, PROBE_KEY: f} for e, f in ((0, 0.6), (5, 0.5), (10, 0.55))]
     assert [p["epoch"] for p in stop_rule(never, patience=2)] == [10, 0]  # no checkpoint beat the base: keep it
+
+
+def test_a_rule_keeping_the_point_it_is_compared_with_shows_no_difference_rather_than_a_zero_interval():
+    points = [{"step": 0, "epoch": 0.0, PROBE_KEY: 0.6}, {"step": 10, "epoch": 5.0, PROBE_KEY: 0.5},
+              {"step": 20, "epoch": 10.0, PROBE_KEY: 0.4}]
+    runs_by_epoch = {epoch: {seed: {"eval_macro_f1": 0.5 + 0.01 * seed + 0.02 * epoch,
+                                    "test_macro_f1": 0.4 + 0.02 * seed - 0.01 * epoch,
+                                    "test_micro_f1": 0.6 + 0.01 * seed * epoch} for seed in (1, 2, 3)}
+                     for epoch in (0.0, 10.0)}
+    table, summary = summarise(points, runs_by_epoch, [1, 2, 3], {"stop rule (patience 2)": 0.0}, 10.0)
+    assert summary["paired"]["stop rule (patience 2) − base model"] is None
+    assert "| stop rule (patience 2) − base model (epoch 0 − 0) | the same point | the same point | the same point |" \
+        in table
+    against_last = summary["paired"]["stop rule (patience 2) − last checkpoint"]["test_macro_f1"]
+    assert against_last["mean"] == pytest.approx(10.0)  # 100 * (0.01 * 10), the same for every seed
 
 
 def test_with_flags_replaces_values_or_adds_the_flag():

@@ -274,6 +274,11 @@ def summarise(points: list[dict], runs: dict[float, dict[int, dict]], seeds: lis
                  "|---|" + "---|" * len(SCORES)]
     summary["paired"] = {}
     for label, a, b in comparisons:
+        if a == b:  # the rule kept that very point: no difference to estimate
+            summary["paired"][label] = None
+            pair_rows.append(f"| {label} (epoch {a:g} − {b:g}) | " + " | ".join(["the same point"] * len(SCORES))
+                             + " |")
+            continue
         cells = []
         for key, _ in SCORES:
             interval = paired_interval([100 * (runs[a][s][key] - runs[b][s][key]) for s in seeds])
