@@ -182,11 +182,11 @@ def finished_without_checkpoints(training_args) -> str | None:
     nothing to do. None when --overwrite_output_dir or --resume_from_checkpoint is given, or a checkpoint is there."""
     output_dir = training_args.output_dir
     if (not training_args.do_train or training_args.overwrite_output_dir or training_args.resume_from_checkpoint
-            or not os.path.isfile(os.path.join(output_dir, TRAINER_STATE_FILE)) or _checkpoints_by_step(output_dir)):
+            or not os.path.isdir(output_dir) or _checkpoints_by_step(output_dir)):
         return None
     try:
         json.loads(Path(output_dir, TRAINER_STATE_FILE).read_text(encoding="utf-8"))
-    except ValueError:  # cut short: not a finished run's
+    except (OSError, ValueError):  # none, or cut short: not a finished run's
         return None
     return output_dir
 
