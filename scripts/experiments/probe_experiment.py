@@ -133,9 +133,9 @@ def probe_data_flags(args: TaptArguments, files: dict[str, str], out: Path) -> d
         return {"probe_task": [args.task_dir], "probe_text_column_name": [args.text_column_name],
                 "probe_label_column_name": [args.label_column_name]}
     subsets = fine_tuning_subsets(args, files)
-    return {f"probe_{name}_file": [write_jsonl(out / f"probe_{split}.jsonl", subsets[split])]
-            for name, split in (("train", "train"), ("validation", "validation"))} | {
-        "probe_text_column_name": ["text"], "probe_label_column_name": ["label"]}
+    return {f"probe_{split}_file": [write_jsonl(out / f"probe_{split}.jsonl", subsets[split])]
+            for split in ("train", "validation")} | {"probe_text_column_name": ["text"],
+                                                     "probe_label_column_name": ["label"]}
 
 
 def probed_pretrain_flags(args: TaptArguments, lab: ProbeExperimentArguments, files: dict[str, str],
