@@ -184,23 +184,24 @@ def finished_without_checkpoints(training_args) -> str | None:
     if (not training_args.do_train or training_args.overwrite_output_dir or training_args.resume_from_checkpoint
             or not os.path.isdir(output_dir) or _checkpoints_by_step(output_dir)):
         return None
+    return output_dir if saved_step(output_dir) is not None else None  # none, or cut short: not a finished run's
+
+
+def saved_step(folder: str) -> int | None:
+    """The global step in ``folder``'s trainer_state.json (a checkpoint's, or the final one run_mlm.py writes last);
+    None when it is missing or cut short."""
     try:
-        json.loads(Path(output_dir, TRAINER_STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # none, or cut short: not a finished run's
+        return json.loads(Path(folder, TRAINER_STATE_FILE).read_text(encoding="utf-8"))["global_step"]
+    except (OSError, ValueError, KeyError):
         return None
-    return output_dir
 
 
 def run_wrote_its_files(output_dir: str, checkpoint: str) -> bool:
     """Whether the run in ``output_dir`` wrote all its final files (model, results, card) after ``checkpoint``: its
     own trainer_state.json, which run_mlm.py writes last, is whole and at the checkpoint's step. A run killed after its
     last checkpoint (in the final evaluation, say) has none, or an earlier run's."""
-    try:
-        done = json.loads((Path(output_dir) / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
-        saved = json.loads((Path(checkpoint) / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return done.get("global_step") == saved.get("global_step")
+    done = saved_step(output_dir)
+    return done is not None and done == saved_step(checkpoint)
 
 
 def saved_results(output_dir: str, split: str = "all", prefix: str = "") -> dict[str, float]:

@@ -51,6 +51,7 @@ from mlm_pretraining.internals import (
     TRAINER_TRAINING_VALUES,
     default_logdir,
 )
+from mlm_pretraining.checkpoints import saved_step
 from mlm_pretraining.errors import InputError
 from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
@@ -332,7 +333,7 @@ class MLMTrainer(Trainer):
         logger.info("Pushed %s to %s", self.args.output_dir, getattr(commit, "commit_url", self.hub_model_id))
         write_text_atomically(Path(self.args.output_dir, HUB_PUSH_FILE), json.dumps(
             {"repo_id": self.hub_model_id, "revision": revision or self.args.hub_revision,
-             "global_step": _finished_step(self.args.output_dir), "commit_url": getattr(commit, "commit_url", None)},
+             "global_step": saved_step(self.args.output_dir), "commit_url": getattr(commit, "commit_url", None)},
             indent=2) + "\n")
         return commit
 
@@ -345,7 +346,7 @@ class MLMTrainer(Trainer):
             return False
         repo = self.hub_model_id or self.args.hub_model_id
         return (repo is not None and record.get("repo_id") == repo and record.get("revision") == self.args.hub_revision
-                and record.get("global_step") == _finished_step(self.args.output_dir))
+                and record.get("global_step") == saved_step(self.args.output_dir))
 
     @property
     def stopped_by_signal(self) -> int | None:
@@ -479,11 +480,3 @@ def settle_fsdp(trainer: MLMTrainer, new_weights=None) -> None:
                     "process holds %s of the %s parameters. Checkpoints %s, the final folder one whole model.",
                     trainer.args.world_size, units, ", ".join(layer_classes), f"{shard:,}", f"{total:,}",
                     str(plugin.state_dict_type).rsplit(".", 1)[-1])
-
-
-def _finished_step(output_dir: str) -> int | None:
-    """The step of the run whose final state ``output_dir`` holds (its trainer_state.json, written last), or None."""
-    try:
-        return json.loads(Path(output_dir, TRAINER_STATE_FILE).read_text(encoding="utf-8"))["global_step"]
-    except (OSError, ValueError, KeyError):
-        return None
