@@ -59,5 +59,11 @@ def test_experiments_that_fine_tune_differently_or_are_missing_are_refused(tmp_p
     subset = write_experiment(tmp_path / "subset", {"max_train_samples": 100}, {1: .4, 2: .5}, {1: .5, 2: .6})
     with pytest.raises(InputError, match="--max_train_samples"):
         main(["--experiments", reference, subset])
+    # bf16 changes every fine-tune's rounding: a bf16 experiment is not paired with one from before the setting.
+    bf16 = write_experiment(tmp_path / "bf16", {"bf16": True}, {1: .4, 2: .5}, {1: .5, 2: .6})
+    with pytest.raises(InputError, match="--bf16"):
+        main(["--experiments", reference, bf16])
+    fp32 = write_experiment(tmp_path / "fp32", {"bf16": False}, {1: .4, 2: .5}, {1: .5, 2: .6})
+    assert "reference: ref" in main(["--experiments", reference, fp32])
     with pytest.raises(InputError, match="has no results.json"):
         main(["--experiments", reference, str(tmp_path / "missing")])

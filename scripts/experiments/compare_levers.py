@@ -33,9 +33,9 @@ TAPT_SETTINGS = ("tapt_text", "tapt_epochs", "tapt_max_steps", "tapt_learning_ra
                  "mix_share")
 FINE_TUNE_SETTINGS = ("task_dir", "model_name_or_path", "text_column_name", "label_column_name", "learning_rate",
                       "num_train_epochs", "max_steps", "per_device_train_batch_size", "max_seq_length",
-                      "max_train_samples", "max_eval_samples", "max_test_samples")
+                      "max_train_samples", "max_eval_samples", "max_test_samples", "bf16")
 # Settings newer than some results.json files: a file without one ran with this (the then only) behaviour.
-ADDED_LATER = {"tapt_text": "fine_tune"}
+ADDED_LATER = {"tapt_text": "fine_tune", "bf16": False}
 METRICS = (("eval_macro_f1", "dev macro-F1"), ("test_macro_f1", "test macro-F1"), ("test_micro_f1", "test accuracy"))
 
 
@@ -62,11 +62,13 @@ def load_experiment(folder: str) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def setting(settings: dict, key: str):
+    """An experiment's setting ``key``, or the behaviour it ran with when its results.json predates the setting."""
+    return settings.get(key, ADDED_LATER.get(key))
+
+
 def lever_name(settings: dict, reference: dict) -> str:
     """The TAPT settings where ``settings`` differ from ``reference``, as flags; '(same TAPT settings)' if none."""
-    def setting(found: dict, key: str):
-        return found.get(key, ADDED_LATER.get(key))
-
     changed = [f"--{key} {' '.join(map(str, value)) if isinstance(value, list) else value}"
                for key in TAPT_SETTINGS if setting(settings, key) != setting(reference, key)
                for value in [setting(settings, key)]]
@@ -90,7 +92,8 @@ def lever_table(experiments: list[tuple[str, dict]]) -> str:
     """One markdown row per experiment; the first is the reference."""
     _, reference = experiments[0]
     for folder, report in experiments[1:]:
-        different = [key for key in FINE_TUNE_SETTINGS if report["settings"].get(key) != reference["settings"].get(key)
+        different = [key for key in FINE_TUNE_SETTINGS
+                     if setting(report["settings"], key) != setting(reference["settings"], key)
                      and not (key == "task_dir" and Path(report["settings"][key]).name
                               == Path(reference["settings"][key]).name)]
         if different:
