@@ -43,6 +43,11 @@ def test_levers_are_paired_with_the_reference_over_common_seeds(tmp_path):
     assert lever_row[5] == "+12.50 [-19.27, +44.27] (n=2)"
     assert lever_row[-3:] == ["48.2", "1,000.5", "30.2 |"]
     assert out.read_text() == markdown
+    # A copy of the reference's results.json (as kept in docs/) stands for its folder.
+    copy = tmp_path / "tapt_ref.json"
+    copy.write_text((tmp_path / "ref" / "results.json").read_text())
+    from_copy = main(["--experiments", str(copy), lever])
+    assert from_copy.replace("reference: tapt_ref", "reference: ref") == markdown
 
 
 def test_lever_name_lists_the_changed_tapt_settings():
@@ -67,3 +72,6 @@ def test_experiments_that_fine_tune_differently_or_are_missing_are_refused(tmp_p
     assert "reference: ref" in main(["--experiments", reference, fp32])
     with pytest.raises(InputError, match="has no results.json"):
         main(["--experiments", reference, str(tmp_path / "missing")])
+    (tmp_path / "other.json").write_text(json.dumps({"loss": 1.0}))
+    with pytest.raises(InputError, match="other.json is not a tapt_experiment.py results.json"):
+        main(["--experiments", reference, str(tmp_path / "other.json")])

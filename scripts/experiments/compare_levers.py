@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """TAPT levers side by side: several tapt_experiment.py folders of one task (the first the reference, usually the
-default settings), one row each.
+default settings), one row each; a folder's results.json, or a copy of it (docs/tapt_*.json), stands for the folder.
 
     python scripts/experiments/compare_levers.py --experiments out/tapt-ci out/tapt-ci-epochs40 out/tapt-ci-mask20 \
         --output out/levers.md
@@ -44,8 +44,8 @@ class LeverArguments:
     """The experiment folders to set side by side."""
 
     experiments: list[str] = field(default_factory=list, metadata={
-        "help": "tapt_experiment.py --output_dir folders of one task, each with its results.json; the first is the "
-                "reference the others are compared with."})
+        "help": "tapt_experiment.py --output_dir folders of one task, each with its results.json (or that file "
+                "itself, e.g. a copy in docs/); the first is the reference the others are compared with."})
     output: str | None = field(default=None, metadata={"help": "Also write the table to this markdown file."})
 
     def __post_init__(self):
@@ -53,13 +53,17 @@ class LeverArguments:
             raise InputError("Give at least one tapt_experiment.py folder (the reference first).")
 
 
-def load_experiment(folder: str) -> dict:
-    """A finished experiment's results.json, or an error naming the folder."""
-    path = Path(folder) / "results.json"
+def load_experiment(place: str) -> dict:
+    """A finished experiment's results.json: ``place`` is its folder, or the file itself (a copy kept in docs/ outlives
+    the folder: its runs can be compared with later levers); else an error naming it."""
+    path = Path(place) if Path(place).is_file() else Path(place) / "results.json"
     if not path.is_file():
-        raise InputError(f"{folder} has no results.json: run (or finish) scripts/experiments/tapt_experiment.py with "
-                         f"--output_dir {folder} first.")
-    return json.loads(path.read_text(encoding="utf-8"))
+        raise InputError(f"{place} has no results.json: run (or finish) scripts/experiments/tapt_experiment.py with "
+                         f"--output_dir {place} first, or give a copy of its results.json.")
+    report = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(report, dict) or not {"settings", "runs"} <= report.keys():
+        raise InputError(f"{path} is not a tapt_experiment.py results.json (no settings and runs).")
+    return report
 
 
 def setting(settings: dict, key: str):
@@ -73,6 +77,12 @@ def lever_name(settings: dict, reference: dict) -> str:
                for key in TAPT_SETTINGS if setting(settings, key) != setting(reference, key)
                for value in [setting(settings, key)]]
     return " ".join(changed) if changed else "(same TAPT settings)"
+
+
+def experiment_name(place: str) -> str:
+    """How a row names an experiment: its folder's name, or a results file's name without its suffix."""
+    path = Path(place)
+    return path.stem if path.is_file() else path.name
 
 
 def interval_cell(differences: list[float]) -> str:
@@ -107,7 +117,7 @@ def lever_table(experiments: list[tuple[str, dict]]) -> str:
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for index, (folder, report) in enumerate(experiments):
         runs = report["runs"]
-        cells = ["reference: " + Path(folder).name if index == 0 else lever_name(report["settings"],
+        cells = ["reference: " + experiment_name(folder) if index == 0 else lever_name(report["settings"],
                                                                                   reference["settings"]),
                  ", ".join(sorted(runs["tapt"], key=int))]
         cells += [interval_cell(paired(runs["tapt"], runs["base"], key)) for key, _ in METRICS]
