@@ -33,6 +33,7 @@ from transformers.utils.hub import hf_api
 from collators import STREAM_POSITION, MLMCollator
 from mlm_pretraining.budget import BudgetCallback, mask_rate, progress_scheduler
 from mlm_pretraining.callbacks import GracefulStopCallback, MaskEpochCallback
+from mlm_pretraining.checkpoints import saved_step
 from mlm_pretraining.model.head_warmup import HeadWarmupCallback
 from mlm_pretraining.model.sharding import fsdp_layer_classes, shard_by_layers
 from mlm_pretraining.internals import (
@@ -51,7 +52,6 @@ from mlm_pretraining.internals import (
     TRAINER_TRAINING_VALUES,
     default_logdir,
 )
-from mlm_pretraining.checkpoints import saved_step
 from mlm_pretraining.errors import InputError
 from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.metrics import MLMMetrics, preprocess_logits_for_metrics
