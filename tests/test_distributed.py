@@ -92,6 +92,12 @@ def process_group_left():  # registered first, so it runs last of the atexit han
     if dist is not None and dist.is_available() and dist.is_initialized():
         os.write(2, b"the process group is still alive when the interpreter finalizes\\n")
         os._exit(3)
+    for task in os.listdir("/proc/self/task"):  # a group something still holds: its gloo workers, asleep
+        base = f"/proc/self/task/{task}/"
+        if open(base + "comm").read().strip() == "pt_gloo_runloop":
+            if open(base + "stat").read().rpartition(")")[2].split()[0] == "R":
+                os.write(2, b"a gloo worker is running when the interpreter finalizes\\n")
+                os._exit(4)
 
 
 atexit.register(process_group_left)
@@ -99,18 +105,60 @@ atexit.register(process_group_left)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
 def test_torchrun_children_end_their_process_group_before_the_interpreter_finalizes(no_dropout_model, corpus,
-                                                                                      tmp_path):
+                                                                                      tmp_path, engine):
+    """Under FSDP2, torch's DTensor caches hold the group past destroy_process_group: its workers are left idle."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(CHECK_AT_EXIT)  # imported at start-up by every Python of the run
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", HF_DATASETS_CACHE=str(tmp_path / "cache"),
                PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "run_mlm.py", *flags(no_dropout_model, corpus, tmp_path / "two", max_steps=1,
-                                               per_device_train_batch_size=4)],
+    config = [str(REPO / "examples" / "fsdp.yaml"), "--bf16", "False"] if engine == "fsdp" else []
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "run_mlm.py", *config, *flags(no_dropout_model, corpus, tmp_path / "two", max_steps=1,
+                                                        per_device_train_batch_size=4)],
                          cwd=REPO, env=env, capture_output=True, text=True)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert engine != "fsdp" or "FSDP" in run.stdout + run.stderr
+
+
+def test_wait_until_idle_waits_for_a_busy_thread_and_gives_up_on_one_that_never_sleeps():
+    """The wait at the end of a distributed run: a thread of the watched name that computes for 0.3 s is waited for;
+    one that never sleeps makes it give up at the timeout; a sleeping one, or none, returns at once."""
+    import ctypes
+    import threading
+    import time
+
+    from mlm_pretraining.errors import wait_until_idle
+
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("thread states are read from Linux's /proc")
+    libc = ctypes.CDLL(None)
+    stop = threading.Event()
+
+    def worker(name: str, busy_seconds: float):
+        libc.prctl(15, name.encode())  # PR_SET_NAME: the thread's name in /proc, as torch names its gloo workers
+        block = ctypes.create_string_buffer(32 << 20)
+        end = time.monotonic() + busy_seconds
+        while time.monotonic() < end and not stop.is_set():
+            libc.memset(block, 0, len(block))  # native work without the GIL (ctypes releases it): runnable throughout
+        stop.wait()
+
+    threads = [threading.Thread(target=worker, args=args, daemon=True)
+               for args in (("test_busy", 0.3), ("test_never", 1e9), ("test_asleep", 0.0))]
+    try:
+        start = time.monotonic()
+        for thread in threads:
+            thread.start()
+        assert wait_until_idle("test_busy") is True
+        assert time.monotonic() - start >= 0.3
+        assert wait_until_idle("test_never", timeout=0.3) is False
+        assert wait_until_idle("test_asleep") is True and wait_until_idle("no_such_thread") is True
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 @pytest.mark.slow
