@@ -136,9 +136,11 @@ def test_wait_until_idle_waits_for_a_busy_thread_and_gives_up_on_one_that_never_
         pytest.skip("thread states are read from Linux's /proc")
     libc = ctypes.CDLL(None)
     stop = threading.Event()
+    named = threading.Barrier(4)  # the three threads named before any wait begins
 
     def worker(name: str, busy_seconds: float):
         libc.prctl(15, name.encode())  # PR_SET_NAME: the thread's name in /proc, as torch names its gloo workers
+        named.wait()
         block = ctypes.create_string_buffer(32 << 20)
         end = time.monotonic() + busy_seconds
         while time.monotonic() < end and not stop.is_set():
@@ -151,6 +153,7 @@ def test_wait_until_idle_waits_for_a_busy_thread_and_gives_up_on_one_that_never_
         start = time.monotonic()
         for thread in threads:
             thread.start()
+        named.wait()
         assert wait_until_idle("test_busy") is True
         assert time.monotonic() - start >= 0.3
         assert wait_until_idle("test_never", timeout=0.3) is False
