@@ -46,18 +46,19 @@ def wait_until_idle(thread_name: str, timeout: float = 10.0, interval: float = 0
     Linux only); False after ``timeout`` seconds."""
     import time
 
-    tasks = Path("/proc/self/task")
     deadline, quiet = time.monotonic() + timeout, 0
     while quiet < polls:
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
-        quiet = quiet + 1 if all(state != "R" for state in _thread_states(tasks, thread_name)) else 0
+        quiet = quiet + 1 if "R" not in thread_states(thread_name) else 0
     return True
 
 
-def _thread_states(tasks: Path, thread_name: str) -> list[str]:
-    """The scheduler state letter (R running or runnable, S sleeping, ...) of each thread named ``thread_name``."""
+def thread_states(thread_name: str) -> list[str]:
+    """The scheduler state letter (R running or runnable, S sleeping, ...) of each thread of this process named
+    ``thread_name``; none without Linux's /proc."""
+    tasks = Path("/proc/self/task")
     states = []
     for task in tasks.iterdir() if tasks.is_dir() else ():
         try:
