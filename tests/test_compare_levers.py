@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,10 @@ def test_lever_name_lists_the_changed_tapt_settings():
     assert lever_name({**SETTINGS, "mix_train_file": ["wiki.txt"], "mix_share": 0.2}, SETTINGS) == (
         "--mix_train_file wiki.txt --mix_share 0.2")
     assert lever_name(SETTINGS, SETTINGS) == "(same TAPT settings)"
+    # Runs record files as absolute paths; a row shows them relative to where the table is made.
+    beside = Path.cwd().parent / "shared" / "wiki.txt"
+    assert lever_name({**SETTINGS, "mix_train_file": [str(beside)]}, SETTINGS) == (
+        "--mix_train_file ../shared/wiki.txt")
     # A results.json from before --tapt_text existed ran with its default.
     assert lever_name({**SETTINGS, "tapt_text": "fine_tune"}, SETTINGS) == "(same TAPT settings)"
     assert lever_name({**SETTINGS, "tapt_text": "all"}, SETTINGS) == "--tapt_text all"

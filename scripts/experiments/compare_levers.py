@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,11 +72,18 @@ def setting(settings: dict, key: str):
     return settings.get(key, ADDED_LATER.get(key))
 
 
+def shown(value) -> str:
+    """A setting's value as a row shows it: an absolute path (runs record files resolved) relative to the working
+    directory, as a user would type it there (../shared/data/..., not one machine's /work/...)."""
+    if isinstance(value, list):
+        return " ".join(shown(item) for item in value)
+    return os.path.relpath(value) if isinstance(value, str) and os.path.isabs(value) else str(value)
+
+
 def lever_name(settings: dict, reference: dict) -> str:
     """The TAPT settings where ``settings`` differ from ``reference``, as flags; '(same TAPT settings)' if none."""
-    changed = [f"--{key} {' '.join(map(str, value)) if isinstance(value, list) else value}"
-               for key in TAPT_SETTINGS if setting(settings, key) != setting(reference, key)
-               for value in [setting(settings, key)]]
+    changed = [f"--{key} {shown(setting(settings, key))}"
+               for key in TAPT_SETTINGS if setting(settings, key) != setting(reference, key)]
     return " ".join(changed) if changed else "(same TAPT settings)"
 
 
