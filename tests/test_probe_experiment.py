@@ -19,6 +19,7 @@ from scripts.experiments.probe_experiment import (
     main,
     probe_data_flags,
     rank_correlation,
+    rho_interval,
     stop_rule,
     summarise,
     with_flags,
@@ -35,7 +36,10 @@ def test_rank_correlation_and_its_interval():
     assert mixed["low"] == pytest.approx(math.tanh(math.atanh(0.8) - half), abs=1e-6)
     assert mixed["high"] == pytest.approx(math.tanh(math.atanh(0.8) + half), abs=1e-6)
     assert mixed["low"] < 0 < mixed["high"] < 1  # five points: wide
-    assert math.isnan(rank_correlation([0.1, 0.2, 0.3], [1, 2, 3])["low"])  # three points: no interval
+    three = rank_correlation([0.1, 0.2, 0.3], [1, 2, 3])
+    assert math.isnan(three["low"])  # three points: no interval
+    assert rho_interval(three) == "no interval (3 points)"  # said so, not '[+nan, +nan]'
+    assert rho_interval(perfect) == f"[{perfect['low']:+.2f}, {perfect['high']:+.2f}]"
 
 
 def test_the_stop_rule_stops_after_patience_evaluations_without_a_better_probe():

@@ -228,6 +228,14 @@ def rank_correlation(probe: list[float], fine_tuned: list[float], confidence: fl
     return {"rho": rho, "low": math.tanh(z - half), "high": math.tanh(z + half), "n": n}
 
 
+def rho_interval(correlation: dict) -> str:
+    """A rank correlation's interval as text: '[low, high]', or why there is none (fewer than 4 points, or a constant
+    score), rather than '[nan, nan]'."""
+    if math.isnan(correlation["low"]):
+        return f"no interval ({correlation['n']} points)" if correlation["n"] < 4 else "no interval"
+    return f"[{correlation['low']:+.2f}, {correlation['high']:+.2f}]"
+
+
 def interval_cell(interval: dict) -> str:
     if math.isnan(interval["half_width"]):
         return f"{interval['mean']:+.2f}"
@@ -266,7 +274,7 @@ def summarise(points: list[dict], runs: dict[float, dict[int, dict]], seeds: lis
     for key, title in SCORES:
         c = summary["rank_correlation"][key]
         correlation_rows.append(f"| fine-tuned {title} (mean over seeds) | {c['rho']:+.2f} | "
-                                f"[{c['low']:+.2f}, {c['high']:+.2f}] | {c['n']} |")
+                                f"{rho_interval(c)} | {c['n']} |")
     comparisons = [(f"{name} − {other}", epoch, against) for name, epoch in rules.items()
                    for other, against in (("last checkpoint", last), ("base model", 0.0))]
     comparisons.append(("last checkpoint − base model", last, 0.0))
@@ -310,7 +318,7 @@ def plot(summary: dict, path: Path, title: str) -> Path:
                               xytext=(5, 3), fontsize=8)
     rho = summary["rank_correlation"]["test_macro_f1"]
     scatter_axes.set(xlabel="probe dev macro-F1", ylabel="fine-tuned test macro-F1",
-                     title=f"Spearman rho {rho['rho']:+.2f} [{rho['low']:+.2f}, {rho['high']:+.2f}]")
+                     title=f"Spearman rho {rho['rho']:+.2f} {rho_interval(rho)}")
     for axes in (curve_axes, scatter_axes):
         axes.grid(True, alpha=0.3)
     figure.suptitle(title)
