@@ -57,6 +57,7 @@ from arguments import parse_args
 from mlm_pretraining.checkpoints import last_complete_checkpoint
 from mlm_pretraining.data.labelled import task_files
 from mlm_pretraining.errors import InputError, run_cli
+from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.logs import get_logger
 
 logger = get_logger("probe_experiment")
@@ -417,14 +418,14 @@ def main(argv: list[str] | None = None) -> dict:
                 f"Minutes: TAPT {minutes['TAPT'] or float('nan'):.1f}; fine-tunes "
                 f"{statistics.fmean(m for k, m in minutes.items() if k != 'TAPT' and m is not None):.1f} each.\n")
     print("\n" + markdown)
-    (out / "results.md").write_text(markdown, encoding="utf-8")
+    write_text_atomically(out / "results.md", markdown)
     chart = plot(summary, out / "results.png", title)
     report = {"task": Path(args.task_dir).name, "settings": {**asdict(args), **asdict(lab)}, "summary": summary,
               "picked_epoch": picked["epoch"], "last_epoch": last_epoch, "rules": rules,
               "stop_rule": {"patience": lab.stop_patience, "stops_at": stopped["epoch"], "keeps": kept["epoch"]},
               "runs": {f"{epoch:g}": {str(s): r for s, r in seeds.items()} for epoch, seeds in fine_tuned.items()},
               "minutes": minutes, "chart": str(chart)}
-    (out / "results.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_text_atomically(out / "results.json", json.dumps(report, indent=2))
     return report
 
 

@@ -49,6 +49,7 @@ from arguments import parse_args
 from mlm_pretraining.checkpoints import last_complete_checkpoint
 from mlm_pretraining.data.labelled import task_files
 from mlm_pretraining.errors import run_cli
+from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.logs import get_logger
 
 logger = get_logger("tapt_experiment")
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"the mean of per-seed differences ± the half-width of its {CONFIDENCE:.0%} Student-t interval "
                 f"[low, high], * where it excludes 0.\n\n{table}\n\n{perplexity}\n\n{cost_table(minutes)}\n")
     print("\n" + markdown)
-    (out / "results.md").write_text(markdown, encoding="utf-8")
+    write_text_atomically(out / "results.md", markdown)
     chart = plot_results(summary, out / "results.png", title)
     report = {
         "task": Path(args.task_dir).name, "settings": asdict(args), "summary": summary,
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": {arm: {str(seed): arm_runs[arm][seed] for seed in args.seeds} for arm in arm_runs},
         "minutes": minutes, "launched": launched, "chart": str(chart),
     }
-    (out / "results.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_text_atomically(out / "results.json", json.dumps(report, indent=2))
     return report
 
 
