@@ -485,10 +485,11 @@ class MLMTrainingArguments(TrainingArguments):
         metadata={"help": "Evaluate every N steps, or a share of training below 1. Default 0.1: ten evaluations "
                   "over a run of any length (under --max_train_time: every 10 %% of the budget)."},
     )
-    save_steps: float = field(
-        default=0.1,
-        metadata={"help": "Save a checkpoint every N steps, or a share of training below 1. Default 0.1, with each "
-                  "evaluation (so --load_best_model_at_end can keep the best); SIGTERM/Ctrl-C also save one."},
+    save_steps: float | None = field(
+        default=None,
+        metadata={"help": "Save a checkpoint every N steps, or a share of training below 1. Default: with each "
+                  "evaluation, --eval_steps (so --load_best_model_at_end can keep the best), 0.1 without it; "
+                  "SIGTERM/Ctrl-C also save one."},
     )
     save_total_limit: int | None = field(
         default=2,
@@ -548,6 +549,8 @@ class MLMTrainingArguments(TrainingArguments):
     def __post_init__(self):
         # What the argument layer changed or settled for the user, logged once logging is set up (setup_logging).
         self.notices: list[str] = []
+        if self.save_steps is None:  # a checkpoint at each evaluation, so that the best one can be kept
+            self.save_steps = self.eval_steps if self.eval_steps is not None else 0.1
         if self.max_train_tokens is not None:
             if self.max_train_tokens < 1:
                 raise InputError(f"--max_train_tokens must be a positive number of tokens, got "

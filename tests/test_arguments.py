@@ -113,6 +113,18 @@ def test_do_eval_and_eval_strategy_given_consistently_are_kept(tmp_path, flags, 
     assert (training.do_eval, training.eval_strategy.value) == (do_eval, strategy)
 
 
+@pytest.mark.parametrize("flags, save_steps", [
+    ([], 0.1),  # a checkpoint with each of the ten evaluations
+    (["--eval_steps", "30"], 30),  # follows the evaluations the user set
+    (["--eval_steps", "30", "--save_steps", "60"], 60),  # a value given is kept
+    (["--eval_steps", "30", "--metric_for_best_model", "loss", "--load_best_model_at_end", "True"],
+     30),  # transformers refuses a ratio save_steps with whole eval_steps
+])
+def test_checkpoints_follow_the_evaluations_unless_given(tmp_path, flags, save_steps):
+    training = parse_args(["--output_dir", str(tmp_path), *flags])[-1]
+    assert training.save_steps == save_steps
+
+
 def test_config_file_errors(tmp_path):
     with pytest.raises(InputError, match=r"Config file .*nope.yaml does not exist"):
         parse_args([str(tmp_path / "nope.yaml")])
