@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -50,6 +52,19 @@ def assert_png(path, min_width=800):
 def test_plot_runs_writes_a_png(tmp_path):
     path = plot_runs({"a": HISTORY, "b": HISTORY[:3]}, tmp_path / "sub" / "curves.png")
     assert_png(path)
+
+
+def test_a_redrawn_png_replaces_the_old_one_whole(tmp_path, monkeypatch):
+    """Drawn beside it, then renamed over it: a run killed while drawing leaves the older drawing, not half a PNG."""
+    renamed, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda source, target: (renamed.append(Path(target).name),
+                                                               replace(source, target)))
+    path = tmp_path / "training_curves.png"
+    path.write_bytes(b"an older drawing")
+    plot_runs({"run": HISTORY}, path)
+    assert renamed == ["training_curves.png"]
+    assert path.read_bytes().startswith(b"\x89PNG") and Image.open(path).size[0] > 100
+    assert [p.name for p in tmp_path.iterdir()] == ["training_curves.png"]  # no temporary left beside it
 
 
 def test_run_mlm_writes_training_curves_and_plot_curves_compares_runs(tmp_path, tiny_model_dir, corpus):

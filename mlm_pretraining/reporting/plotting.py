@@ -7,6 +7,7 @@ a notebook that imports it.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from mlm_pretraining.errors import InputError
+from mlm_pretraining.files import write_bytes_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +129,15 @@ def plot_runs(runs: dict[str, list[dict]], path: str | Path, title: str | None =
         figure.suptitle(title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    return save_png(figure, path)
+
+
+def save_png(figure: Figure, path: str | Path) -> Path:
+    """Save ``figure`` as a PNG at ``path``, replacing it whole: a reader (a user's image viewer, a rerun) never
+    meets half a file, even if training is killed while it is drawn."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return write_bytes_atomically(Path(path), buffer.getvalue())
 
 
 def read_log_history(run_dir: str | Path) -> list[dict]:

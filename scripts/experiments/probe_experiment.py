@@ -59,6 +59,7 @@ from mlm_pretraining.data.labelled import task_files
 from mlm_pretraining.errors import InputError, run_cli
 from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.logs import get_logger
+from mlm_pretraining.reporting.plotting import save_png
 
 logger = get_logger("probe_experiment")
 # Fine-tuned scores (results key, title), as tapt_experiment.py reports them.
@@ -323,8 +324,7 @@ def plot(summary: dict, path: Path, title: str) -> Path:
     for axes in (curve_axes, scatter_axes):
         axes.grid(True, alpha=0.3)
     figure.suptitle(title)
-    figure.savefig(path)
-    return path
+    return save_png(figure, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

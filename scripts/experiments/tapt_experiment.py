@@ -51,6 +51,7 @@ from mlm_pretraining.data.labelled import task_files
 from mlm_pretraining.errors import run_cli
 from mlm_pretraining.files import write_text_atomically
 from mlm_pretraining.logs import get_logger
+from mlm_pretraining.reporting.plotting import save_png
 
 logger = get_logger("tapt_experiment")
 # (results key, title): single-label micro-F1 is accuracy.
@@ -154,8 +155,7 @@ def plot_results(summary: dict, path: Path, title: str) -> Path:
         axes.grid(True, axis="y", alpha=0.3)
         axes.tick_params(axis="x", labelsize=8)
     figure.suptitle(title)
-    figure.savefig(path)
-    return path
+    return save_png(figure, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
